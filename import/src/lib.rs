@@ -1,0 +1,2 @@
+//! Import foreign device traces (QEMU trace-event logs) into hwrr traces.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! vfio-user protocol: messages, server and client.
+#![deny(missing_docs)]
