@@ -11,6 +11,7 @@ pub mod header;
 pub mod hex;
 pub mod json;
 pub mod regmap;
+pub mod slice;
 
 pub use event::*;
 pub use header::*;
