@@ -16,8 +16,14 @@
 //! the driver looks (after an interrupt, before reading a descriptor). Its findings are printed as
 //! `WATCH` lines.
 //!
-//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap]` (BDF defaults to
-//! `$VTDBOX_BDF`, then `0000:00:02.0`).
+//! With `--trace PATH` (built with `--features record`) the backend is wrapped in
+//! `hwrr_recorder::Tap` and every call lands in a trace file; the recorder's relay stands between
+//! the device's eventfds and the exercise's. `--log-watch` also logs the watch's findings into that
+//! trace as `dma_write` events (with before bytes); the header's `dma_write_source` label says they
+//! come from this exercise's watch, not from the recorder.
+//!
+//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]`
+//! (BDF defaults to `$VTDBOX_BDF`, then `0000:00:02.0`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -288,7 +294,11 @@ fn arp_request(mac: [u8; 6]) -> Vec<u8> {
 }
 
 /// The whole exercise on any device (the bare backend, or a recorder's tap around it).
-fn exercise<D: Device>(dev: &mut D, checks: &mut Checks) -> Result<(), BoxError> {
+fn exercise<D: Device>(
+    dev: &mut D,
+    checks: &mut Checks,
+    on_watched: &mut dyn FnMut(&WatchedWrite),
+) -> Result<(), BoxError> {
     let d = dev.describe();
     println!(
         "OBS identity={:04x}:{:04x} subsys={:04x}:{:04x} class={:06x} rev={}",
@@ -457,6 +467,8 @@ fn exercise<D: Device>(dev: &mut D, checks: &mut Checks) -> Result<(), BoxError>
     );
     let n = wait_eventfd(&msix, Duration::from_secs(2))?;
     checks.check("msix_irq", n > 0, format!("eventfd count={n}"));
+    // Interrupt delivery: the first point where a driver may look at what the device wrote.
+    let mut writes = watch.diff()?;
 
     // The driver's view after the interrupt: this is where a watch set diffs.
     let rx0 = rx_ring;
@@ -486,8 +498,10 @@ fn exercise<D: Device>(dev: &mut D, checks: &mut Checks) -> Result<(), BoxError>
         "who-has 10.0.2.2 answered to our MAC",
     );
 
-    let writes = watch.diff()?;
+    // Before the driver reads the descriptor it polled: the second watch point.
+    writes.extend(watch.diff()?);
     for w in &writes {
+        on_watched(w);
         println!(
             "WATCH dma_write iova={:#x} len={} before={} after={}",
             w.iova,
@@ -552,6 +566,8 @@ struct Args {
     bdf: String,
     sysfs_root: String,
     mmap: bool,
+    trace: Option<std::path::PathBuf>,
+    log_watch: bool,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -559,6 +575,8 @@ fn parse_args() -> Result<Args, BoxError> {
         bdf: std::env::var("VTDBOX_BDF").unwrap_or_else(|_| "0000:00:02.0".into()),
         sysfs_root: "/sys".into(),
         mmap: false,
+        trace: None,
+        log_watch: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -566,6 +584,8 @@ fn parse_args() -> Result<Args, BoxError> {
             "--bdf" => args.bdf = it.next().ok_or("--bdf needs a value")?,
             "--sysfs-root" => args.sysfs_root = it.next().ok_or("--sysfs-root needs a value")?,
             "--mmap" => args.mmap = true,
+            "--trace" => args.trace = Some(it.next().ok_or("--trace needs a value")?.into()),
+            "--log-watch" => args.log_watch = true,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -624,7 +644,107 @@ fn run() -> Result<Checks, BoxError> {
     }
     println!("MMAPPED {:x?}", backend.mmapped_areas());
     let mut checks = Checks::default();
-    let mut dev = backend;
-    exercise(&mut dev, &mut checks)?;
+    match &args.trace {
+        None => {
+            let mut dev = backend;
+            exercise(&mut dev, &mut checks, &mut |_| {})?;
+        }
+        Some(path) => record(backend, path, args.mmap, args.log_watch, &mut checks)?,
+    }
     Ok(checks)
+}
+
+#[cfg(not(feature = "record"))]
+fn record(
+    _backend: VfioBackend,
+    _path: &std::path::Path,
+    _mmap: bool,
+    _log_watch: bool,
+    _checks: &mut Checks,
+) -> Result<(), BoxError> {
+    Err("--trace needs the example built with --features record".into())
+}
+
+/// Runs the exercise through the recorder's tap, writing a trace to `path`.
+#[cfg(feature = "record")]
+fn record(
+    backend: VfioBackend,
+    path: &std::path::Path,
+    mmap: bool,
+    log_watch: bool,
+    checks: &mut Checks,
+) -> Result<(), BoxError> {
+    use hwrr_formats::{CaptureMeta, DmaWrite, EventKind, TraceHeader};
+    use hwrr_recorder::{Recorder, RecorderOptions, Tap};
+
+    let d = backend.describe();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("exercise".to_string(), "e1000e".to_string());
+    labels.insert(
+        "bar_access".to_string(),
+        if mmap { "mmap" } else { "pread/pwrite" }.to_string(),
+    );
+    labels.insert(
+        "dma_write_source".to_string(),
+        if log_watch {
+            "exercise-watch (rx ring and buffers, diffed at the interrupt and before the descriptor read)"
+        } else {
+            "none (no watch set: device-written memory is not in this trace)"
+        }
+        .to_string(),
+    );
+    let start_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_nanos() as u64);
+    let header = TraceHeader {
+        device: d.identity.clone(),
+        config_space: d.config_space.clone(),
+        regions: d.regions.clone(),
+        irqs: d.irqs.clone(),
+        rom: d.rom.clone(),
+        capture: CaptureMeta {
+            tool: format!(
+                "hwrr-vfio-backend e1000e_exercise {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            source: "vfio".into(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            start_unix_ns,
+        },
+        labels,
+        start_state: None,
+    };
+    let recorder = Recorder::create(path, &header, RecorderOptions::default())?;
+    let handle = recorder.handle();
+    let mut tap = Tap::new(backend, recorder.handle())?;
+    let result = exercise(&mut tap, checks, &mut |w| {
+        if log_watch {
+            handle.log(
+                EventKind::DmaWrite(DmaWrite {
+                    iova: w.iova,
+                    data: w.after.clone(),
+                    before: Some(w.before.clone()),
+                }),
+                0,
+                0,
+            );
+        }
+    });
+    // The tap (and its interrupt relay) goes before the trace is finished, so no event is lost.
+    drop(tap);
+    let stats = recorder.finish()?;
+    println!(
+        "TRACE {} events={} bytes={} queue_high_water={} stalls={}",
+        path.display(),
+        stats.events,
+        stats.bytes,
+        stats.queue_high_water,
+        stats.stalls
+    );
+    result
 }
