@@ -748,3 +748,70 @@ fn record(
     );
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch_over(len: usize) -> (Arc<MappedMemory>, DmaWatch) {
+        let memory = Arc::new(MappedMemory::anonymous(DMA_SIZE).unwrap());
+        let mut watch = DmaWatch::new(memory.clone());
+        watch.watch(IOVA_BASE + RX_BUFS, len).unwrap();
+        (memory, watch)
+    }
+
+    #[test]
+    fn a_frame_with_unchanged_bytes_inside_is_one_write() {
+        let (memory, mut watch) = watch_over(4096);
+        // Zeros inside the frame equal what the buffer held before.
+        let mut frame: Vec<u8> = (0..42u8).map(|i| i | 0x80).collect();
+        for z in [2, 14, 15, 30] {
+            frame[z] = 0;
+        }
+        put(&memory, IOVA_BASE + RX_BUFS, &frame).unwrap();
+        let w = watch.diff().unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (w[0].iova, w[0].after.clone()),
+            (IOVA_BASE + RX_BUFS, frame)
+        );
+        assert!(w[0].before.iter().all(|&b| b == 0));
+        assert!(
+            watch.diff().unwrap().is_empty(),
+            "shadows follow the memory"
+        );
+    }
+
+    #[test]
+    fn writes_further_apart_than_the_gap_stay_apart() {
+        let (memory, mut watch) = watch_over(4096);
+        put(&memory, IOVA_BASE + RX_BUFS + 10, &[1]).unwrap();
+        let far = 10 + 1 + MERGE_GAP as u64 + 1;
+        put(&memory, IOVA_BASE + RX_BUFS + far, &[2, 3]).unwrap();
+        put(&memory, IOVA_BASE + RX_BUFS + 4095, &[9]).unwrap();
+        let w = watch.diff().unwrap();
+        let got: Vec<(u64, Vec<u8>)> = w
+            .iter()
+            .map(|w| (w.iova - IOVA_BASE - RX_BUFS, w.after.clone()))
+            .collect();
+        assert_eq!(got, vec![(10, vec![1]), (far, vec![2, 3]), (4095, vec![9])]);
+        // A write back to the old value is a change too, with the right before bytes.
+        put(&memory, IOVA_BASE + RX_BUFS + 10, &[0]).unwrap();
+        let w = watch.diff().unwrap();
+        assert_eq!(
+            (w.len(), w[0].before.clone(), w[0].after.clone()),
+            (1, vec![1], vec![0])
+        );
+    }
+
+    #[test]
+    fn the_arp_request_is_well_formed() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let p = arp_request(mac);
+        assert_eq!(p.len(), 60);
+        assert_eq!(p[12..14], [0x08, 0x06]);
+        assert_eq!(p[20..22], [0x00, 0x01], "who-has");
+        assert_eq!(p[22..28], mac);
+        assert_eq!(p[38..42], [10, 0, 2, 2]);
+    }
+}
