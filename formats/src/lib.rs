@@ -14,9 +14,12 @@ pub mod error;
 pub mod event;
 pub mod header;
 pub mod hex;
+pub mod json;
 pub mod layout;
 pub mod reader;
 pub mod recover;
+pub mod regmap;
+pub mod slice;
 pub mod writer;
 
 pub use error::{ChunkType, FormatError};
