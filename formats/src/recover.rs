@@ -69,15 +69,15 @@ pub struct ScanReport {
     pub rom_kept: bool,
 }
 
-/// Blob ids known so far during a scan: only their existence is checked.
-struct SeenBlobs(u64);
+/// Lengths of the blobs stored so far during a scan: a reference must name one of them (the bytes
+/// themselves are not needed to check an event chunk, so zeros of the right length stand in).
+struct SeenBlobs<'a>(&'a [u32]);
 
-impl BlobSource for SeenBlobs {
+impl BlobSource for SeenBlobs<'_> {
     fn blob(&self, id: u64) -> Result<Vec<u8>, String> {
-        if id < self.0 {
-            Ok(Vec::new())
-        } else {
-            Err(format!("blob {id} is not stored before this chunk"))
+        match usize::try_from(id).ok().and_then(|i| self.0.get(i)) {
+            Some(len) => Ok(vec![0; *len as usize]),
+            None => Err(format!("blob {id} is not stored before this chunk")),
         }
     }
 }
@@ -99,6 +99,7 @@ pub fn scan(bytes: &[u8]) -> Result<ScanReport, FormatError> {
     let mut pos = parsed.chunks_start;
     let mut next_seq = first_seq;
     let mut last_t = 0u64;
+    let mut blob_lens = Vec::new();
     loop {
         let rest = &bytes[pos as usize..];
         if rest.is_empty() {
@@ -107,7 +108,7 @@ pub fn scan(bytes: &[u8]) -> Result<ScanReport, FormatError> {
         if rest.len() >= FOOTER_MAGIC.len() && rest[..FOOTER_MAGIC.len()] == FOOTER_MAGIC {
             break;
         }
-        match scan_one(bytes, pos, &mut r, next_seq, last_t) {
+        match scan_one(bytes, pos, &mut r, &mut blob_lens, next_seq, last_t) {
             Ok((len, seq, t)) => {
                 pos += len;
                 next_seq = seq;
@@ -129,6 +130,7 @@ fn scan_one(
     bytes: &[u8],
     pos: u64,
     r: &mut ScanReport,
+    blob_lens: &mut Vec<u32>,
     next_seq: u64,
     last_t: u64,
 ) -> Result<(u64, u64, u64), String> {
@@ -142,7 +144,8 @@ fn scan_one(
                 h.first_id, r.blobs
             ));
         }
-        decode_blobs(payload, h.count)?;
+        let table = decode_blobs(payload, h.count)?;
+        blob_lens.extend(table.ranges.iter().map(|r| r.len() as u32));
         r.blob_chunks.push(BlobChunkInfo {
             offset: pos,
             len: h.total_len(),
@@ -170,7 +173,7 @@ fn scan_one(
             last_t_ns: h.last_t_ns,
             counts: h.counts,
         };
-        decode_events(&payload, &shape, &SeenBlobs(r.blobs))?;
+        decode_events(&payload, &shape, &SeenBlobs(blob_lens))?;
         r.chunks.push(ChunkInfo {
             offset: pos,
             len: h.total_len(),

@@ -59,7 +59,8 @@ pub fn extract(log: &str) -> Vec<Event> {
                 let Some((base, size)) = range.split_once('+') else {
                     continue;
                 };
-                if let (Ok(bar), Some(base), Some(size)) = (bar.parse::<u32>(), hex(base), hex(size))
+                if let (Ok(bar), Some(base), Some(size)) =
+                    (bar.parse::<u32>(), hex(base), hex(size))
                 {
                     bars.retain(|b| b.0 != bar);
                     bars.push((bar, base, size));
@@ -71,7 +72,8 @@ pub fn extract(log: &str) -> Vec<Event> {
                 if Some(name) != device.as_deref() && name != "msix-table" {
                     continue;
                 }
-                let (Some(addr), Some(value), Ok(size)) = (hex(f[6]), hex(f[8]), f[10].parse::<u8>())
+                let (Some(addr), Some(value), Ok(size)) =
+                    (hex(f[6]), hex(f[8]), f[10].parse::<u8>())
                 else {
                     continue;
                 };
