@@ -240,7 +240,8 @@ fn footers_that_lie() {
         let v = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         b[at..at + 8].copy_from_slice(&(v as i64 + d).to_le_bytes());
     };
-    let edits: Vec<(&str, Box<dyn Fn(&mut [u8])>)> = vec![
+    type Edit = Box<dyn Fn(&mut [u8])>;
+    let edits: Vec<(&str, Edit)> = vec![
         (
             "entry offset +1",
             Box::new(move |b| add(b, e0 + 5 * EVENT_ENTRY_LEN, 1)),
