@@ -240,7 +240,7 @@ fn footers_that_lie() {
         let v = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         b[at..at + 8].copy_from_slice(&(v as i64 + d).to_le_bytes());
     };
-    type Edit = Box<dyn Fn(&mut [u8])>;
+    type Edit<'a> = Box<dyn Fn(&mut [u8]) + 'a>;
     let edits: Vec<(&str, Edit)> = vec![
         (
             "entry offset +1",
