@@ -816,6 +816,9 @@ pub fn scan(path: &Path, opts: &ImportOptions) -> Result<QemuImport, ImportError
     let idx = select(&engine, opts)?;
     let d = &engine.devices[idx];
 
+    // QEMU's PC machines raise a PCI INTx on its IOAPIC pin (GSI 16-23) and mirror it onto the
+    // legacy ISA line the PIRQ router picked (< 16): prefer the IOAPIC pin when both follow the
+    // device's activity.
     let intx_gsi = match d.dialect {
         Dialect::Passthrough => None,
         Dialect::Emulated => opts.intx_gsi.or_else(|| {
@@ -823,7 +826,7 @@ pub fn scan(path: &Path, opts: &ImportOptions) -> Result<QemuImport, ImportError
                 .gsi_hits
                 .iter()
                 .filter(|((dev, _), _)| *dev == idx)
-                .max_by_key(|((_, gsi), n)| (**n, std::cmp::Reverse(*gsi)))
+                .max_by_key(|((_, gsi), n)| (*gsi >= 16, **n, std::cmp::Reverse(*gsi)))
                 .map(|((_, gsi), _)| *gsi)
         }),
     };
