@@ -80,13 +80,18 @@ fn parse_iso_prefix(line: &str) -> Result<(u64, &str), LineError> {
     if b.len() < 20 || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return Err("bad ISO timestamp");
     }
-    let num = |r: std::ops::Range<usize>| parse_dec(&stamp[r]).ok_or("bad ISO timestamp field");
+    let num = |r: std::ops::Range<usize>| {
+        stamp
+            .get(r)
+            .and_then(parse_dec)
+            .ok_or("bad ISO timestamp field")
+    };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
         return Err("ISO timestamp field out of range");
     }
-    let mut tail = &stamp[19..];
+    let mut tail = stamp.get(19..).ok_or("bad ISO timestamp")?;
     let mut frac_ns = 0;
     if let Some(t) = tail.strip_prefix('.') {
         let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -96,8 +101,8 @@ fn parse_iso_prefix(line: &str) -> Result<(u64, &str), LineError> {
     let offset_s: i64 = if tail == "Z" {
         0
     } else if tail.len() == 6 && (tail.starts_with('+') || tail.starts_with('-')) {
-        let h = parse_dec(&tail[1..3]).ok_or("bad ISO zone")? as i64;
-        let m = parse_dec(&tail[4..6]).ok_or("bad ISO zone")? as i64;
+        let h = tail.get(1..3).and_then(parse_dec).ok_or("bad ISO zone")? as i64;
+        let m = tail.get(4..6).and_then(parse_dec).ok_or("bad ISO zone")? as i64;
         let s = h * 3600 + m * 60;
         if tail.starts_with('-') {
             -s
@@ -510,7 +515,7 @@ mod tests {
         assert_eq!(l.args, "rtl8139 00:02.0 @0x0 -> 0x10ec");
         let l =
             split_line("2026-11-24T05:40:01.500000Z ioapic_set_irq vector: 22 level: 1").unwrap();
-        assert_eq!(l.wall_ns, Some(1_795_412_401_500_000_000));
+        assert_eq!(l.wall_ns, Some(1_795_498_801_500_000_000));
         assert_eq!(l.name, "ioapic_set_irq");
         let l = split_line("vfio_region_write  (0000:01:00.0:region0+0x8, 0x1, 4)").unwrap();
         assert_eq!((l.thread, l.wall_ns), (None, None));
