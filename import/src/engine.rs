@@ -92,14 +92,17 @@ impl Dev {
     }
 
     /// Does a memory region of this name belong to this device? Its own name, `<name>-...`
-    /// sub-regions, and the generic MSI-X table/PBA regions.
+    /// sub-regions, and the generic MSI-X table/PBA regions (whose owner only the address tells).
     fn owns_region_name(&self, region: &str) -> bool {
+        self.owns_region_by_own_name(region) || region == "msix-table" || region == "msix-pba"
+    }
+
+    /// Is the region named after this device (its name or `<name>-...`)?
+    fn owns_region_by_own_name(&self, region: &str) -> bool {
         region == self.name
             || region
                 .strip_prefix(self.name.as_str())
                 .is_some_and(|r| r.starts_with('-'))
-            || region == "msix-table"
-            || region == "msix-pba"
     }
 
     fn bar_containing(&self, addr: u64) -> Option<(usize, u64)> {
@@ -326,7 +329,9 @@ impl<'p> Engine<'p> {
                     if d.dialect != Dialect::Emulated || !d.owns_region_name(op.region) {
                         continue;
                     }
-                    named.get_or_insert(i);
+                    if d.owns_region_by_own_name(op.region) {
+                        named.get_or_insert(i);
+                    }
                     if let Some((bar, off)) = d.bar_containing(op.addr) {
                         hit = Some((i, bar, off));
                         break;

@@ -579,3 +579,36 @@ proptest! {
         let _ = quoted_device(&text);
     }
 }
+
+/// `msix-table` is a generic name: the address decides which device's BAR it is, and another
+/// device's table access is neither an event nor "unmapped" for this one.
+#[test]
+fn generic_msix_regions_go_to_the_device_whose_bar_holds_them() {
+    let text = "\
+1@1.000000:pci_cfg_read aaa 00:01.0 @0x0 -> 0x11112222
+1@1.000001:pci_update_mappings_add aaa 00:01.0 3,0xfebc0000+0x4000
+1@1.000002:pci_cfg_read bbb 00:02.0 @0x0 -> 0x33334444
+1@1.000003:pci_update_mappings_add bbb 00:02.0 0,0xfebc4000+0x4000
+1@1.000004:memory_region_ops_write cpu 0 mr 0x1 addr 0xfebc6010 value 0x1 size 4 name 'msix-table'
+1@1.000005:memory_region_ops_read cpu 0 mr 0x1 addr 0xfebc0800 value 0x2 size 4 name 'msix-pba'
+";
+    let (_, a, ra) = import(text, Some("aaa"));
+    let (_, b, rb) = import(text, Some("bbb"));
+    assert_eq!(
+        kinds(&a)[1..],
+        [EventKind::MmioRead(RegionAccess {
+            region: 3,
+            offset: 0x800,
+            data: val(4, 2)
+        })]
+    );
+    assert_eq!(
+        kinds(&b)[1..],
+        [EventKind::MmioWrite(RegionAccess {
+            region: 0,
+            offset: 0x2010,
+            data: val(4, 1)
+        })]
+    );
+    assert_eq!((ra.unmapped, rb.unmapped), (0, 0));
+}
