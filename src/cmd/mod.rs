@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod diff;
 mod dump;
 mod export;
+mod import;
 mod info;
 mod slice;
 mod verify;
@@ -33,6 +34,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Convert a trace to Perfetto / Chrome trace-event JSON or CSV.
     Export(export::ExportArgs),
+    /// Convert a trace made by another tool (a QEMU trace log) into an hwrr trace.
+    Import(import::ImportArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -45,5 +48,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Slice(a) => slice::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Export(a) => export::run(a),
+        Command::Import(a) => import::run(a),
     }
 }
