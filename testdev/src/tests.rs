@@ -1,0 +1,1 @@
+//! Unit tests of the device against its register map.
