@@ -55,11 +55,15 @@ impl ConfigSpace {
         put(&mut b, 0x09, &CLASS_CODE.to_le_bytes()[..3]);
         w[0x0c] = 0xff; // cache line size
         w[0x0d] = 0xff; // latency timer
-        // BAR0: 32-bit non-prefetchable memory; the writable bits are exactly the size mask.
+                        // BAR0: 32-bit non-prefetchable memory; the writable bits are exactly the size mask.
         put(&mut w, 0x10, &(!(BAR0_SIZE as u32 - 1)).to_le_bytes());
         // BAR2: I/O space (bit 0 reads 1, read-only).
         b[0x18] = 0x01;
-        put(&mut w, 0x18, &(!(BAR2_SIZE as u32 - 1) & !0x3).to_le_bytes());
+        put(
+            &mut w,
+            0x18,
+            &(!(BAR2_SIZE as u32 - 1) & !0x3).to_le_bytes(),
+        );
         // BAR4/5: 64-bit memory (type bits 0b10 << 1).
         b[0x20] = 0x04;
         put(&mut w, 0x20, &(!(BAR4_SIZE as u32 - 1)).to_le_bytes());
@@ -71,7 +75,7 @@ impl ConfigSpace {
         b[0x34] = MSI_CAP as u8;
         w[0x3c] = 0xff; // interrupt line
         b[0x3d] = 0x01; // interrupt pin A
-        // MSI: 64-bit, one vector.
+                        // MSI: 64-bit, one vector.
         let m = MSI_CAP as usize;
         b[m] = 0x05;
         b[m + 1] = MSIX_CAP as u8;
@@ -90,7 +94,11 @@ impl ConfigSpace {
             x + 2,
             &(MSIX_ENABLE | MSIX_FUNCTION_MASK).to_le_bytes(),
         );
-        put(&mut b, x + 4, &((MSIX_TABLE_OFFSET as u32) | 4).to_le_bytes());
+        put(
+            &mut b,
+            x + 4,
+            &((MSIX_TABLE_OFFSET as u32) | 4).to_le_bytes(),
+        );
         put(&mut b, x + 8, &((MSIX_PBA_OFFSET as u32) | 4).to_le_bytes());
         ConfigSpace {
             bytes: b,
@@ -198,7 +206,10 @@ mod tests {
     fn read_only_fields_ignore_writes_and_out_of_range_fails() {
         let mut c = ConfigSpace::new();
         assert!(c.write(0, &[0xff; 4]));
-        assert_eq!(r32(&c, 0), u32::from(VENDOR_ID) | (u32::from(DEVICE_ID) << 16));
+        assert_eq!(
+            r32(&c, 0),
+            u32::from(VENDOR_ID) | (u32::from(DEVICE_ID) << 16)
+        );
         assert!(c.write(4, &0xffffu16.to_le_bytes()));
         assert_eq!(c.command(), 0x0407);
         assert!(!c.write(255, &[0, 0]));

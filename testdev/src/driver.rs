@@ -376,9 +376,15 @@ impl Driver<'_> {
 
     fn wire_irqs(&mut self) -> Result<(), DriverError> {
         let n = self.opts.irq_mode.vectors();
-        self.fds = (0..n).map(|_| eventfd::create()).collect::<Result<_, _>>()?;
+        self.fds = (0..n)
+            .map(|_| eventfd::create())
+            .collect::<Result<_, _>>()?;
         self.counts = vec![0; n as usize];
-        let mut req = self.irq_request(IrqAction::Trigger, IrqData::Eventfd(vec![true; n as usize]), n);
+        let mut req = self.irq_request(
+            IrqAction::Trigger,
+            IrqData::Eventfd(vec![true; n as usize]),
+            n,
+        );
         req.fds = self
             .fds
             .iter()
@@ -457,7 +463,8 @@ impl Driver<'_> {
                     0x05 => msi_cap = Some(u32::from(ptr)),
                     0x11 => {
                         msix_cap = Some(u32::from(ptr));
-                        msix_table_size = (self.cfg_read(u32::from(ptr) + 2, 2)? as u16 & 0x7ff) + 1;
+                        msix_table_size =
+                            (self.cfg_read(u32::from(ptr) + 2, 2)? as u16 & 0x7ff) + 1;
                     }
                     _ => {}
                 }
@@ -482,7 +489,11 @@ impl Driver<'_> {
             }
             if mask & 1 == 1 {
                 let size = u64::from((!(mask & !3)).wrapping_add(1));
-                bars.push(BarObservation { index: i, kind: "io", size });
+                bars.push(BarObservation {
+                    index: i,
+                    kind: "io",
+                    size,
+                });
                 i += 1;
             } else if (mask >> 1) & 3 == 2 && i < 5 {
                 let hi_off = off + 4;
@@ -499,7 +510,11 @@ impl Driver<'_> {
                 i += 2;
             } else {
                 let size = u64::from((!(mask & !0xf)).wrapping_add(1));
-                bars.push(BarObservation { index: i, kind: "mmio32", size });
+                bars.push(BarObservation {
+                    index: i,
+                    kind: "mmio32",
+                    size,
+                });
                 i += 1;
             }
         }
@@ -534,8 +549,8 @@ impl Driver<'_> {
             ),
             _ => (0, 0),
         };
-        let rom_checksum_ok = rom.starts_with(&[0x55, 0xaa])
-            && rom.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0;
+        let rom_checksum_ok =
+            rom.starts_with(&[0x55, 0xaa]) && rom.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0;
 
         // Registers.
         let id = self.reg(bar0::ID)?;
@@ -543,7 +558,9 @@ impl Driver<'_> {
         let io_id = self.rd(2, bar2::ID)?;
         let mac_lo = self.reg(bar0::MAC_LO)?.to_le_bytes();
         let mac_hi = self.reg(bar0::MAC_HI)?.to_le_bytes();
-        let mac = [mac_lo[0], mac_lo[1], mac_lo[2], mac_lo[3], mac_hi[0], mac_hi[1]];
+        let mac = [
+            mac_lo[0], mac_lo[1], mac_lo[2], mac_lo[3], mac_hi[0], mac_hi[1],
+        ];
         self.set(bar0::SCRATCH, 0x1234_5678)?;
         let scratch = self.reg(bar0::SCRATCH)?;
         self.wr(2, bar2::SCRATCH, 0x0bad_f00d)?;
@@ -577,7 +594,9 @@ impl Driver<'_> {
 
         // DMA: device to guest, guest to device, fill.
         let mut dma = Vec::new();
-        let pattern: Vec<u8> = (0..DMA_LEN).map(|i| (i as u8).wrapping_mul(7) ^ 0x5a).collect();
+        let pattern: Vec<u8> = (0..DMA_LEN)
+            .map(|i| (i as u8).wrapping_mul(7) ^ 0x5a)
+            .collect();
         for (i, chunk) in pattern.chunks(4).enumerate() {
             let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             self.set(bar0::BUFFER + 4 * i as u64, v)?;
@@ -706,8 +725,10 @@ impl Driver<'_> {
         let frames = self.opts.frames;
         let tx_ring = self.iova(TX_RING);
         let rx_ring = self.iova(RX_RING);
-        self.mem.write(tx_ring, &vec![0; (u64::from(n) * desc::SIZE) as usize])?;
-        self.mem.write(rx_ring, &vec![0; (u64::from(n) * desc::SIZE) as usize])?;
+        self.mem
+            .write(tx_ring, &vec![0; (u64::from(n) * desc::SIZE) as usize])?;
+        self.mem
+            .write(rx_ring, &vec![0; (u64::from(n) * desc::SIZE) as usize])?;
         for i in 0..u64::from(n) {
             let d = descriptor(self.iova(RX_BUFS + i * BUF_STRIDE), BUF_STRIDE as u16, 0);
             self.mem.write(rx_ring + i * desc::SIZE, &d)?;
@@ -757,7 +778,8 @@ impl Driver<'_> {
             let flags = u16::from_le_bytes([d[desc::FLAGS], d[desc::FLAGS + 1]]);
             let len = u16::from_le_bytes([d[desc::LEN], d[desc::LEN + 1]]) as usize;
             let mut bytes = vec![0u8; len.min(BUF_STRIDE as usize)];
-            self.mem.read(self.iova(RX_BUFS + i * BUF_STRIDE), &mut bytes)?;
+            self.mem
+                .read(self.iova(RX_BUFS + i * BUF_STRIDE), &mut bytes)?;
             rx_frames.push(RxFrame { flags, bytes });
         }
         let ring_registers = [

@@ -86,7 +86,11 @@ impl Ring {
         self.tail = 0;
     }
     fn set_size(&mut self, v: u32) {
-        self.size = if v.is_power_of_two() && v <= MAX_RING { v } else { 0 };
+        self.size = if v.is_power_of_two() && v <= MAX_RING {
+            v
+        } else {
+            0
+        };
         self.head = 0;
         self.tail = 0;
     }
@@ -277,7 +281,12 @@ impl TestDevice {
             region(region_index::BAR0, RegionKind::Mmio, BAR0_SIZE, rw),
             region(2, RegionKind::Pio, BAR2_SIZE, rw),
             region(4, RegionKind::Mmio, BAR4_SIZE, rw),
-            region(region_index::ROM, RegionKind::Rom, ROM_SIZE, region_flags::READ),
+            region(
+                region_index::ROM,
+                RegionKind::Rom,
+                ROM_SIZE,
+                region_flags::READ,
+            ),
             region(
                 region_index::CONFIG,
                 RegionKind::Config,
@@ -469,7 +478,13 @@ impl TestDevice {
                 None => false,
             },
             dma_cmd::FILL if len <= BUFFER_SIZE => {
-                let tmp: Vec<u8> = pattern.to_le_bytes().iter().copied().cycle().take(len).collect();
+                let tmp: Vec<u8> = pattern
+                    .to_le_bytes()
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(len)
+                    .collect();
                 self.dma_write(dst, &tmp).is_ok()
             }
             _ => false,
@@ -499,7 +514,8 @@ impl TestDevice {
                 self.regs.ring_error = true;
                 break;
             };
-            let addr = u64::from_le_bytes(d[desc::ADDR..desc::ADDR + 8].try_into().unwrap_or([0; 8]));
+            let addr =
+                u64::from_le_bytes(d[desc::ADDR..desc::ADDR + 8].try_into().unwrap_or([0; 8]));
             let len = u16::from_le_bytes([d[desc::LEN], d[desc::LEN + 1]]) as usize;
             let mut frame = vec![0u8; len.min(MAX_FRAME)];
             let fetched = len <= MAX_FRAME && self.dma_read(addr, &mut frame).is_ok();
@@ -511,7 +527,10 @@ impl TestDevice {
             };
             d[desc::FLAGS..desc::FLAGS + 2].copy_from_slice(&flags.to_le_bytes());
             if self
-                .dma_write(desc_iova + desc::FLAGS as u64, &d[desc::FLAGS..desc::FLAGS + 2])
+                .dma_write(
+                    desc_iova + desc::FLAGS as u64,
+                    &d[desc::FLAGS..desc::FLAGS + 2],
+                )
                 .is_err()
             {
                 self.regs.ring_error = true;
@@ -578,13 +597,7 @@ impl TestDevice {
             bar0::ID => ID_MAGIC,
             bar0::VERSION => VERSION,
             bar0::SCRATCH => r.scratch,
-            bar0::CONTROL => {
-                if r.ring_enabled {
-                    control::RING_ENABLE
-                } else {
-                    0
-                }
-            }
+            bar0::CONTROL => u32::from(r.ring_enabled) * control::RING_ENABLE,
             bar0::STATUS => r.status(),
             bar0::IRQ_CAUSE => r.irq_cause,
             bar0::IRQ_MASK => r.irq_mask,
@@ -863,7 +876,9 @@ impl Device for TestDevice {
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
         let kind = self.describe_regions_check(region, offset, data.len())?;
         if kind == RegionKind::Rom {
-            return Err(DeviceError::Invalid("the expansion ROM is read-only".into()));
+            return Err(DeviceError::Invalid(
+                "the expansion ROM is read-only".into(),
+            ));
         }
         if !self.decodes(region) {
             return Ok(());
@@ -922,12 +937,16 @@ impl Device for TestDevice {
 
     fn dma_map(&mut self, region: DmaRegion) -> Result<()> {
         let m = region.mapping;
-        let end = m.iova.checked_add(m.len).filter(|_| m.len > 0).ok_or_else(|| {
-            DeviceError::Invalid(format!(
-                "DMA mapping of {:#x} bytes at {:#x} is empty or wraps",
-                m.len, m.iova
-            ))
-        })?;
+        let end = m
+            .iova
+            .checked_add(m.len)
+            .filter(|_| m.len > 0)
+            .ok_or_else(|| {
+                DeviceError::Invalid(format!(
+                    "DMA mapping of {:#x} bytes at {:#x} is empty or wraps",
+                    m.len, m.iova
+                ))
+            })?;
         if let Some(o) = self
             .iommu
             .iter()
