@@ -85,7 +85,7 @@ pub(crate) fn find_all(text: &str) -> Vec<Bdf> {
                     let after_ok = rest
                         .as_bytes()
                         .get(len)
-                        .is_none_or(|b| !b.is_ascii_hexdigit());
+                        .map_or(true, |b| !b.is_ascii_hexdigit());
                     if after_ok {
                         if let Ok(b) = tok.parse::<Bdf>() {
                             out.push(b);

@@ -82,10 +82,10 @@ fn class_match(p: &[u8], c: u8) -> Option<(bool, usize)> {
     None
 }
 
-/// The modules whose aliases match `modalias`, most specific pattern first (fewest wildcards,
-/// then longest), without duplicates.
+/// The modules whose aliases match `modalias`, most specific pattern first (most literal
+/// characters: a vendor:device match beats a class match), without duplicates.
 pub fn resolve(modules_alias: &str, modalias: &str) -> Vec<String> {
-    let mut hits: Vec<(usize, usize, String)> = Vec::new();
+    let mut hits: Vec<(usize, String)> = Vec::new();
     for line in modules_alias.lines() {
         let mut f = line.split_whitespace();
         if f.next() != Some("alias") {
@@ -95,16 +95,16 @@ pub fn resolve(modules_alias: &str, modalias: &str) -> Vec<String> {
             continue;
         };
         if glob_match(pattern, modalias) {
-            let wild = pattern
+            let literal = pattern
                 .bytes()
-                .filter(|b| matches!(b, b'*' | b'?' | b'['))
+                .filter(|b| !matches!(b, b'*' | b'?' | b'[' | b']'))
                 .count();
-            hits.push((wild, usize::MAX - pattern.len(), module.to_string()));
+            hits.push((usize::MAX - literal, module.to_string()));
         }
     }
     hits.sort();
     let mut out: Vec<String> = Vec::new();
-    for (_, _, m) in hits {
+    for (_, m) in hits {
         if !out.contains(&m) {
             out.push(m);
         }
