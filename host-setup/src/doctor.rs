@@ -166,7 +166,7 @@ fn check_iommu(root: &HostRoot, r: &mut DoctorReport, log: Option<&Vec<String>>)
         r.push(
             "iommu-cmdline",
             Status::Fail,
-            format!("IOMMU is off: add {on_param} to the kernel command line"),
+            format!("no IOMMU option on the kernel command line and the kernel did not enable one: add {on_param}"),
         );
     }
 
