@@ -251,8 +251,9 @@ pub struct Observations {
     pub final_status: u32,
 }
 
-/// Maps `len` bytes of fresh anonymous memory at `iova` for the device: adds it to a new
-/// [`SparseMemory`], calls `dma_map` (with the memory, as an in-process VMM would) and attaches the
+/// Maps `len` bytes of fresh shared memory (a memfd, so a frontend that talks to another process,
+/// such as a vfio-user client, can pass the fd on) at `iova` for the device: adds it to a new
+/// [`SparseMemory`], calls `dma_map` with the memory, as a VMM maps guest RAM, and attaches the
 /// memory to the device. Returns the guest memory for [`run`].
 pub fn setup_guest_memory(
     dev: &mut dyn Device,
@@ -260,7 +261,7 @@ pub fn setup_guest_memory(
     len: u64,
 ) -> Result<Arc<SparseMemory>, DriverError> {
     let size = usize::try_from(len).map_err(|_| DriverError::Options(format!("{len} bytes")))?;
-    let mapped = Arc::new(MappedMemory::anonymous(size)?);
+    let mapped = Arc::new(MappedMemory::map_fd(memfd(len)?, 0, size, true)?);
     let mem = Arc::new(SparseMemory::new());
     let flags = dma_flags::READ | dma_flags::WRITE;
     mem.add_mapped(iova, flags, mapped.clone())?;
@@ -270,6 +271,24 @@ pub fn setup_guest_memory(
         memory: Some(mapped),
     })?;
     Ok(mem)
+}
+
+/// A zero-filled memfd of `len` bytes.
+fn memfd(len: u64) -> std::io::Result<OwnedFd> {
+    let size = libc::off_t::try_from(len)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "too large"))?;
+    // SAFETY: a NUL-terminated name and plain flags; the result is checked before it is owned.
+    let fd = unsafe { libc::memfd_create(c"hwrr-testdev-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ftruncate on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 struct Driver<'a> {
