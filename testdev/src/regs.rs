@@ -197,3 +197,75 @@ pub mod desc {
     /// Flag: the device could not process the descriptor.
     pub const FLAG_ERROR: u16 = 1 << 2;
 }
+
+/// The name of the register at `offset` of VFIO region `region` (BAR0, BAR2 or BAR4), for
+/// divergence reports and trace dumps. Offsets inside a 32-bit register name that register.
+pub fn register_name(region: u32, offset: u64) -> Option<&'static str> {
+    let slot = offset & !3;
+    match region {
+        0 if (bar0::BUFFER..BAR0_SIZE).contains(&offset) => Some("BUFFER"),
+        0 => Some(match slot {
+            bar0::ID => "ID",
+            bar0::VERSION => "VERSION",
+            bar0::SCRATCH => "SCRATCH",
+            bar0::CONTROL => "CONTROL",
+            bar0::STATUS => "STATUS",
+            bar0::IRQ_CAUSE => "IRQ_CAUSE",
+            bar0::IRQ_MASK => "IRQ_MASK",
+            bar0::IRQ_ACK => "IRQ_ACK",
+            bar0::IRQ_TRIGGER => "IRQ_TRIGGER",
+            bar0::DMA_SRC_LO => "DMA_SRC_LO",
+            bar0::DMA_SRC_HI => "DMA_SRC_HI",
+            bar0::DMA_DST_LO => "DMA_DST_LO",
+            bar0::DMA_DST_HI => "DMA_DST_HI",
+            bar0::DMA_LEN => "DMA_LEN",
+            bar0::DMA_PATTERN => "DMA_PATTERN",
+            bar0::DMA_CMD => "DMA_CMD",
+            bar0::MAC_LO => "MAC_LO",
+            bar0::MAC_HI => "MAC_HI",
+            bar0::TX_RING_LO => "TX_RING_LO",
+            bar0::TX_RING_HI => "TX_RING_HI",
+            bar0::TX_RING_SIZE => "TX_RING_SIZE",
+            bar0::TX_HEAD => "TX_HEAD",
+            bar0::TX_TAIL => "TX_TAIL",
+            bar0::RX_RING_LO => "RX_RING_LO",
+            bar0::RX_RING_HI => "RX_RING_HI",
+            bar0::RX_RING_SIZE => "RX_RING_SIZE",
+            bar0::RX_HEAD => "RX_HEAD",
+            bar0::RX_TAIL => "RX_TAIL",
+            bar0::TX_COUNT => "TX_COUNT",
+            bar0::RX_COUNT => "RX_COUNT",
+            bar0::RX_DROPPED => "RX_DROPPED",
+            _ => return None,
+        }),
+        2 => Some(match slot {
+            bar2::ID => "IO_ID",
+            bar2::SCRATCH => "IO_SCRATCH",
+            bar2::IRQ_CAUSE => "IO_IRQ_CAUSE",
+            bar2::INDEX => "IO_INDEX",
+            bar2::DATA => "IO_DATA",
+            _ => return None,
+        }),
+        4 if offset < MSIX_TABLE_OFFSET + u64::from(MSIX_VECTORS) * 16 => Some("MSIX_TABLE"),
+        4 if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + 8).contains(&offset) => Some("MSIX_PBA"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_names() {
+        assert_eq!(register_name(0, bar0::STATUS), Some("STATUS"));
+        assert_eq!(register_name(0, bar0::STATUS + 2), Some("STATUS"));
+        assert_eq!(register_name(0, 0x7fc), None);
+        assert_eq!(register_name(0, bar0::BUFFER + 100), Some("BUFFER"));
+        assert_eq!(register_name(2, bar2::DATA), Some("IO_DATA"));
+        assert_eq!(register_name(4, 0x3c), Some("MSIX_TABLE"));
+        assert_eq!(register_name(4, MSIX_PBA_OFFSET), Some("MSIX_PBA"));
+        assert_eq!(register_name(4, 0x40), None);
+        assert_eq!(register_name(6, 0), None);
+    }
+}
