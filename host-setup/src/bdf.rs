@@ -76,7 +76,11 @@ pub(crate) fn find_all(text: &str) -> Vec<Bdf> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let rest = &text[i..];
+        // Multi-byte characters in log lines: only char boundaries can start an address.
+        let Some(rest) = text.get(i..) else {
+            i += 1;
+            continue;
+        };
         // Try the long form first, then the short one; a token must not continue a hex run.
         let boundary_before = i == 0 || !bytes[i - 1].is_ascii_hexdigit() && bytes[i - 1] != b':';
         if boundary_before {
