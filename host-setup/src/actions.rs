@@ -309,7 +309,16 @@ pub fn bind(root: &HostRoot, bdf: Bdf) -> Result<ActionReport, ActionError> {
             ))));
         }
     }
-    match root.link_name(&run.dev_dir().join("iommu_group")) {
+    let group = root.link_name(&run.dev_dir().join("iommu_group"));
+    if let Some(g) = &group {
+        for (m, d) in crate::doctor::group_members(root, g, &bdf).1 {
+            run.step(
+                Status::Warn,
+                format!("group {g} also holds {m} (bound to {d}): bind it too (`hwrr bind {m}`), or VFIO will refuse to open the group"),
+            );
+        }
+    }
+    match group {
         Some(g) if root.dev.join("vfio").join(&g).exists() => {
             run.step(Status::Ok, format!("/dev/vfio/{g} is ready"))
         }

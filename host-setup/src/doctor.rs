@@ -80,6 +80,7 @@ pub fn doctor(root: &HostRoot, device: Option<Bdf>) -> Result<DoctorReport, Host
     check_iommu(root, &mut r, log.as_ref().ok());
     check_kernel(root, &mut r);
     check_modules(root, &mut r);
+    check_memlock(root, &mut r);
     if let Some(bdf) = device {
         check_device(root, &mut r, &bdf);
     }
@@ -283,6 +284,54 @@ fn check_modules(root: &HostRoot, r: &mut DoctorReport) {
     }
 }
 
+/// Below this locked-memory limit a non-root VMM cannot pin a useful amount of guest RAM.
+const MEMLOCK_MIN: u64 = 1 << 30;
+
+/// VFIO pins every DMA-mapped page against RLIMIT_MEMLOCK; root (CAP_IPC_LOCK) is exempt.
+fn check_memlock(root: &HostRoot, r: &mut DoctorReport) {
+    if root.user.uid == 0 {
+        return;
+    }
+    let limits = std::fs::read_to_string(root.proc.join("self/limits")).unwrap_or_default();
+    let Some(line) = limits.lines().find(|l| l.starts_with("Max locked memory")) else {
+        r.push(
+            "memlock",
+            Status::Warn,
+            "could not read the locked-memory limit (/proc/self/limits)",
+        );
+        return;
+    };
+    let soft = line
+        .trim_start_matches("Max locked memory")
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    match soft {
+        "unlimited" => r.push("memlock", Status::Ok, "locked-memory limit: unlimited"),
+        v => match v.parse::<u64>() {
+            Ok(n) if n >= MEMLOCK_MIN => r.push(
+                "memlock",
+                Status::Ok,
+                format!("locked-memory limit: {} MiB", n >> 20),
+            ),
+            Ok(n) => r.push(
+                "memlock",
+                Status::Warn,
+                format!(
+                    "locked-memory limit is {} KiB: VFIO pins all DMA-mapped memory (the guest's RAM) \
+                     against it: raise it (`ulimit -l`, or memlock in /etc/security/limits.conf) or run as root",
+                    n >> 10
+                ),
+            ),
+            Err(_) => r.push(
+                "memlock",
+                Status::Warn,
+                format!("cannot parse the locked-memory limit {v:?}"),
+            ),
+        },
+    }
+}
+
 fn is_bridge(root: &HostRoot, dev_dir: &Path) -> bool {
     root.read_attr(&dev_dir.join("class"))
         .and_then(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).ok())
@@ -341,31 +390,7 @@ fn check_device(root: &HostRoot, r: &mut DoctorReport, bdf: &Bdf) {
         format!("{bdf} is in IOMMU group {group}"),
     );
 
-    let members_dir = root
-        .sys
-        .join("kernel/iommu_groups")
-        .join(&group)
-        .join("devices");
-    let mut members: Vec<String> = std::fs::read_dir(&members_dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    members.sort();
-    let mut blockers = Vec::new();
-    for m in members.iter().filter(|m| **m != bdf.to_string()) {
-        let mdir = root.sys.join("bus/pci/devices").join(m);
-        let mdrv = root.link_name(&mdir.join("driver"));
-        let ok = match mdrv.as_deref() {
-            None | Some("vfio-pci") | Some("pci-stub") => true,
-            Some(_) => is_bridge(root, &mdir),
-        };
-        if !ok {
-            blockers.push((m.clone(), mdrv.unwrap_or_default()));
-        }
-    }
+    let (members, blockers) = group_members(root, &group, bdf);
     if blockers.is_empty() {
         let others = members.len().saturating_sub(1);
         r.push(
@@ -391,6 +416,41 @@ fn check_device(root: &HostRoot, r: &mut DoctorReport, bdf: &Bdf) {
     }
 
     check_dev_vfio(root, r, &group, driver.as_deref() == Some("vfio-pci"));
+}
+
+/// The devices of IOMMU group `group`, sorted, and those among them (other than `bdf`) that make
+/// the group unusable for VFIO: bound to a driver other than vfio-pci or pci-stub, and not a bridge.
+pub(crate) fn group_members(
+    root: &HostRoot,
+    group: &str,
+    bdf: &Bdf,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let members_dir = root
+        .sys
+        .join("kernel/iommu_groups")
+        .join(group)
+        .join("devices");
+    let mut members: Vec<String> = std::fs::read_dir(&members_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort();
+    let mut blockers = Vec::new();
+    for m in members.iter().filter(|m| **m != bdf.to_string()) {
+        let mdir = root.sys.join("bus/pci/devices").join(m);
+        let mdrv = root.link_name(&mdir.join("driver"));
+        let ok = match mdrv.as_deref() {
+            None | Some("vfio-pci") | Some("pci-stub") => true,
+            Some(_) => is_bridge(root, &mdir),
+        };
+        if !ok {
+            blockers.push((m.clone(), mdrv.unwrap_or_default()));
+        }
+    }
+    (members, blockers)
 }
 
 fn check_dev_vfio(root: &HostRoot, r: &mut DoctorReport, group: &str, bound: bool) {

@@ -276,3 +276,31 @@ fn write_errors_say_what_to_do() {
         "nothing else was touched"
     );
 }
+
+#[test]
+fn bind_warns_about_the_rest_of_a_non_viable_group() {
+    let h = host(Some("e1000e"));
+    h.add_driver("snd_hda_intel");
+    h.add_device(FakeDevice {
+        bdf: "0000:00:1f.3",
+        ids: ("8086", "a170"),
+        class: "0x040300",
+        group: Some(12),
+        driver: Some("snd_hda_intel"),
+        native: Some("snd_hda_intel"),
+    });
+    let r = bind(&h.root, bdf()).unwrap();
+    assert!(
+        r.steps.iter().any(|s| s.status == Status::Warn
+            && s.what.starts_with(
+                "group 12 also holds 0000:00:1f.3 (bound to snd_hda_intel): bind it too"
+            )),
+        "{:?}",
+        r.steps
+    );
+    assert_eq!(
+        h.driver_of("0000:00:1f.3").as_deref(),
+        Some("snd_hda_intel"),
+        "only the named device moves"
+    );
+}

@@ -303,3 +303,35 @@ fn unreadable_kernel_log_is_a_warning_not_an_error() {
     assert_eq!(status_of(&r, "iommu-kernel-log").0, Status::Warn);
     assert!(r.finding("dma-faults").is_none());
 }
+
+#[test]
+fn memlock_limit_matters_only_for_non_root() {
+    let mut h = host_with_bound_nic();
+    fs::create_dir_all(h.base().join("proc/self")).unwrap();
+    fs::write(
+        h.base().join("proc/self/limits"),
+        "Limit                     Soft Limit           Hard Limit           Units\n\
+         Max locked memory         8388608              8388608              bytes\n",
+    )
+    .unwrap();
+    assert!(
+        doctor(&h.root, None).unwrap().finding("memlock").is_none(),
+        "root is exempt"
+    );
+    h.root.user = User {
+        uid: 4242,
+        gids: vec![4242],
+    };
+    let (s, m) = status_of(&doctor(&h.root, None).unwrap(), "memlock");
+    assert_eq!(s, Status::Warn);
+    assert!(m.contains("8192 KiB") && m.contains("ulimit -l"), "{m}");
+    fs::write(
+        h.base().join("proc/self/limits"),
+        "Max locked memory         unlimited            unlimited            bytes\n",
+    )
+    .unwrap();
+    assert_eq!(
+        status_of(&doctor(&h.root, None).unwrap(), "memlock").0,
+        Status::Ok
+    );
+}
