@@ -245,7 +245,9 @@ pub struct Observations {
     pub ring_causes: u32,
     /// IRQ_CAUSE in the software-interrupt handler.
     pub soft_cause: u32,
-    /// Interrupts counted per vector (eventfd counts) over the whole run.
+    /// Interrupts counted per vector (eventfd counts) over the whole run, including signals that
+    /// arrived after their handler ran (collected when the vectors are disconnected at the end). A
+    /// backend that relays interrupts from another thread must have delivered them by then.
     pub irq_counts: Vec<u64>,
     /// STATUS at the end, after the final reset.
     pub final_status: u32,

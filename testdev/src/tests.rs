@@ -560,3 +560,17 @@ fn driver_reports_a_missing_interrupt_instead_of_hanging() {
         "{err}"
     );
 }
+
+#[test]
+fn driver_runs_through_a_boxed_trait_object() {
+    fn assert_send<T: Send>() {}
+    assert_send::<TestDevice>();
+    let mut dev: Box<dyn Device> = Box::new(TestDevice::new());
+    let mem = driver::setup_guest_memory(dev.as_mut(), 0x2000_0000, driver::DMA_AREA_SIZE).unwrap();
+    let opts = DriverOptions {
+        iova_base: 0x2000_0000,
+        ..DriverOptions::default()
+    };
+    let o = driver::run(dev.as_mut(), &mem, opts).unwrap();
+    assert_eq!(o, run_driver(IrqMode::Msix, 0x1000_0000));
+}
