@@ -59,7 +59,8 @@ impl IrqMode {
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
     /// IOVA of the driver's DMA area ([`DMA_AREA_SIZE`] bytes, mapped in the guest memory given to
-    /// [`run`]). Rings, buffers and DMA targets are laid out inside it.
+    /// [`run`]). Rings, buffers and DMA targets are laid out inside it. The driver itself maps and
+    /// unmaps [`STREAM_SIZE`] bytes right after the area, which must therefore be free.
     pub iova_base: u64,
     /// Interrupt mode.
     pub irq_mode: IrqMode,
@@ -95,6 +96,10 @@ const FILL_DST: u64 = 0xc000;
 const DMA_LEN: u32 = 256;
 const FILL_LEN: u32 = 96;
 const FILL_PATTERN: u32 = 0xa5c3_0ff0;
+/// Size of the streaming DMA mapping the driver adds right after its area and removes again.
+pub const STREAM_SIZE: u64 = 0x1000;
+const STREAM_FILL_LEN: u32 = 64;
+const STREAM_PATTERN: u32 = 0x1122_3344;
 /// STATUS reads after which a command that never finishes counts as hung.
 const MAX_POLLS: u32 = 10_000;
 
@@ -233,7 +238,8 @@ pub struct Observations {
     pub reset_polls: u32,
     /// STATUS after the reset.
     pub status_after_reset: u32,
-    /// The three DMA commands.
+    /// The DMA commands: device-to-guest, guest-to-device, fill, a fill into a streaming mapping,
+    /// and the same fill after that mapping was removed (which must fail).
     pub dma: Vec<DmaObservation>,
     /// TX descriptor flags after transmission.
     pub tx_flags: Vec<u16>,
@@ -317,6 +323,12 @@ pub fn run(
     if mem.resolve(opts.iova_base, DMA_AREA_SIZE).is_none() {
         return Err(DriverError::Options(format!(
             "guest memory does not map {DMA_AREA_SIZE:#x} bytes at IOVA {:#x}",
+            opts.iova_base
+        )));
+    }
+    if !stream_range_free(mem, opts.iova_base) {
+        return Err(DriverError::Options(format!(
+            "the {STREAM_SIZE:#x} bytes after the DMA area at {:#x} must be unmapped and addressable",
             opts.iova_base
         )));
     }
@@ -466,6 +478,8 @@ impl Driver<'_> {
         let class_rev = self.cfg_read(0x08, 4)?;
         let subsystem_vendor_id = self.cfg_read(0x2c, 2)? as u16;
         let subsystem_id = self.cfg_read(0x2e, 2)? as u16;
+        // A function-level reset first, as a VMM does before it hands a device to a guest.
+        self.dev.reset()?;
 
         // Capabilities.
         let mut capabilities = Vec::new();
@@ -656,6 +670,7 @@ impl Driver<'_> {
             bytes,
             ..obs
         });
+        dma.extend(self.streaming_dma()?);
 
         // Rings: RX buffers first, then frames on TX; the device loops them back.
         let (tx_flags, rx_frames, ring_registers, ring_causes) = self.ring_test()?;
@@ -740,6 +755,46 @@ impl Driver<'_> {
         })
     }
 
+    /// A streaming DMA mapping, as a driver maps one buffer for one transfer: map it, let the
+    /// device fill it, unmap it, and check that the device can no longer reach it.
+    fn streaming_dma(&mut self) -> Result<[DmaObservation; 2], DriverError> {
+        let iova = self.iova(DMA_AREA_SIZE);
+        let flags = dma_flags::READ | dma_flags::WRITE;
+        let size = STREAM_SIZE as usize;
+        let mapped = Arc::new(MappedMemory::map_fd(memfd(STREAM_SIZE)?, 0, size, true)?);
+        self.mem.add_mapped(iova, flags, mapped.clone())?;
+        let mapping = DmaMapping {
+            iova,
+            len: STREAM_SIZE,
+            flags,
+        };
+        self.dev.dma_map(DmaRegion {
+            mapping,
+            memory: Some(mapped),
+        })?;
+        let obs = self.dma_command(dma_cmd::FILL, 0, iova, STREAM_FILL_LEN, STREAM_PATTERN)?;
+        let mut bytes = vec![0u8; STREAM_FILL_LEN as usize];
+        self.mem.read(iova, &mut bytes)?;
+        let mapped_fill = DmaObservation {
+            command: "streaming-fill",
+            bytes,
+            ..obs
+        };
+        self.dev.dma_unmap(DmaMapping {
+            flags: 0,
+            ..mapping
+        })?;
+        self.mem.remove(iova, STREAM_SIZE);
+        let after = self.dma_command(dma_cmd::FILL, 0, iova, STREAM_FILL_LEN, STREAM_PATTERN)?;
+        Ok([
+            mapped_fill,
+            DmaObservation {
+                command: "fill-after-unmap",
+                ..after
+            },
+        ])
+    }
+
     #[allow(clippy::type_complexity)]
     fn ring_test(&mut self) -> Result<(Vec<u16>, Vec<RxFrame>, [u32; 5], u32), DriverError> {
         let n = RING_ENTRIES;
@@ -813,6 +868,20 @@ impl Driver<'_> {
         self.set(bar0::CONTROL, 0)?;
         Ok((tx_flags, rx_frames, ring_registers, ring_causes))
     }
+}
+
+/// Whether the streaming mapping after the DMA area at `base` fits in the address space and
+/// overlaps no existing mapping.
+fn stream_range_free(mem: &SparseMemory, base: u64) -> bool {
+    let Some(start) = base.checked_add(DMA_AREA_SIZE) else {
+        return false;
+    };
+    let Some(end) = start.checked_add(STREAM_SIZE) else {
+        return false;
+    };
+    !mem.mappings()
+        .iter()
+        .any(|(s, l, _)| *s < end && start < s.saturating_add(*l))
 }
 
 fn descriptor(addr: u64, len: u16, flags: u16) -> [u8; desc::SIZE as usize] {

@@ -444,11 +444,31 @@ fn driver_observes_the_device_it_expects() {
     );
     assert_eq!(o.reset_polls, BUSY_READS);
     assert_eq!(o.status_after_reset, status::READY);
+    let commands: Vec<&str> = o.dma.iter().map(|d| d.command).collect();
+    assert_eq!(
+        commands,
+        [
+            "device-to-guest",
+            "guest-to-device",
+            "fill",
+            "streaming-fill",
+            "fill-after-unmap"
+        ]
+    );
     for d in &o.dma {
+        let want = if d.command == "fill-after-unmap" {
+            status::READY | status::DMA_ERROR
+        } else {
+            status::READY
+        };
         assert_eq!(d.polls, BUSY_READS, "{}", d.command);
-        assert_eq!(d.status, status::READY, "{}", d.command);
+        assert_eq!(d.status, want, "{}", d.command);
         assert_eq!(d.cause, cause::DMA_DONE, "{}", d.command);
     }
+    assert_eq!(
+        &o.dma[3].bytes[..8],
+        &[0x44, 0x33, 0x22, 0x11, 0x44, 0x33, 0x22, 0x11]
+    );
     let expect_written: Vec<u8> = (0..256u32)
         .map(|i| (i as u8).wrapping_mul(7) ^ 0x5a)
         .collect();
@@ -467,9 +487,9 @@ fn driver_observes_the_device_it_expects() {
     assert_eq!(o.ring_registers, [3, 3, 3, 3, 0]);
     assert_eq!(o.ring_causes, cause::TX_DONE | cause::RX);
     assert_eq!(o.soft_cause, cause::SOFT);
-    // Three DMA completions on vector 0, one TX batch, one RX interrupt per frame, one software
+    // Five DMA completions on vector 0, one TX batch, one RX interrupt per frame, one software
     // interrupt.
-    assert_eq!(o.irq_counts, vec![3, 1, 3, 1]);
+    assert_eq!(o.irq_counts, vec![5, 1, 3, 1]);
     assert_eq!(o.final_status, status::READY);
     let json = serde_json::to_value(&o).unwrap();
     assert_eq!(json["irq_mode"], "msix");
@@ -509,6 +529,16 @@ fn driver_refuses_bad_options_and_other_devices() {
         ..DriverOptions::default()
     };
     assert!(driver::run(&mut dev, &mem, opts).is_err());
+    // The streaming mapping needs the page after the area free.
+    let mut dev = TestDevice::new();
+    let mem =
+        driver::setup_guest_memory(&mut dev, 0x10_0000, driver::DMA_AREA_SIZE + 0x1000).unwrap();
+    let opts = DriverOptions {
+        iova_base: 0x10_0000,
+        ..DriverOptions::default()
+    };
+    let err = driver::run(&mut dev, &mem, opts).unwrap_err();
+    assert!(err.to_string().contains("must be unmapped"), "{err}");
 }
 
 #[test]
