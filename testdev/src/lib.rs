@@ -994,19 +994,22 @@ impl Device for TestDevice {
 }
 
 impl TestDevice {
+    /// Checks an access against the BAR/ROM table without allocating (this is on every access).
     fn describe_regions_check(&self, region: u32, offset: u64, len: usize) -> Result<RegionKind> {
-        let regions = Self::regions();
-        let r = regions
-            .iter()
-            .find(|r| r.index == region && r.kind != RegionKind::Config)
-            .ok_or(DeviceError::NoSuchRegion(region))?;
+        let (kind, size) = match region {
+            0 => (RegionKind::Mmio, BAR0_SIZE),
+            2 => (RegionKind::Pio, BAR2_SIZE),
+            4 => (RegionKind::Mmio, BAR4_SIZE),
+            region_index::ROM => (RegionKind::Rom, ROM_SIZE),
+            _ => return Err(DeviceError::NoSuchRegion(region)),
+        };
         match offset.checked_add(len as u64) {
-            Some(end) if end <= r.size => Ok(r.kind),
+            Some(end) if end <= size => Ok(kind),
             _ => Err(DeviceError::OutOfRange {
                 region,
                 offset,
                 len: len as u64,
-                size: r.size,
+                size,
             }),
         }
     }

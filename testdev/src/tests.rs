@@ -604,3 +604,22 @@ fn driver_runs_through_a_boxed_trait_object() {
     let o = driver::run(dev.as_mut(), &mem, opts).unwrap();
     assert_eq!(o, run_driver(IrqMode::Msix, 0x1000_0000));
 }
+
+#[test]
+fn access_checks_agree_with_the_region_table() {
+    let dev = TestDevice::new();
+    for r in TestDevice::regions() {
+        if r.kind == RegionKind::Config {
+            assert!(dev.describe_regions_check(r.index, 0, 1).is_err());
+            continue;
+        }
+        assert_eq!(
+            dev.describe_regions_check(r.index, r.size - 4, 4).ok(),
+            Some(r.kind)
+        );
+        assert!(dev.describe_regions_check(r.index, r.size - 3, 4).is_err());
+    }
+    for absent in [1, 3, 5, 8, 99] {
+        assert!(dev.describe_regions_check(absent, 0, 1).is_err());
+    }
+}
