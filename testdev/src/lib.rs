@@ -337,6 +337,8 @@ impl TestDevice {
 
     fn signal(&mut self, fired: u32) {
         if self.msix_active() {
+            // Message-signalled modes never assert the pin.
+            self.set_intx_level(false);
             let function_masked = self.config.msix_control() & MSIX_FUNCTION_MASK != 0;
             for v in 0..MSIX_VECTORS {
                 if fired & (1 << v) == 0 {
@@ -349,6 +351,7 @@ impl TestDevice {
                 }
             }
         } else if self.msi_active() {
+            self.set_intx_level(false);
             // MSI is a memory write: without bus mastering it cannot be sent.
             if fired != 0 && self.bus_master() {
                 self.raise(irq_index::MSI, 0);
@@ -359,11 +362,6 @@ impl TestDevice {
                 self.raise(irq_index::INTX, 0);
             }
         }
-        if !self.msix_active() && !self.msi_active() {
-            return;
-        }
-        // Message-signalled modes never assert the pin.
-        self.set_intx_level(false);
     }
 
     fn update_intx(&mut self) {
