@@ -529,7 +529,7 @@ fn check_faults(r: &mut DoctorReport, log: &std::io::Result<Vec<String>>, device
         return;
     };
     let faults = klog::dma_faults(lines);
-    if faults.by_device.is_empty() && faults.anonymous == 0 {
+    if faults.by_device.is_empty() && faults.anonymous == 0 && faults.suppressed == 0 {
         r.push(
             "dma-faults",
             Status::Ok,
@@ -558,6 +558,14 @@ fn check_faults(r: &mut DoctorReport, log: &std::io::Result<Vec<String>>, device
         parts.push(format!(
             "{} fault reports without a device",
             faults.anonymous
+        ));
+    }
+    if faults.suppressed > 0 {
+        // The kernel only rate-limits fault messages when more than ten arrive in five seconds.
+        worst = Status::Fail;
+        parts.push(format!(
+            "{} more fault messages suppressed by the kernel's rate limit",
+            faults.suppressed
         ));
     }
     let advice = if worst == Status::Fail {

@@ -25,8 +25,11 @@ pub fn iommu_enabled_lines(lines: &[String]) -> Vec<&str> {
 pub struct FaultSummary {
     /// Faults per device, with one example line each.
     pub by_device: BTreeMap<Bdf, (usize, String)>,
-    /// Fault lines that name no device (e.g. `DMAR: DRHD: handling fault status reg 3`).
+    /// Fault lines whose device address could not be read.
     pub anonymous: usize,
+    /// Fault messages the kernel's rate limit swallowed (`dmar_fault: 42 callbacks suppressed`):
+    /// more than ten faults in five seconds, a flood by definition.
+    pub suppressed: usize,
 }
 
 impl FaultSummary {
@@ -54,10 +57,20 @@ pub fn dma_faults(lines: &[String]) -> FaultSummary {
                 Some(at) => find_all(&l[at + "device=".len()..]).into_iter().next(),
                 None => find_all(l).into_iter().next(),
             }
-        } else {
-            if l.contains("DMAR: DRHD: handling fault") {
-                s.anonymous += 1;
+        } else if l.contains("callbacks suppressed") {
+            let lower = l.to_ascii_lowercase();
+            if ["dmar", "iommu", "fault"].iter().any(|k| lower.contains(k)) {
+                s.suppressed += l
+                    .split_whitespace()
+                    .rev()
+                    .nth(2)
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0);
             }
+            continue;
+        } else {
+            // `DMAR: DRHD: handling fault status reg N` heads each burst of device lines; it is
+            // not a fault of its own.
             continue;
         };
         match bdf {
@@ -85,6 +98,9 @@ mod tests {
             "AMD-Vi: Event logged [IO_PAGE_FAULT device=03:00.0 domain=0x000e address=0xfffd0000 flags=0x0000]",
             "vfio-pci 0000:04:00.1: AMD-Vi: Event logged [IO_PAGE_FAULT domain=0x000e address=0x0 flags=0x0020]",
             "e1000e 0000:00:19.0 eth0: link up",
+            "DMAR: [DMA Read] Request device [zz:00.0] fault addr 0",
+            "dmar_fault: 42 callbacks suppressed",
+            "net_ratelimit: 7 callbacks suppressed",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -105,6 +121,7 @@ mod tests {
             ]
         );
         assert_eq!(f.anonymous, 1);
+        assert_eq!(f.suppressed, 42);
         assert_eq!(f.total(), 5);
     }
 }

@@ -335,3 +335,21 @@ fn memlock_limit_matters_only_for_non_root() {
         Status::Ok
     );
 }
+
+#[test]
+fn rate_limited_fault_messages_count_as_a_flood() {
+    let h = host_with_bound_nic().with_log_file(
+        "[   10.1] DMAR: DRHD: handling fault status reg 2\n\
+         [   10.1] DMAR: [DMA Write NO_PASID] Request device [00:19.0] fault addr 0x1000 [fault reason 0x05] PTE Write access is not set\n\
+         [   15.2] dmar_fault: 1234 callbacks suppressed\n",
+    );
+    let r = doctor(&h.root, Some(bdf(NIC))).unwrap();
+    let (s, m) = status_of(&r, "dma-faults");
+    assert_eq!(s, Status::Fail);
+    assert!(m.contains("1 faults from 0000:00:19.0"), "{m}");
+    assert!(m.contains("1234 more fault messages suppressed"), "{m}");
+    assert!(
+        !m.contains("without a device"),
+        "the DRHD header is not a fault: {m}"
+    );
+}
