@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod diff;
 mod dump;
 mod export;
+mod host;
 mod import;
 mod info;
 mod slice;
@@ -36,6 +37,14 @@ enum Command {
     Export(export::ExportArgs),
     /// Convert a trace made by another tool (a QEMU trace log) into an hwrr trace.
     Import(import::ImportArgs),
+    /// Check that this host can pass a device through with VFIO.
+    Doctor(host::DoctorArgs),
+    /// Hand a device to vfio-pci.
+    Bind(host::BindArgs),
+    /// Give a device back to its host driver.
+    Unbind(host::UnbindArgs),
+    /// Recover a device: unbind, reset, remove, rescan, rebind.
+    Reset(host::ResetArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -49,5 +58,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(a) => diff::run(a),
         Command::Export(a) => export::run(a),
         Command::Import(a) => import::run(a),
+        Command::Doctor(a) => host::run_doctor(a),
+        Command::Bind(a) => host::run_bind(a),
+        Command::Unbind(a) => host::run_unbind(a),
+        Command::Reset(a) => host::run_reset(a),
     }
 }
