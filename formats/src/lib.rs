@@ -9,6 +9,7 @@
 pub mod event;
 pub mod header;
 pub mod hex;
+pub mod json;
 pub mod regmap;
 
 pub use event::*;
