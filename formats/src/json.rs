@@ -14,7 +14,7 @@ pub fn event_to_json(event: &Event, regmap: Option<&RegisterMap>) -> Value {
     obj.insert("seq".into(), json!(event.seq));
     obj.insert("t_ns".into(), json!(event.t_ns));
     obj.insert("kind".into(), json!(event.tag().name()));
-    let mut name_for = |region: u32, offset: u64, obj: &mut Map<String, Value>| {
+    let name_for = |region: u32, offset: u64, obj: &mut Map<String, Value>| {
         if let Some(name) = regmap.and_then(|m| m.name_for(region, offset)) {
             obj.insert("register".into(), json!(name));
         }
