@@ -221,6 +221,12 @@ pub struct Replayer {
     past_sessions: Vec<ReplayReport>,
     scratch: Vec<u8>,
     scratch2: Vec<u8>,
+    /// `shorten_polls` K, or `u32::MAX` (never).
+    shorten_after: u32,
+    /// Copies of the shared per-region tables, kept next to the state for the access path.
+    region_sizes: [u64; 9],
+    canonical: [Option<u8>; 9],
+    has_msix: bool,
 }
 
 fn access_size_ok(len: usize) -> bool {
@@ -294,7 +300,6 @@ impl Replayer {
         };
         let state = shared.fresh_state();
         Ok(Replayer {
-            shared,
             state,
             cur,
             memory: None,
@@ -303,6 +308,11 @@ impl Replayer {
             past_sessions: Vec::new(),
             scratch: Vec::new(),
             scratch2: Vec::new(),
+            shorten_after: shared.options.shorten_polls.unwrap_or(u32::MAX),
+            region_sizes: shared.region_sizes,
+            canonical: shared.ctx.canonical,
+            has_msix: shared.rules.msix.is_some(),
+            shared,
         })
     }
 
@@ -614,7 +624,6 @@ impl Replayer {
     /// happen now). Returns the value a read answers.
     #[inline]
     fn consume(&mut self, op: Op) -> u64 {
-        self.state.counters.matched += 1;
         if op.kind == OpKind::Read {
             match self.state.last_read {
                 Some(lr) if lr.same_key(&op) && lr.value == op.value => {
@@ -626,16 +635,15 @@ impl Replayer {
             }
             self.state.last_read = Some(op);
             self.state.run_extended = false;
-            if let Some(k) = self.shared.options.shorten_polls {
-                if self.state.run_pos > k && op.aux > 1 {
-                    if let Some(v) = self.shorten_run(op) {
-                        return v;
-                    }
+            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+                if let Some(v) = self.shorten_run(op) {
+                    return v;
                 }
             }
         } else {
             self.state.last_read = None;
         }
+        self.state.counters.matched += 1;
         self.state.cursor.op += 1;
         match self.cur.ops.get(self.state.cursor.op) {
             Some(next) if next.kind.is_guest_call() => {}
@@ -840,29 +848,63 @@ impl Replayer {
     }
 
     /// A register access of 1, 2, 4 or 8 bytes. Returns the value a read answers.
+    ///
+    /// The hot path: compare against the op under the cursor by reference, update the run tracking
+    /// only when a new run starts, advance; no allocation, no lock, no `Op` copy unless needed.
     #[inline]
     fn access(&mut self, write: bool, region: u8, offset: u64, size: u8, value: u64) -> u64 {
         self.state.counters.accesses += 1;
         if !self.state.stopped {
-            if let Some(op) = self.peek() {
-                let kind = if write { OpKind::Write } else { OpKind::Read };
-                if op.kind == kind
-                    && op.region == region
-                    && op.offset == offset
-                    && op.size == size
-                    && (!write || op.value == value)
+            let i = self.state.cursor.op;
+            let kind = if write { OpKind::Write } else { OpKind::Read };
+            if let Some(op) = self.cur.ops.get(i) {
+                if op.kind == kind && op.offset == offset && op.region == region && op.size == size
                 {
-                    let in_run = match self.state.last_read {
-                        Some(lr) => lr.same_key(&op) && lr.value == op.value,
-                        None => false,
-                    };
-                    if !write || !in_run {
-                        return self.consume(op);
+                    if write {
+                        if op.value == value {
+                            self.state.last_read = None;
+                            return self.advance_matched(i, value);
+                        }
+                    } else {
+                        let v = op.value;
+                        let in_run = match &self.state.last_read {
+                            Some(lr) => {
+                                lr.offset == offset
+                                    && lr.value == v
+                                    && lr.region == region
+                                    && lr.size == size
+                            }
+                            None => false,
+                        };
+                        if in_run {
+                            self.state.run_pos += 1;
+                            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+                                return self.access_slow(write, region, offset, size, value);
+                            }
+                        } else {
+                            self.state.run_pos = 1;
+                            self.state.last_read = Some(*op);
+                        }
+                        self.state.run_extended = false;
+                        return self.advance_matched(i, v);
                     }
                 }
             }
         }
         self.access_slow(write, region, offset, size, value)
+    }
+
+    /// Counts a match of the op at `i` and moves past it, settling when the next op is a device
+    /// action.
+    #[inline]
+    fn advance_matched(&mut self, i: usize, answer: u64) -> u64 {
+        self.state.counters.matched += 1;
+        self.state.cursor.op = i + 1;
+        match self.cur.ops.get(i + 1) {
+            Some(next) if next.kind.is_guest_call() => {}
+            _ => self.settle(),
+        }
+        answer
     }
 
     #[cold]
@@ -873,6 +915,26 @@ impl Replayer {
             return self.answer_from_model(write, key, value, false);
         }
         let mut op = self.peek();
+        // The fast path found a polling run to shorten (`shorten_polls`).
+        if let Some(o) = op {
+            if !write
+                && o.kind == OpKind::Read
+                && o.region == region
+                && o.offset == offset
+                && o.size == size
+                && self.state.run_pos > self.shorten_after
+                && self
+                    .state
+                    .last_read
+                    .is_some_and(|lr| lr.same_key(&o) && lr.value == o.value)
+            {
+                if let Some(v) = self.shorten_run(o) {
+                    return v;
+                }
+                self.state.run_extended = false;
+                return self.advance_matched(self.state.cursor.op, o.value);
+            }
+        }
         // Same register, written with another value: relocation?
         if let Some(o) = op {
             if o.kind == kind && o.region == region && o.offset == offset && o.size == size {
@@ -1296,7 +1358,6 @@ impl Replayer {
 
     fn check_region(&self, region: u32, offset: u64, len: usize) -> hwrr_device::Result<()> {
         let size = *self
-            .shared
             .region_sizes
             .get(region as usize)
             .filter(|s| **s > 0 && region != region_index::CONFIG)
@@ -1451,16 +1512,22 @@ impl Device for Replayer {
         data: &mut [u8],
     ) -> hwrr_device::Result<()> {
         self.check_region(region, offset, data.len())?;
-        if self.modelled_access(false, region, offset, data) {
+        if (region == region_index::ROM || self.has_msix)
+            && self.modelled_access(false, region, offset, data)
+        {
             return Ok(());
         }
-        let Some(canonical) = self.shared.ctx.canonical(region) else {
+        let Some(canonical) = self.canonical.get(region as usize).copied().flatten() else {
             return Err(DeviceError::NoSuchRegion(region));
         };
         if access_size_ok(data.len()) {
             let v = self.access(false, canonical, offset, data.len() as u8, 0);
-            let n = data.len();
-            data.copy_from_slice(&v.to_le_bytes()[..n]);
+            match data.len() {
+                1 => data[0] = v as u8,
+                2 => data.copy_from_slice(&(v as u16).to_le_bytes()),
+                4 => data.copy_from_slice(&(v as u32).to_le_bytes()),
+                _ => data.copy_from_slice(&v.to_le_bytes()),
+            }
         } else {
             self.access_bytes(false, canonical, offset, data);
         }
@@ -1469,19 +1536,20 @@ impl Device for Replayer {
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> hwrr_device::Result<()> {
         self.check_region(region, offset, data.len())?;
-        let mut buf = [0u8; 8];
-        if data.len() <= 8 {
-            buf[..data.len()].copy_from_slice(data);
-            if self.modelled_access(true, region, offset, &mut buf[..data.len()]) {
-                return Ok(());
-            }
-        } else {
-            let mut copy = data.to_vec();
-            if self.modelled_access(true, region, offset, &mut copy) {
+        if region == region_index::ROM || self.has_msix {
+            let mut buf = [0u8; 8];
+            let modelled = if data.len() <= 8 {
+                buf[..data.len()].copy_from_slice(data);
+                self.modelled_access(true, region, offset, &mut buf[..data.len()])
+            } else {
+                let mut copy = data.to_vec();
+                self.modelled_access(true, region, offset, &mut copy)
+            };
+            if modelled {
                 return Ok(());
             }
         }
-        let Some(canonical) = self.shared.ctx.canonical(region) else {
+        let Some(canonical) = self.canonical.get(region as usize).copied().flatten() else {
             return Err(DeviceError::NoSuchRegion(region));
         };
         if access_size_ok(data.len()) {
