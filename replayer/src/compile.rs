@@ -2,6 +2,7 @@
 //! that the hot path walks without allocating, plus side tables for payloads.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use hwrr_formats::{region_index, AccessData, Event, EventKind, RegionAccess};
 
@@ -88,8 +89,24 @@ pub(crate) struct CompiledChunk {
     pub dma_reads: Vec<Vec<u8>>,
     /// Sorted, de-duplicated 4 KiB pages the chunk's DMA touches (addresses the device used).
     pub dma_pages: Vec<u64>,
+    /// The last value seen per register by the end of the chunk: (op index, value). Built on first
+    /// use: only model answers need it, and building it per chunk would slow compilation.
+    last_values: OnceLock<HashMap<RegKey, (u32, u64)>>,
+}
+
+impl CompiledChunk {
     /// The last value seen per register by the end of the chunk: (op index, value).
-    pub last_values: HashMap<RegKey, (u32, u64)>,
+    pub fn last_values(&self) -> &HashMap<RegKey, (u32, u64)> {
+        self.last_values.get_or_init(|| {
+            let mut map = HashMap::new();
+            for (i, op) in self.ops.iter().enumerate() {
+                if matches!(op.kind, OpKind::Read | OpKind::Write) && op.size != 0 {
+                    map.insert((op.region, op.offset, op.size), (i as u32, op.value));
+                }
+            }
+            map
+        })
+    }
 }
 
 /// What the compiler needs to know about the device.
@@ -238,12 +255,6 @@ impl CompileContext {
                 _ => 1,
             };
             c.ops[i].aux = run;
-        }
-        for (i, op) in c.ops.iter().enumerate() {
-            if matches!(op.kind, OpKind::Read | OpKind::Write) && op.size != 0 {
-                c.last_values
-                    .insert((op.region, op.offset, op.size), (i as u32, op.value));
-            }
         }
         c.dma_pages.sort_unstable();
         c.dma_pages.dedup();

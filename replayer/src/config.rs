@@ -225,7 +225,7 @@ impl ConfigRules {
                     }
                     self.msi = Some(ptr);
                 }
-                cap_id::MSIX => {
+                cap_id::MSIX if ptr + 12 <= self.snapshot.len() => {
                     set_mask(
                         &mut self.writable,
                         ptr + 2,
@@ -264,7 +264,7 @@ impl ConfigRules {
         let Some(end) = offset.checked_add(data.len()) else {
             return false;
         };
-        if end > space.len() {
+        if end > space.len() || end > self.writable.len() {
             return false;
         }
         for (i, &byte) in data.iter().enumerate() {

@@ -438,11 +438,8 @@ impl Replayer {
 
     fn deliver_irq(&mut self, index: u32, vector: u32) {
         if index == irq_index::MSIX {
-            if let (Some(layout), Some(msix)) = (self.shared.rules.msix, self.state.msix.as_mut()) {
-                let control = u16::from_le_bytes([
-                    self.state.config[layout.cap + 2],
-                    self.state.config[layout.cap + 3],
-                ]);
+            let control = self.msix_control();
+            if let Some(msix) = self.state.msix.as_mut() {
                 if control & MSIX_FUNCTION_MASK != 0 || msix.vector_masked(vector) {
                     msix.set_pending(vector, true);
                     self.state.counters.irqs_pending += 1;
@@ -461,16 +458,23 @@ impl Replayer {
         }
     }
 
+    /// The MSI-X message control word as the guest set it (0 without MSI-X).
+    fn msix_control(&self) -> u16 {
+        let Some(layout) = self.shared.rules.msix else {
+            return 0;
+        };
+        match self.state.config.get(layout.cap + 2..layout.cap + 4) {
+            Some(b) => u16::from_le_bytes([b[0], b[1]]),
+            None => 0,
+        }
+    }
+
     /// Fires MSI-X vectors that are pending and no longer masked.
     fn fire_unmasked_msix(&mut self) {
         let Some(layout) = self.shared.rules.msix else {
             return;
         };
-        let control = u16::from_le_bytes([
-            self.state.config[layout.cap + 2],
-            self.state.config[layout.cap + 3],
-        ]);
-        if control & MSIX_FUNCTION_MASK != 0 {
+        if self.msix_control() & MSIX_FUNCTION_MASK != 0 {
             return;
         }
         let mut ready = Vec::new();
@@ -532,7 +536,10 @@ impl Replayer {
                             while i < n && self.scratch[i] == before[i] {
                                 i += 1;
                             }
-                            if memory.write(target + start as u64, &data[start..i]).is_ok() {
+                            if memory
+                                .write(target.wrapping_add(start as u64), &data[start..i])
+                                .is_ok()
+                            {
                                 written += i - start;
                             } else {
                                 fault = true;
@@ -824,7 +831,7 @@ impl Replayer {
                 break;
             }
             if let Ok(chunk) = self.shared.chunk(c) {
-                if let Some((i, v)) = chunk.last_values.get(&key) {
+                if let Some((i, v)) = chunk.last_values().get(&key) {
                     let stamp = Cursor {
                         chunk: c,
                         op: *i as usize,
@@ -851,7 +858,7 @@ impl Replayer {
     ///
     /// The hot path: compare against the op under the cursor by reference, update the run tracking
     /// only when a new run starts, advance; no allocation, no lock, no `Op` copy unless needed.
-    #[inline]
+    #[inline(always)]
     fn access(&mut self, write: bool, region: u8, offset: u64, size: u8, value: u64) -> u64 {
         self.state.counters.accesses += 1;
         if !self.state.stopped {
@@ -896,7 +903,7 @@ impl Replayer {
 
     /// Counts a match of the op at `i` and moves past it, settling when the next op is a device
     /// action.
-    #[inline]
+    #[inline(always)]
     fn advance_matched(&mut self, i: usize, answer: u64) -> u64 {
         self.state.counters.matched += 1;
         self.state.cursor.op = i + 1;
@@ -1643,6 +1650,7 @@ impl Device for Replayer {
             }
         }
         self.note_mismatch(GuestCall::Reset, "the trace has no device reset here");
+        self.state.counters.resets_unmatched += 1;
         match self.shared.options.policy {
             Policy::Strict => self.state.stopped = true,
             Policy::Resync { .. } => self.state.counters.inserted += 1,

@@ -82,6 +82,9 @@ pub struct Counters {
     pub relocations_learned: u64,
     /// Guest resets matched to a recorded reset.
     pub resets_matched: u64,
+    /// Guest resets the trace had no reset for (also counted as an insertion under resync and a
+    /// fallback under model).
+    pub resets_unmatched: u64,
     /// Config-space reads (modelled).
     pub config_reads: u64,
     /// Config-space writes (modelled).

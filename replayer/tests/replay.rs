@@ -292,7 +292,10 @@ fn shorten_polls_serves_the_transition_early_and_never_lengthens() {
         vmm.write(CTRL, 9);
         let r = vmm.dev.report();
         assert!(!r.diverged);
-        assert_eq!(r.counters.matched, r.counters.accesses, "each guest read counts once");
+        assert_eq!(
+            r.counters.matched, r.counters.accesses,
+            "each guest read counts once"
+        );
         assert!(r.trace_finished);
         match k {
             Some(k) => {
