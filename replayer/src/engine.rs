@@ -588,7 +588,9 @@ impl Replayer {
                 if rec == now || rec == 0 || now == 0 {
                     continue;
                 }
-                if self.state.relocations.translate(rec) == now || !self.is_recorded_address(rec) {
+                // Only pointers to pages the recorded device went on to use by DMA: a descriptor's
+                // buffer is, a payload word that merely looks like an address rarely is.
+                if self.state.relocations.translate(rec) == now || !self.is_recorded_dma_page(rec) {
                     continue;
                 }
                 let mut probe = [0u8; 1];
@@ -605,14 +607,15 @@ impl Replayer {
     /// Whether `addr` lies in a recorded DMA mapping or a page the recorded device touched by DMA
     /// (in the current or the next chunk).
     fn is_recorded_address(&self, addr: u64) -> bool {
-        if self
-            .state
+        self.state
             .recorded_mappings
             .iter()
             .any(|(s, l)| addr >= *s && addr - *s < *l)
-        {
-            return true;
-        }
+            || self.is_recorded_dma_page(addr)
+    }
+
+    /// Whether the recorded device touched `addr`'s page by DMA in the current or the next chunk.
+    fn is_recorded_dma_page(&self, addr: u64) -> bool {
         let page = addr / PAGE;
         if self.cur.dma_pages.binary_search(&page).is_ok() {
             return true;
@@ -657,6 +660,36 @@ impl Replayer {
             _ => self.settle(),
         }
         op.value
+    }
+
+    /// The first recorded guest call after the polling run of `lr` that the cursor is in (identical
+    /// reads, possibly across chunks, with device actions between them), without moving the cursor.
+    fn after_run(&self, lr: Op) -> Option<(Cursor, Op)> {
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        let mut i = self.state.cursor.op;
+        loop {
+            while let Some(o) = chunk.ops.get(i) {
+                if o.kind.is_guest_call()
+                    && !(o.kind == OpKind::Read && o.same_key(&lr) && o.value == lr.value)
+                {
+                    return Some((
+                        Cursor {
+                            chunk: chunk_idx,
+                            op: i,
+                        },
+                        *o,
+                    ));
+                }
+                i += 1;
+            }
+            chunk_idx += 1;
+            if chunk_idx >= self.shared.chunk_count {
+                return None;
+            }
+            chunk = self.shared.chunk(chunk_idx).ok()?;
+            i = 0;
+        }
     }
 
     /// `shorten_polls`: the guest has read this run more than K times; when the run is followed (in
@@ -921,7 +954,7 @@ impl Replayer {
         if self.state.stopped {
             return self.answer_from_model(write, key, value, false);
         }
-        let mut op = self.peek();
+        let op = self.peek();
         // The fast path found a polling run to shorten (`shorten_polls`).
         if let Some(o) = op {
             if !write
@@ -956,30 +989,27 @@ impl Replayer {
                 }
             }
         }
-        // The guest left a polling run early: skip the rest of the run and try again.
+        // The guest left a polling run early: when its access matches what follows the run, skip
+        // the rest of the run (device actions in between still happen). An access that does not
+        // match there either leaves the cursor in the run.
         if let (Some(lr), Some(o)) = (self.state.last_read, op) {
             if o.kind == OpKind::Read && lr.same_key(&o) && lr.value == o.value {
-                while let Some(n) = self.peek() {
-                    if n.kind == OpKind::Read && n.same_key(&lr) && n.value == lr.value {
-                        self.state.cursor.op += 1;
-                    } else {
-                        break;
-                    }
-                }
-                self.state.counters.poll_shortened += 1;
-                self.state.last_read = None;
-                op = self.peek();
-                if let Some(o) = op {
-                    if o.kind == kind
-                        && o.region == region
-                        && o.offset == offset
-                        && o.size == size
-                        && (!write || self.write_accepts(o, value))
-                    {
-                        if write && o.value != value {
+                if let Some((target, after)) = self.after_run(lr) {
+                    let same_register = after.kind == kind
+                        && after.region == region
+                        && after.offset == offset
+                        && after.size == size;
+                    let accepted = same_register
+                        && (!write
+                            || after.value == value
+                            || self.state.relocations.translate(after.value) == value);
+                    if accepted {
+                        self.skip_to(target);
+                        self.state.counters.poll_shortened += 1;
+                        if write && after.value != value {
                             self.set_model(key, value);
                         }
-                        return self.consume(o);
+                        return self.consume(after);
                     }
                 }
             }
@@ -1660,7 +1690,8 @@ impl Device for Replayer {
     }
 
     fn attach_memory(&mut self, memory: Arc<dyn GuestMemory>) {
-        if self.needs_restart {
+        // Each client connection attaches its memory once: a second attach is a new client.
+        if self.needs_restart || self.memory.is_some() || self.state.counters.accesses > 0 {
             self.restart();
         }
         self.memory = Some(memory);

@@ -496,3 +496,46 @@ fn report_json_has_the_contract_fields_and_register_names() {
     assert_eq!(d["context"].as_array().unwrap().len(), 2);
     assert_eq!(d["context"][0]["seq"], 1);
 }
+
+#[test]
+fn an_unrecorded_read_inside_a_poll_leaves_the_run_intact() {
+    for policy in [Policy::resync(), Policy::Model] {
+        let mut t = Trace::new();
+        for _ in 0..3 {
+            t.read(STATUS, 1);
+        }
+        t.read(STATUS, 2);
+        t.write(CTRL, 3);
+        let mut vmm = Vmm::new(t, 4096, opts(policy));
+        let mut seen = vec![vmm.read(STATUS)];
+        vmm.read(ICR); // not in the trace
+        loop {
+            let s = vmm.read(STATUS);
+            seen.push(s);
+            if s == 2 {
+                break;
+            }
+        }
+        vmm.write(CTRL, 3);
+        assert_eq!(seen, vec![1, 1, 1, 2], "{policy:?}");
+        let r = vmm.dev.report();
+        assert_eq!(r.counters.poll_shortened, 0);
+        assert_eq!(r.counters.skipped, 0);
+        assert_eq!(r.counters.inserted + r.counters.fallbacks, 1);
+        assert!(r.trace_finished);
+    }
+}
+
+#[test]
+fn a_second_attach_is_a_new_client() {
+    let (t, _) = nic_trace();
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 0x0400_0000);
+    assert_eq!(vmm.read(STATUS), 1);
+    vmm.dev.attach_memory(vmm.mem.clone());
+    assert_eq!(vmm.dev.report().counters.accesses, 0);
+    vmm.write(CTRL, 0x0400_0000);
+    assert_eq!(vmm.read(STATUS), 1);
+    assert!(!vmm.dev.report().diverged);
+    assert_eq!(vmm.dev.past_sessions().len(), 1);
+}
