@@ -81,6 +81,8 @@ pub(crate) struct CompiledChunk {
     pub ops: Vec<Op>,
     /// Sequence number of each op's event.
     pub seqs: Vec<u64>,
+    /// Timestamp of each op's event.
+    pub t_ns: Vec<u64>,
     /// Payloads of byte accesses.
     pub bytes: Vec<Vec<u8>>,
     /// Payloads of DMA writes.
@@ -144,6 +146,7 @@ impl CompileContext {
         let mut c = CompiledChunk {
             ops: Vec::with_capacity(events.len()),
             seqs: Vec::with_capacity(events.len()),
+            t_ns: Vec::with_capacity(events.len()),
             ..Default::default()
         };
         for e in events {
@@ -238,6 +241,7 @@ impl CompileContext {
             };
             c.ops.push(op);
             c.seqs.push(e.seq);
+            c.t_ns.push(e.t_ns);
         }
         // Runs of identical reads, counted from the back so each read knows how many remain.
         let mut i = c.ops.len();

@@ -45,6 +45,12 @@ pub struct ReplayOptions {
     pub context_events: usize,
     /// Compiled chunks kept in memory (default 4).
     pub chunk_cache: usize,
+    /// Honour recorded delays: before delivering an interrupt, wait as long as the recording
+    /// waited after the access that preceded it (at most `max_delay_ns`). The wait happens in the
+    /// access that triggers delivery, so it also delays that access's reply. Off by default.
+    pub honor_delays: bool,
+    /// Longest single wait with `honor_delays` (default 100 ms).
+    pub max_delay_ns: u64,
     /// Bytes a relocation learned from a register write covers (default 64 KiB: a descriptor ring
     /// and its neighbours). Pointers learned from descriptors cover one page and take precedence.
     pub relocation_span: u64,
@@ -59,6 +65,8 @@ impl Default for ReplayOptions {
             context_events: 16,
             chunk_cache: 4,
             relocation_span: 64 * 1024,
+            honor_delays: false,
+            max_delay_ns: 100_000_000,
         }
     }
 }
@@ -227,6 +235,8 @@ pub struct Replayer {
     region_sizes: [u64; 9],
     canonical: [Option<u8>; 9],
     has_msix: bool,
+    /// A fork waiting for its frontend's first `attach_memory`, which must not restart the trace.
+    fork_pending: bool,
 }
 
 fn access_size_ok(len: usize) -> bool {
@@ -312,6 +322,7 @@ impl Replayer {
             region_sizes: shared.region_sizes,
             canonical: shared.ctx.canonical,
             has_msix: shared.rules.msix.is_some(),
+            fork_pending: false,
             shared,
         })
     }
@@ -337,6 +348,28 @@ impl Replayer {
         };
         self.state = state;
         Ok(())
+    }
+
+    /// A second engine over the same compiled trace (shared, not copied) starting from this one's
+    /// state, with no interrupt wiring and no memory attached: the frontend of the fork attaches
+    /// its own. Its first `attach_memory` does not restart the trace.
+    pub fn fork(&self) -> Replayer {
+        Replayer {
+            shared: Arc::clone(&self.shared),
+            state: self.state.clone(),
+            cur: Arc::clone(&self.cur),
+            memory: None,
+            irqs: IrqRouter::new(&self.shared.description.irqs),
+            needs_restart: false,
+            past_sessions: Vec::new(),
+            scratch: Vec::new(),
+            scratch2: Vec::new(),
+            shorten_after: self.shorten_after,
+            region_sizes: self.region_sizes,
+            canonical: self.canonical,
+            has_msix: self.has_msix,
+            fork_pending: true,
+        }
     }
 
     /// The options this replayer runs with.
@@ -418,7 +451,12 @@ impl Replayer {
 
     fn execute(&mut self, op: Op) {
         match op.kind {
-            OpKind::Irq => self.deliver_irq(op.offset as u32, op.value as u32),
+            OpKind::Irq => {
+                if self.shared.options.honor_delays {
+                    self.wait_recorded_delay();
+                }
+                self.deliver_irq(op.offset as u32, op.value as u32)
+            }
             OpKind::DmaWrite => self.apply_dma_write(op),
             OpKind::DmaRead => self.learn_from_dma_read(op),
             OpKind::DmaMap => self.state.recorded_mappings.push((op.value, op.offset)),
@@ -433,6 +471,29 @@ impl Replayer {
                 }
             }
             OpKind::Read | OpKind::Write | OpKind::Reset => {}
+        }
+    }
+
+    /// Sleeps for the recorded gap between the op just passed (the cursor is one past it) and the
+    /// guest call before it in the same chunk.
+    fn wait_recorded_delay(&mut self) {
+        let Some(j) = self.state.cursor.op.checked_sub(1) else {
+            return;
+        };
+        let ops = &self.cur.ops;
+        let lo = j.saturating_sub(256);
+        let Some(g) = (lo..j).rev().find(|&i| ops[i].kind.is_guest_call()) else {
+            return;
+        };
+        let (Some(&t_op), Some(&t_call)) = (self.cur.t_ns.get(j), self.cur.t_ns.get(g)) else {
+            return;
+        };
+        let wait = t_op
+            .saturating_sub(t_call)
+            .min(self.shared.options.max_delay_ns);
+        if wait > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(wait));
+            self.state.counters.delay_ns_waited += wait;
         }
     }
 
@@ -1691,7 +1752,10 @@ impl Device for Replayer {
 
     fn attach_memory(&mut self, memory: Arc<dyn GuestMemory>) {
         // Each client connection attaches its memory once: a second attach is a new client.
-        if self.needs_restart || self.memory.is_some() || self.state.counters.accesses > 0 {
+        let first_attach_of_fork = std::mem::take(&mut self.fork_pending);
+        if !first_attach_of_fork
+            && (self.needs_restart || self.memory.is_some() || self.state.counters.accesses > 0)
+        {
             self.restart();
         }
         self.memory = Some(memory);

@@ -85,6 +85,8 @@ pub struct Counters {
     /// Guest resets the trace had no reset for (also counted as an insertion under resync and a
     /// fallback under model).
     pub resets_unmatched: u64,
+    /// Nanoseconds waited to honour recorded interrupt delays (`honor_delays`).
+    pub delay_ns_waited: u64,
     /// Config-space reads (modelled).
     pub config_reads: u64,
     /// Config-space writes (modelled).

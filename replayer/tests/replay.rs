@@ -539,3 +539,32 @@ fn a_second_attach_is_a_new_client() {
     assert!(!vmm.dev.report().diverged);
     assert_eq!(vmm.dev.past_sessions().len(), 1);
 }
+
+#[test]
+fn recorded_interrupt_delays_are_honoured_only_when_asked() {
+    // The interrupt came 200 ns after the write (the builder spaces events 100 ns apart and the
+    // DMA write sits between them).
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    t.dma_write(BUF, &[1], None);
+    t.irq(2, 0);
+    t.read(ICR, 1);
+    let events = t.events;
+    for honor in [false, true] {
+        let options = ReplayOptions {
+            honor_delays: honor,
+            ..Default::default()
+        };
+        let mut vmm = Vmm::new(
+            Trace {
+                events: events.clone(),
+            },
+            4096,
+            options,
+        );
+        vmm.write(CTRL, 1);
+        assert_eq!(vmm.irqs(0), 1);
+        let waited = vmm.dev.report().counters.delay_ns_waited;
+        assert_eq!(waited, if honor { 200 } else { 0 });
+    }
+}
