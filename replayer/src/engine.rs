@@ -20,6 +20,9 @@ use crate::reloc::{RelocationMap, PAGE};
 use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
 use crate::source::{EventSource, SourceError};
 
+/// Largest recorded DMA mapping whose addresses count as evidence of a DMA address (256 MiB).
+const SMALL_MAPPING: u64 = 256 << 20;
+
 /// Errors creating a replayer.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -665,14 +668,27 @@ impl Replayer {
         self.scratch2 = guest;
     }
 
-    /// Whether `addr` lies in a recorded DMA mapping or a page the recorded device touched by DMA
-    /// (in the current or the next chunk).
-    fn is_recorded_address(&self, addr: u64) -> bool {
-        self.state
+    /// Whether a written value `rec` (the guest wrote `act` instead) is a DMA address of the
+    /// recording: a page the recorded device went on to use by DMA, or an address inside a recorded
+    /// DMA mapping of at most [`SMALL_MAPPING`] bytes while `act` is readable guest memory. A VMM
+    /// that maps all guest RAM makes every small number "inside a mapping"; such mappings say
+    /// nothing, and a changed control value must stay a divergence.
+    fn looks_like_recorded_address(&self, rec: u64, act: u64) -> bool {
+        if self.is_recorded_dma_page(rec) {
+            return true;
+        }
+        let in_small_mapping = self
+            .state
             .recorded_mappings
             .iter()
-            .any(|(s, l)| addr >= *s && addr - *s < *l)
-            || self.is_recorded_dma_page(addr)
+            .any(|(s, l)| *l <= SMALL_MAPPING && rec >= *s && rec - *s < *l);
+        if !in_small_mapping {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        self.memory
+            .as_ref()
+            .is_some_and(|m| m.read(act, &mut probe).is_ok())
     }
 
     /// Whether the recorded device touched `addr`'s page by DMA in the current or the next chunk.
@@ -812,7 +828,7 @@ impl Replayer {
         if half_ok(translated) {
             return true;
         }
-        if rec == 0 || !(named || self.is_recorded_address(rec)) {
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
             return false;
         }
         if self

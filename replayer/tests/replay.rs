@@ -568,3 +568,36 @@ fn recorded_interrupt_delays_are_honoured_only_when_asked() {
         assert_eq!(waited, if honor { 200 } else { 0 });
     }
 }
+
+#[test]
+fn a_whole_ram_mapping_does_not_make_control_values_addresses() {
+    // QEMU maps all guest RAM for DMA: every small number is "inside a mapping".
+    let mut t = Trace::new();
+    t.dma_map(0, 1 << 32);
+    t.write(CTRL, 0x0010_4000);
+    t.read(STATUS, 1);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 0x0010_8000); // also readable guest memory
+    let r = vmm.dev.report();
+    assert!(r.diverged, "a changed control value is not a relocation");
+    assert!(r.relocations.is_empty());
+    assert_eq!(r.first_divergence.unwrap().seq, 1);
+}
+
+#[test]
+fn a_ring_base_in_a_small_mapping_relocates_without_dma_evidence() {
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x10_0000);
+    t.write_sized(0, RDBAL, 8, RING);
+    t.read(STATUS, 1);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.dev
+        .region_write(0, RDBAL, &0x80_0000u64.to_le_bytes())
+        .unwrap();
+    assert_eq!(vmm.read(STATUS), 1);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+    assert_eq!(r.relocations.len(), 1);
+    assert_eq!(r.relocations[0].recorded, RING);
+    assert_eq!(r.relocations[0].replay, 0x80_0000);
+}
