@@ -298,3 +298,81 @@ pub(crate) fn canonical_regions(header: &hwrr_formats::TraceHeader) -> [Option<u
     }
     table
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hwrr_formats::{Irq, RegionInfo, RegionKind, TraceHeader};
+
+    fn read(seq: u64, region: u32, offset: u64, value: u64) -> Event {
+        Event::new(
+            seq,
+            seq,
+            EventKind::MmioRead(RegionAccess {
+                region,
+                offset,
+                data: AccessData::Value { size: 4, value },
+            }),
+        )
+    }
+
+    fn ctx() -> CompileContext {
+        let region = |index, alias_of| RegionInfo {
+            index,
+            kind: RegionKind::Mmio,
+            size: 0x1000,
+            flags: 3,
+            alias_of,
+        };
+        let header = TraceHeader {
+            regions: vec![region(0, None), region(1, Some(0)), region(6, None)],
+            ..Default::default()
+        };
+        CompileContext {
+            canonical: canonical_regions(&header),
+            msix: Some(MsixLayout {
+                cap: 0x70,
+                entries: 2,
+                table_bar: 0,
+                table_offset: 0x800,
+                pba_bar: 0,
+                pba_offset: 0x900,
+            }),
+        }
+    }
+
+    #[test]
+    fn runs_aliases_and_dropped_accesses() {
+        let events = vec![
+            read(10, 0, 8, 1),
+            read(11, 1, 8, 1), // alias of region 0: same run
+            read(12, 0, 8, 1),
+            Event::new(
+                13,
+                13,
+                EventKind::Irq(Irq {
+                    index: 2,
+                    vector: 1,
+                }),
+            ),
+            read(14, 0, 8, 1),
+            read(15, 0, 8, 2),
+            read(16, 0, 0x808, 0), // MSI-X table: modelled
+            read(17, 0, 0x900, 0), // PBA: modelled
+            read(18, 6, 0, 0x55),  // ROM: modelled
+            read(19, 3, 0, 0),     // no such region
+        ];
+        let c = ctx().compile(&events);
+        let runs: Vec<u32> = c.ops.iter().map(|o| o.aux).collect();
+        assert_eq!(runs, vec![3, 2, 1, 0, 1, 1]);
+        assert_eq!(c.seqs, vec![10, 11, 12, 13, 14, 15]);
+        assert!(c
+            .ops
+            .iter()
+            .all(|o| o.kind != OpKind::Read || o.region == 0));
+        assert_eq!(c.ops[3].kind, OpKind::Irq);
+        assert_eq!((c.ops[3].offset, c.ops[3].value), (2, 1));
+        assert_eq!(c.last_values().get(&(0, 8, 4)), Some(&(5, 2)));
+        assert_eq!(std::mem::size_of::<Op>(), 24);
+    }
+}

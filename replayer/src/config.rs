@@ -393,3 +393,69 @@ impl MsixModel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hwrr_formats::RegionInfo;
+
+    fn header_with(config: Vec<u8>, regions: Vec<RegionInfo>) -> TraceHeader {
+        TraceHeader {
+            config_space: config,
+            regions,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_looping_capability_list_terminates() {
+        let mut c = vec![0u8; 256];
+        c[0x06] = 0x10;
+        c[0x34] = 0x40;
+        c[0x40] = 0x05; // MSI
+        c[0x41] = 0x48;
+        c[0x48] = 0x11; // MSI-X pointing back
+        c[0x49] = 0x40;
+        let rules = ConfigRules::new(&header_with(c, vec![]));
+        assert_eq!(rules.msi, Some(0x40));
+        assert_eq!(rules.msix.map(|m| m.cap), Some(0x48));
+    }
+
+    #[test]
+    fn a_msix_capability_at_the_end_of_config_space_is_ignored() {
+        let mut c = vec![0u8; 256];
+        c[0x06] = 0x10;
+        c[0x34] = 0xfc;
+        c[0xfc] = 0x11;
+        let rules = ConfigRules::new(&header_with(c, vec![]));
+        assert!(rules.msix.is_none());
+        let mut space = rules.snapshot.clone();
+        assert!(!rules.write(&mut space, 0xfe, &[0xff; 4]));
+        assert!(rules.write(&mut space, 0xfc, &[0xff; 4]));
+        assert_eq!(
+            &space[0xfc..],
+            &[0x11, 0, 0, 0],
+            "unknown capabilities are read-only"
+        );
+    }
+
+    #[test]
+    fn non_power_of_two_bar_sizes_round_up() {
+        let mut c = vec![0u8; 64];
+        c[0x10] = 0x00;
+        let rules = ConfigRules::new(&header_with(
+            c,
+            vec![RegionInfo {
+                index: 0,
+                kind: hwrr_formats::RegionKind::Mmio,
+                size: 0x3000,
+                flags: 3,
+                alias_of: None,
+            }],
+        ));
+        let mut space = rules.snapshot.clone();
+        assert_eq!(space.len(), 256, "snapshot padded to a full header");
+        rules.write(&mut space, 0x10, &[0xff; 4]);
+        assert_eq!(&space[0x10..0x14], &0xffff_c000u32.to_le_bytes());
+    }
+}
