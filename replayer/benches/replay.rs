@@ -28,6 +28,14 @@ fn header() -> TraceHeader {
     let mut c = vec![0u8; 256];
     c[0..2].copy_from_slice(&0x8086u16.to_le_bytes());
     c[2..4].copy_from_slice(&0x10d3u16.to_le_bytes());
+    // An MSI-X capability (4 vectors, table at BAR0 0xE000, PBA at 0xF000) as real NICs have:
+    // every access pays the "is this the MSI-X table?" check.
+    c[0x06] = 0x10;
+    c[0x34] = 0x70;
+    c[0x70] = 0x11;
+    c[0x72] = 3;
+    c[0x74..0x78].copy_from_slice(&0xE000u32.to_le_bytes());
+    c[0x78..0x7c].copy_from_slice(&0xF000u32.to_le_bytes());
     TraceHeader {
         device: DeviceIdentity::from_config_space(&c, None).unwrap_or_default(),
         config_space: c,

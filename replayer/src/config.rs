@@ -51,6 +51,7 @@ impl MsixLayout {
     }
 
     /// Whether `offset..offset+len` of `region` touches the table.
+    #[inline]
     pub fn in_table(&self, region: u32, offset: u64, len: u64) -> bool {
         region == self.table_bar
             && offset < self.table_offset + self.table_len()
@@ -58,6 +59,7 @@ impl MsixLayout {
     }
 
     /// Whether `offset..offset+len` of `region` touches the PBA.
+    #[inline]
     pub fn in_pba(&self, region: u32, offset: u64, len: u64) -> bool {
         region == self.pba_bar
             && offset < self.pba_offset + self.pba_len()

@@ -8,14 +8,14 @@ use hwrr_device::{
     Device, DeviceDescription, DeviceError, DmaMapping, DmaRegion, GuestMemory, IrqRouter,
     IrqSetRequest,
 };
-use hwrr_formats::json::event_to_json;
+use hwrr_formats::json::{event_to_json, JsonOptions};
 use hwrr_formats::regmap::{AddressPart, RegisterMap};
 use hwrr_formats::{irq_index, region_flags, region_index, AccessData, Event, RegionInfo};
 use hwrr_formats::{RegionKind, TraceHeader};
 use serde_json::json;
 
 use crate::compile::{canonical_regions, CompileContext, CompiledChunk, Op, OpKind, RegKey};
-use crate::config::{ConfigRules, MsixModel, MSIX_FUNCTION_MASK};
+use crate::config::{ConfigRules, MsixLayout, MsixModel, MSIX_FUNCTION_MASK};
 use crate::reloc::{RelocationMap, PAGE};
 use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
 use crate::source::{EventSource, SourceError};
@@ -237,7 +237,7 @@ pub struct Replayer {
     /// Copies of the shared per-region tables, kept next to the state for the access path.
     region_sizes: [u64; 9],
     canonical: [Option<u8>; 9],
-    has_msix: bool,
+    msix_layout: Option<MsixLayout>,
     /// A fork waiting for its frontend's first `attach_memory`, which must not restart the trace.
     fork_pending: bool,
 }
@@ -324,7 +324,7 @@ impl Replayer {
             shorten_after: shared.options.shorten_polls.unwrap_or(u32::MAX),
             region_sizes: shared.region_sizes,
             canonical: shared.ctx.canonical,
-            has_msix: shared.rules.msix.is_some(),
+            msix_layout: shared.rules.msix,
             fork_pending: false,
             shared,
         })
@@ -370,7 +370,7 @@ impl Replayer {
             shorten_after: self.shorten_after,
             region_sizes: self.region_sizes,
             canonical: self.canonical,
-            has_msix: self.has_msix,
+            msix_layout: self.msix_layout,
             fork_pending: true,
         }
     }
@@ -1406,11 +1406,14 @@ impl Replayer {
             t_ns,
             expected: expected
                 .as_ref()
-                .map(|e| event_to_json(e, regmap))
+                .map(|e| event_to_json(e, regmap, JsonOptions::default()))
                 .unwrap_or(serde_json::Value::Null),
             actual: self.render_call(&m.actual),
             reason: m.reason.to_string(),
-            context: context.iter().map(|e| event_to_json(e, regmap)).collect(),
+            context: context
+                .iter()
+                .map(|e| event_to_json(e, regmap, JsonOptions::default()))
+                .collect(),
         }
     }
 
@@ -1439,7 +1442,7 @@ impl Replayer {
                 obj.insert("region".into(), json!(region));
                 obj.insert("offset".into(), json!(offset));
                 if *write {
-                    hwrr_formats::json::insert_access_data(&mut obj, data);
+                    insert_access_data(&mut obj, data);
                 } else {
                     obj.insert("size".into(), json!(data.len()));
                 }
@@ -1450,7 +1453,7 @@ impl Replayer {
                     .as_ref()
                     .and_then(|m| m.name_for(*region, *offset))
                 {
-                    obj.insert("register".into(), json!(name));
+                    obj.insert("name".into(), json!(name));
                 }
                 serde_json::Value::Object(obj)
             }
@@ -1484,6 +1487,20 @@ impl Replayer {
                 len: len as u64,
                 size,
             }),
+        }
+    }
+
+    /// Whether a region access goes to a model (ROM, MSI-X table or PBA) rather than the sequencer.
+    #[inline(always)]
+    fn is_modelled(&self, region: u32, offset: u64, len: usize) -> bool {
+        if region == region_index::ROM {
+            return true;
+        }
+        match (&self.msix_layout, self.canonical.get(region as usize)) {
+            (Some(m), Some(Some(c))) => {
+                m.in_table(*c as u32, offset, len as u64) || m.in_pba(*c as u32, offset, len as u64)
+            }
+            _ => false,
         }
     }
 
@@ -1537,6 +1554,20 @@ impl Replayer {
             return true;
         }
         false
+    }
+}
+
+/// Adds `size` and `value` (widths 1, 2, 4, 8) or `size` and hex `data`, as `hwrr dump --json`.
+fn insert_access_data(obj: &mut serde_json::Map<String, serde_json::Value>, data: &AccessData) {
+    match data {
+        AccessData::Value { size, value } => {
+            obj.insert("size".into(), json!(size));
+            obj.insert("value".into(), json!(value));
+        }
+        AccessData::Bytes(b) => {
+            obj.insert("size".into(), json!(b.len()));
+            obj.insert("data".into(), json!(hwrr_formats::hex::encode(b)));
+        }
     }
 }
 
@@ -1626,7 +1657,7 @@ impl Device for Replayer {
         data: &mut [u8],
     ) -> hwrr_device::Result<()> {
         self.check_region(region, offset, data.len())?;
-        if (region == region_index::ROM || self.has_msix)
+        if self.is_modelled(region, offset, data.len())
             && self.modelled_access(false, region, offset, data)
         {
             return Ok(());
@@ -1650,7 +1681,7 @@ impl Device for Replayer {
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> hwrr_device::Result<()> {
         self.check_region(region, offset, data.len())?;
-        if region == region_index::ROM || self.has_msix {
+        if self.is_modelled(region, offset, data.len()) {
             let mut buf = [0u8; 8];
             let modelled = if data.len() <= 8 {
                 buf[..data.len()].copy_from_slice(data);

@@ -67,7 +67,7 @@ pub mod report;
 pub mod source;
 
 pub use engine::{ReplayError, ReplayOptions, ReplayState, Replayer};
-pub use hwrr_formats::json::event_to_json;
+pub use hwrr_formats::json::{event_to_json, JsonOptions};
 pub use reloc::{Relocation, RelocationMap};
 pub use report::{check, Counters, DivergenceReport, Policy, ReplayReport};
 pub use source::{EventSource, MemorySource, SourceError};

@@ -490,8 +490,8 @@ fn report_json_has_the_contract_fields_and_register_names() {
     assert_eq!(v["diverged"], true);
     let d = &v["first_divergence"];
     assert_eq!(d["seq"], 3);
-    assert_eq!(d["expected"]["register"], "CTRL");
-    assert_eq!(d["actual"]["register"], "CTRL");
+    assert_eq!(d["expected"]["name"], "CTRL");
+    assert_eq!(d["actual"]["name"], "CTRL");
     assert_eq!(d["actual"]["value"], 0x77);
     assert_eq!(d["context"].as_array().unwrap().len(), 2);
     assert_eq!(d["context"][0]["seq"], 1);

@@ -1,0 +1,19 @@
+//! The hwrr recorder: a tap around any [`hwrr_device::Device`] backend that logs every call, its
+//! result and its duration into a trace, without making the access path wait on disk or compression.
+//!
+//! - [`Recorder`] owns the trace writer thread and a bounded queue. Producers (the tap's access path,
+//!   the interrupt relay thread) enqueue events; when the queue is full they block and count a stall,
+//!   so back-pressure is visible and nothing is dropped.
+//! - [`Tap`] wraps a backend: every `Device` call is forwarded and logged; `set_irqs` eventfds are
+//!   replaced by the tap's own, relayed to the consumer's by a thread that logs each interrupt; DMA the
+//!   backend does through the attached guest memory is logged exactly (bytes, and the bytes it
+//!   overwrote).
+
+#![deny(missing_docs)]
+
+mod relay;
+mod tap;
+mod writer;
+
+pub use tap::{LoggingMemory, Tap};
+pub use writer::{Recorder, RecorderError, RecorderOptions, RecorderStats};

@@ -1,0 +1,263 @@
+//! The tap: forwards every `Device` call to a backend and logs it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hwrr_device::{Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result};
+use hwrr_formats::{
+    AccessData, ConfigAccess, DmaMapping, DmaRead, DmaWrite, EventKind, IrqAction, IrqData,
+    RegionAccess, RegionKind,
+};
+
+use crate::relay::IrqRelay;
+use crate::writer::RecorderHandle;
+
+fn status_of<T>(r: &Result<T>) -> u32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.errno().unsigned_abs(),
+    }
+}
+
+fn elapsed_ns(t0: Instant) -> u64 {
+    t0.elapsed().as_nanos() as u64
+}
+
+/// A backend with every call logged to a recorder.
+pub struct Tap<D: Device> {
+    inner: D,
+    recorder: RecorderHandle,
+    relay: IrqRelay,
+    /// Region kinds by index, so an access is logged as MMIO or PIO without asking the backend.
+    region_kinds: HashMap<u32, RegionKind>,
+}
+
+impl<D: Device> Tap<D> {
+    /// Wraps `inner`; events go to `recorder`. Starts the interrupt relay thread.
+    pub fn new(inner: D, recorder: RecorderHandle) -> std::io::Result<Self> {
+        let region_kinds = inner
+            .describe()
+            .regions
+            .iter()
+            .map(|r| (r.index, r.kind))
+            .collect();
+        let relay = IrqRelay::start(recorder.clone())?;
+        Ok(Tap {
+            inner,
+            recorder,
+            relay,
+            region_kinds,
+        })
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &D {
+        &self.inner
+    }
+
+    /// The wrapped backend, mutably (calls made through it are not logged).
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
+    }
+
+    /// Unwraps the backend; interrupt routes are torn down.
+    pub fn into_inner(self) -> D {
+        self.inner
+    }
+
+    fn region_event(&self, region: u32, write: bool, access: RegionAccess) -> EventKind {
+        let pio = self.region_kinds.get(&region) == Some(&RegionKind::Pio);
+        match (pio, write) {
+            (false, false) => EventKind::MmioRead(access),
+            (false, true) => EventKind::MmioWrite(access),
+            (true, false) => EventKind::PioRead(access),
+            (true, true) => EventKind::PioWrite(access),
+        }
+    }
+
+    /// Replaces the consumer's eventfds with relayed ones before the backend sees them.
+    fn substitute_fds(&self, request: &mut IrqSetRequest) -> Result<()> {
+        let s = &request.setup;
+        match (s.action, &s.data) {
+            (IrqAction::Trigger, IrqData::None) if s.count == 0 => {
+                self.relay.unroute_index(s.index);
+            }
+            (IrqAction::Trigger, IrqData::Eventfd(_)) => {
+                for (i, fd) in request.fds.iter_mut().enumerate() {
+                    let vector = s.start.saturating_add(i as u32);
+                    match fd.take() {
+                        Some(consumer) => {
+                            *fd = Some(self.relay.route(s.index, vector, consumer)?);
+                        }
+                        None => self.relay.unroute(s.index, vector),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl<D: Device> Device for Tap<D> {
+    fn describe(&self) -> DeviceDescription {
+        self.inner.describe()
+    }
+
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.region_read(region, offset, data);
+        let dur = elapsed_ns(t0);
+        let access = RegionAccess {
+            region,
+            offset,
+            data: AccessData::from_le_bytes(data),
+        };
+        let kind = self.region_event(region, false, access);
+        self.recorder.log(kind, status_of(&r), dur);
+        r
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.region_write(region, offset, data);
+        let dur = elapsed_ns(t0);
+        let access = RegionAccess {
+            region,
+            offset,
+            data: AccessData::from_le_bytes(data),
+        };
+        let kind = self.region_event(region, true, access);
+        self.recorder.log(kind, status_of(&r), dur);
+        r
+    }
+
+    fn config_read(&mut self, offset: u32, data: &mut [u8]) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.config_read(offset, data);
+        let dur = elapsed_ns(t0);
+        let kind = EventKind::ConfigRead(ConfigAccess {
+            offset,
+            data: AccessData::from_le_bytes(data),
+        });
+        self.recorder.log(kind, status_of(&r), dur);
+        r
+    }
+
+    fn config_write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.config_write(offset, data);
+        let dur = elapsed_ns(t0);
+        let kind = EventKind::ConfigWrite(ConfigAccess {
+            offset,
+            data: AccessData::from_le_bytes(data),
+        });
+        self.recorder.log(kind, status_of(&r), dur);
+        r
+    }
+
+    fn set_irqs(&mut self, mut request: IrqSetRequest) -> Result<()> {
+        let setup = request.setup.clone();
+        let t0 = Instant::now();
+        let r = self
+            .substitute_fds(&mut request)
+            .and_then(|()| self.inner.set_irqs(request));
+        let dur = elapsed_ns(t0);
+        self.recorder
+            .log(EventKind::IrqSetup(setup), status_of(&r), dur);
+        r
+    }
+
+    fn dma_map(&mut self, region: DmaRegion) -> Result<()> {
+        let mapping = region.mapping;
+        let t0 = Instant::now();
+        let r = self.inner.dma_map(region);
+        let dur = elapsed_ns(t0);
+        self.recorder
+            .log(EventKind::DmaMap(mapping), status_of(&r), dur);
+        r
+    }
+
+    fn dma_unmap(&mut self, mapping: DmaMapping) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.dma_unmap(mapping);
+        let dur = elapsed_ns(t0);
+        self.recorder
+            .log(EventKind::DmaUnmap(mapping), status_of(&r), dur);
+        r
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.reset();
+        let dur = elapsed_ns(t0);
+        self.recorder.log(EventKind::Reset, status_of(&r), dur);
+        r
+    }
+
+    fn attach_memory(&mut self, memory: Arc<dyn GuestMemory>) {
+        self.inner.attach_memory(Arc::new(LoggingMemory {
+            inner: memory,
+            recorder: self.recorder.clone(),
+        }));
+    }
+
+    fn disconnect(&mut self) {
+        self.inner.disconnect()
+    }
+}
+
+/// Guest memory that logs every DMA access the device makes through it, exactly: the bytes read,
+/// the bytes written and the bytes they overwrote.
+pub struct LoggingMemory {
+    inner: Arc<dyn GuestMemory>,
+    recorder: RecorderHandle,
+}
+
+impl LoggingMemory {
+    /// Wraps `inner`, logging to `recorder`.
+    pub fn new(inner: Arc<dyn GuestMemory>, recorder: RecorderHandle) -> Self {
+        LoggingMemory { inner, recorder }
+    }
+}
+
+impl GuestMemory for LoggingMemory {
+    fn read(&self, iova: u64, buf: &mut [u8]) -> Result<()> {
+        let t0 = Instant::now();
+        let r = self.inner.read(iova, buf);
+        let dur = elapsed_ns(t0);
+        self.recorder.log(
+            EventKind::DmaRead(DmaRead {
+                iova,
+                data: buf.to_vec(),
+            }),
+            status_of(&r),
+            dur,
+        );
+        r
+    }
+
+    fn write(&self, iova: u64, data: &[u8]) -> Result<()> {
+        let mut before = vec![0u8; data.len()];
+        // The before-bytes are what the replayer compares against; when memory cannot be read
+        // first (a write-only mapping), the write is logged without them.
+        let before = match self.inner.read(iova, &mut before) {
+            Ok(()) => Some(before),
+            Err(_) => None,
+        };
+        let t0 = Instant::now();
+        let r = self.inner.write(iova, data);
+        let dur = elapsed_ns(t0);
+        self.recorder.log(
+            EventKind::DmaWrite(DmaWrite {
+                iova,
+                data: data.to_vec(),
+                before,
+            }),
+            status_of(&r),
+            dur,
+        );
+        r
+    }
+}
