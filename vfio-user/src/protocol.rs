@@ -869,7 +869,7 @@ impl RegionInfoMsg {
                 });
             }
             last = next;
-            let hdr_end = next.checked_add(8).unwrap_or(usize::MAX);
+            let hdr_end = next.saturating_add(8);
             need("region capability header", body, hdr_end)?;
             let id = u16_at(body, next);
             let version = u16_at(body, next + 2);
@@ -886,7 +886,7 @@ impl RegionInfoMsg {
                     need("sparse mmap capability", data, 8)?;
                     let n = u32_at(data, 0) as usize;
                     let areas = &data[8..];
-                    let bytes = n.checked_mul(16).unwrap_or(usize::MAX);
+                    let bytes = n.saturating_mul(16);
                     need("sparse mmap areas", areas, bytes)?;
                     RegionCapability::SparseMmap(
                         (0..n)

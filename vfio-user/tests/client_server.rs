@@ -203,6 +203,8 @@ fn msix_irqs_reach_eventfds_and_masked_vectors_fire_on_unmask() {
     assert_eq!(e.errno(), libc::EINVAL);
 }
 
+type Seen = Arc<Mutex<Vec<(DmaDirection, u64, Vec<u8>)>>>;
+
 fn fd_less_dma(layout: DmaLayout) {
     let h = Harness::start(ServerOptions::default());
     let mut c = Client::connect(
@@ -216,7 +218,7 @@ fn fd_less_dma(layout: DmaLayout) {
     let mem = Arc::new(SparseMemory::new());
     mem.add_local(0x10_0000, 0x2000, 3).unwrap();
     c.set_memory(mem.clone());
-    let seen: Arc<Mutex<Vec<(DmaDirection, u64, Vec<u8>)>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let s2 = seen.clone();
     c.set_dma_observer(Box::new(move |d, a, b| {
         s2.lock().unwrap().push((d, a, b.to_vec()))
