@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod fuzzing;
 pub mod protocol;
 pub mod server;
 mod wire;
