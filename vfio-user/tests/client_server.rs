@@ -461,3 +461,56 @@ fn remote_device_proxies_a_server() {
     assert_eq!(eventfd::drain(&e2).unwrap(), 1);
     dev.reset().unwrap();
 }
+
+#[test]
+fn bind_refuses_non_sockets_and_live_servers_but_replaces_stale_sockets() {
+    use hwrr_vfio_user::server::{Server, ServerError};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("regular");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(matches!(
+        Server::bind(&file, ServerOptions::default()),
+        Err(ServerError::NotASocket(_))
+    ));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let sock = dir.path().join("s.sock");
+    let live = Server::bind(&sock, ServerOptions::default()).unwrap();
+    assert!(matches!(
+        Server::bind(&sock, ServerOptions::default()),
+        Err(ServerError::InUse(_))
+    ));
+    // A stale socket (its listener gone, file left behind) is replaced.
+    let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
+    drop(stale);
+    let again = Server::bind(dir.path().join("stale.sock"), ServerOptions::default()).unwrap();
+    let mode = std::fs::metadata(again.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(live);
+    assert!(
+        !sock.exists(),
+        "the socket file is removed when the server goes"
+    );
+}
+
+#[test]
+fn once_serves_a_single_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("once.sock");
+    let mut server = hwrr_vfio_user::Server::bind(
+        &path,
+        ServerOptions {
+            once: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = std::thread::spawn(move || server.serve(&mut TestDevice::new()).unwrap());
+    let mut c = Client::connect(&path, ClientOptions::default()).unwrap();
+    c.reset().unwrap();
+    drop(c);
+    let s = t.join().unwrap();
+    assert_eq!((s.connections, s.requests), (1, 2));
+}
