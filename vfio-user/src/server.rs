@@ -49,6 +49,8 @@ use crate::wire::{self, Incoming, MsgReader, ReadError};
 const PCI_NUM_REGIONS: u32 = 9;
 /// IRQ indices a PCI device reports (`VFIO_PCI_NUM_IRQS`: INTx, MSI, MSI-X, ERR, REQ).
 const PCI_NUM_IRQS: u32 = 5;
+/// Most client requests buffered while a server-initiated DMA waits for its reply.
+const MAX_QUEUED_REQUESTS: usize = 1024;
 
 /// Errors of the server itself (not of one request).
 #[derive(Debug, thiserror::Error)]
@@ -421,7 +423,19 @@ impl Shared {
                                 }
                                 self.route_reply(&mut scratch);
                             } else {
-                                lock(&self.queued).push_back(scratch.take());
+                                let mut q = lock(&self.queued);
+                                if q.len() >= MAX_QUEUED_REQUESTS {
+                                    // A client that floods requests instead of answering the
+                                    // DMA cannot make the server buffer without limit.
+                                    drop(q);
+                                    self.closed.store(true, Ordering::Relaxed);
+                                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                                    return Err(DeviceError::Io(io::Error::new(
+                                        io::ErrorKind::InvalidData,
+                                        "client sent too many requests while a DMA was pending",
+                                    )));
+                                }
+                                q.push_back(scratch.take());
                             }
                         }
                         Err(ReadError::TimedOut) => {}

@@ -514,3 +514,33 @@ fn once_serves_a_single_client() {
     let s = t.join().unwrap();
     assert_eq!((s.connections, s.requests), (1, 2));
 }
+
+#[test]
+fn dma_from_another_thread_while_the_server_waits_for_requests() {
+    let h = Harness::start(ServerOptions::default());
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    let mem = Arc::new(SparseMemory::new());
+    mem.add_local(0x9000, 0x1000, 3).unwrap();
+    c.set_memory(mem.clone());
+    c.dma_map(0x9000, 0x1000, 3, None).unwrap();
+    let device_memory = h.log.lock().unwrap().memory.clone().unwrap();
+    // The request loop is blocked reading the socket; a device thread DMAs meanwhile.
+    let dma = std::thread::spawn(move || {
+        device_memory.write(0x9010, b"from a timer")?;
+        let mut back = [0u8; 12];
+        device_memory.read(0x9010, &mut back)?;
+        Ok::<_, hwrr_device::DeviceError>(back)
+    });
+    let mut served = 0;
+    while served < 2 {
+        served += c
+            .poll_server_requests(std::time::Duration::from_millis(50))
+            .unwrap();
+    }
+    assert_eq!(&dma.join().unwrap().unwrap(), b"from a timer");
+    let mut got = [0u8; 12];
+    mem.read(0x9010, &mut got).unwrap();
+    assert_eq!(&got, b"from a timer");
+    // The connection still serves requests afterwards.
+    c.reset().unwrap();
+}

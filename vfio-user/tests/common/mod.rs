@@ -31,8 +31,10 @@ pub const ROM_SIZE: u64 = 0x800;
 pub const VENDOR: u16 = 0x1b36;
 pub const DEVICE: u16 = 0x0005;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Log {
+    /// The memory the server attached, so tests can DMA from another thread.
+    pub memory: Option<Arc<dyn GuestMemory>>,
     pub maps: Vec<(DmaMapping, bool)>,
     pub unmaps: Vec<DmaMapping>,
     pub resets: u32,
@@ -255,8 +257,10 @@ impl Device for TestDevice {
     }
 
     fn attach_memory(&mut self, memory: Arc<dyn GuestMemory>) {
-        self.memory = Some(memory);
-        self.log.lock().unwrap().attaches += 1;
+        self.memory = Some(memory.clone());
+        let mut log = self.log.lock().unwrap();
+        log.attaches += 1;
+        log.memory = Some(memory);
     }
 
     fn disconnect(&mut self) {
