@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hwrr_device::{
-    Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result,
-};
+use hwrr_device::{Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result};
 use hwrr_formats::{
     AccessData, ConfigAccess, DmaMapping, DmaRead, DmaWrite, EventKind, IrqAction, IrqData,
     RegionAccess, RegionKind,

@@ -85,7 +85,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// Creates `path` with `header` and starts the writer thread.
-    pub fn create(path: &Path, header: &TraceHeader, opts: RecorderOptions) -> Result<Self, RecorderError> {
+    pub fn create(
+        path: &Path,
+        header: &TraceHeader,
+        opts: RecorderOptions,
+    ) -> Result<Self, RecorderError> {
         let writer = TraceWriter::create(path, header, opts.writer.clone())?;
         Self::start(writer, opts)
     }
