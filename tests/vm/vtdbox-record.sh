@@ -12,12 +12,10 @@
 #                         exercise's watch findings logged as dma_write (--log-watch)
 #   e1000e-mmap.hwrr      (mmap run) the same without --log-watch: no dma_write at all
 #   check-*.log           the host-side check of each trace (check_e1000e_trace)
-# Recording needs the `record` feature (hwrr-recorder and the trace writer); with RECORD=auto
-# (default) the script falls back to an unrecorded run, and says so, when that does not build.
 # Exit 0 iff every run and every trace check passed.
 #
 # Environment: OUT (default /tmp/vtdbox-record), WORK (vtdbox scratch, default /tmp/vtdbox),
-# MODES ("fileio mmap"), TARGET (auto|musl|gnu), RECORD (auto|1|0).
+# MODES ("fileio mmap"), TARGET (auto|musl|gnu), RECORD (1; 0 runs the exercise without the tap).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -45,28 +43,16 @@ if [ "${TARGET:-auto}" = musl ] || { [ "${TARGET:-auto}" = auto ] && \
   tgt=x86_64-unknown-linux-musl rf=""
 fi
 t=$(now)
-build() {
-  (cd "$REPO" && RUSTFLAGS="$rf" cargo build -q --release -p hwrr-vfio-backend \
-     --example e1000e_exercise --target "$tgt" "$@")
-}
-record=0
-if [ "${RECORD:-auto}" != 0 ]; then
-  log "cargo build --example e1000e_exercise --features record --target $tgt"
-  # The host-side trace checker is built in the same run (same target and flags share every
-  # compiled dependency); a static binary runs on the host as well.
-  if build --features record --example check_e1000e_trace; then
-    record=1
-  elif [ "${RECORD:-auto}" = 1 ]; then
-    log "error: the record feature does not build"; exit 1
-  else
-    log "WARNING: the record feature does not build (recorder or trace writer missing): NO TRACE this run"
-  fi
-fi
-[ $record = 1 ] || build
+record=${RECORD:-1}
+# The host-side trace checker is built in the same run (same target and flags share every compiled
+# dependency); a static binary runs on the host as well.
+log "cargo build --example e1000e_exercise --example check_e1000e_trace --target $tgt"
+(cd "$REPO" && RUSTFLAGS="$rf" cargo build -q --release -p hwrr-vfio-backend \
+   --example e1000e_exercise --example check_e1000e_trace --target "$tgt")
+echo "build_s=$(since "$t") target=$tgt record=$record" >> "$OUT/timings.txt"
 # Without debug info (the release profile keeps some): a smaller initramfs boots faster.
 bin="$WORK/e1000e_exercise"
 objcopy --strip-debug "$REPO/target/$tgt/release/examples/e1000e_exercise" "$bin"
-echo "build_s=$(since "$t") target=$tgt record=$record" >> "$OUT/timings.txt"
 if ldd "$bin" 2>&1 | grep -qv 'not a dynamic\|statically linked'; then
   log "error: $bin is not static"; ldd "$bin" >&2 || true; exit 1
 fi

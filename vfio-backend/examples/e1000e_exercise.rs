@@ -16,7 +16,7 @@
 //! the driver looks (after an interrupt, before reading a descriptor). Its findings are printed as
 //! `WATCH` lines.
 //!
-//! With `--trace PATH` (built with `--features record`) the backend is wrapped in
+//! With `--trace PATH` the backend is wrapped in
 //! `hwrr_recorder::Tap` and every call lands in a trace file; the recorder's relay stands between
 //! the device's eventfds and the exercise's. `--log-watch` also logs the watch's findings into that
 //! trace as `dma_write` events (with before bytes); the header's `dma_write_source` label says they
@@ -654,19 +654,7 @@ fn run() -> Result<Checks, BoxError> {
     Ok(checks)
 }
 
-#[cfg(not(feature = "record"))]
-fn record(
-    _backend: VfioBackend,
-    _path: &std::path::Path,
-    _mmap: bool,
-    _log_watch: bool,
-    _checks: &mut Checks,
-) -> Result<(), BoxError> {
-    Err("--trace needs the example built with --features record".into())
-}
-
 /// Runs the exercise through the recorder's tap, writing a trace to `path`.
-#[cfg(feature = "record")]
 fn record(
     backend: VfioBackend,
     path: &std::path::Path,
