@@ -93,6 +93,8 @@ const TX_BUF: u64 = 0x2000;
 const RX_BUFS: u64 = 0x4000;
 const RX_BUF_SIZE: u64 = 2048;
 const NDESC: u32 = 8;
+/// x86's MSI address window: never usable as an IOVA.
+const MSI_WINDOW_IOVA: u64 = 0xfee0_0000;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -389,6 +391,26 @@ fn exercise<D: Device>(
         memory: Some(memory.clone()),
     })?;
     println!("OBS dma_map iova={IOVA_BASE:#x} len={DMA_SIZE:#x}");
+
+    // The kernel refuses a mapping over the interrupt window (0xfee00000, outside the IOMMU's
+    // usable IOVA ranges): the error must come back to the caller, with its errno.
+    let page = Arc::new(MappedMemory::anonymous(4096)?);
+    let refused = nic.dev.dma_map(DmaRegion {
+        mapping: DmaMapping {
+            iova: MSI_WINDOW_IOVA,
+            len: 4096,
+            flags: rw,
+        },
+        memory: Some(page),
+    });
+    checks.check(
+        "dma_map_into_msi_window_refused",
+        refused.is_err(),
+        format!(
+            "{:?}",
+            refused.as_ref().map_err(|e| (e.errno(), e.to_string()))
+        ),
+    );
 
     // MSI-X vector 0 on an eventfd; the device routes RX, TX and "other" causes to it.
     let msix = eventfd::create()?;
