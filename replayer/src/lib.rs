@@ -62,10 +62,12 @@
 mod compile;
 mod config;
 mod engine;
+mod file;
 pub mod reloc;
 pub mod report;
 pub mod source;
 
+pub use file::{open, OpenError};
 pub use engine::{ReplayError, ReplayOptions, ReplayState, Replayer};
 pub use hwrr_formats::json::{event_to_json, JsonOptions};
 pub use reloc::{Relocation, RelocationMap};
