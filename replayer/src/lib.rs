@@ -67,8 +67,8 @@ pub mod reloc;
 pub mod report;
 pub mod source;
 
-pub use file::{open, OpenError};
 pub use engine::{ReplayError, ReplayOptions, ReplayState, Replayer};
+pub use file::{open, OpenError};
 pub use hwrr_formats::json::{event_to_json, JsonOptions};
 pub use reloc::{Relocation, RelocationMap};
 pub use report::{check, Counters, DivergenceReport, Policy, ReplayReport};

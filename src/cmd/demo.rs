@@ -113,7 +113,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         .unwrap_or_else(|| tmp.path().join("demo.hwrr"));
 
     println!("1. record: the scripted driver drives hwrr's test device through the vfio-user");
-    println!("   frontend and the recording tap (registers, DMA rings, MSI-X) at IOVA {RECORD_IOVA:#x}");
+    println!(
+        "   frontend and the recording tap (registers, DMA rings, MSI-X) at IOVA {RECORD_IOVA:#x}"
+    );
     let (recorded, stats, t_rec) = record(tmp.path(), &trace)?;
     println!(
         "   {} events, {} bytes written in {:.1} ms (queue high-water {}, {} stalls)",
@@ -131,10 +133,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         .map(|k| format!("{} {}", k.name(), counts.get(*k)))
         .collect();
     println!("   trace {}: {}", trace.display(), kinds.join(", "));
-    reader.verify().context("the recorded trace does not verify")?;
+    reader
+        .verify()
+        .context("the recorded trace does not verify")?;
     drop(reader);
 
-    println!("2. replay: the same driver, a fresh guest with its DMA area at IOVA {REPLAY_IOVA:#x},");
+    println!(
+        "2. replay: the same driver, a fresh guest with its DMA area at IOVA {REPLAY_IOVA:#x},"
+    );
     println!("   against the trace served by the replay engine (strict policy), no device");
     let (replayed, report, t_rep) = replay(tmp.path(), &trace)?;
     let c = &report.counters;
@@ -175,7 +181,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
             .join(":"),
         recorded.rx_frames.len(),
         recorded.irq_counts,
-        if same { "identical in both runs" } else { "DIFFERENT" }
+        if same {
+            "identical in both runs"
+        } else {
+            "DIFFERENT"
+        }
     );
     if !same {
         let a = serde_json::to_value(&recorded)?;

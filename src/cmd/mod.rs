@@ -9,6 +9,7 @@ mod export;
 mod host;
 mod import;
 mod info;
+mod record;
 mod replay;
 mod serve;
 mod slice;
@@ -42,6 +43,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Convert a trace made by another tool (a QEMU trace log) into an hwrr trace.
     Import(import::ImportArgs),
+    /// Serve a device to a VMM over vfio-user and record everything it does.
+    Record(record::RecordArgs),
     /// Serve a trace as a vfio-user device (QEMU ≥ 10.1, libvfio-user clients, hwrr's client).
     Replay(replay::ReplayArgs),
     /// Check that this host can pass a device through with VFIO.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Diff(a) => diff::run(a),
         Command::Export(a) => export::run(a),
         Command::Import(a) => import::run(a),
+        Command::Record(a) => record::run(a),
         Command::Replay(a) => replay::run(a),
         Command::Doctor(a) => host::run_doctor(a),
         Command::Bind(a) => host::run_bind(a),
