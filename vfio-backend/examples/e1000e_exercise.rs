@@ -22,8 +22,12 @@
 //! trace as `dma_write` events (with before bytes); the header's `dma_write_source` label says they
 //! come from this exercise's watch, not from the recorder.
 //!
+//! With `--vfio-user SOCKET` the exercise is a vfio-user client (`RemoteDevice`) of a server such
+//! as `hwrr record --vfio BDF --listen SOCKET`: the same driver steps reach the NIC through the
+//! socket, the recorder's tap and this backend, and DMA memory is a memfd the server maps.
+//!
 //! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]
-//! [--bench N]`
+//! [--bench N]` or `e1000e_exercise --vfio-user SOCKET`
 //! (BDF defaults to `$VTDBOX_BDF`, then `0000:00:02.0`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -218,6 +222,25 @@ impl DmaWatch {
     }
 }
 
+/// DMA memory backed by a memfd, so that a vfio-user server can map it too (`DMA_MAP` with the fd);
+/// the kernel backend maps the same pages into the IOMMU.
+fn shared_memory(len: usize) -> std::io::Result<MappedMemory> {
+    // SAFETY: a fresh memfd; the name is a NUL-terminated literal; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"hwrr-dma".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let size =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: ftruncate on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    MappedMemory::map_fd(fd, 0, len, true)
+}
+
 /// Collects `CHECK` results.
 #[derive(Default)]
 struct Checks {
@@ -381,7 +404,7 @@ fn exercise<D: Device>(
     checks.check("mac_valid", rah & 0x8000_0000 != 0, format!("mac={mac_s}"));
 
     // DMA memory, mapped into the IOMMU.
-    let memory = Arc::new(MappedMemory::anonymous(DMA_SIZE)?);
+    let memory = Arc::new(shared_memory(DMA_SIZE)?);
     let rw = dma_flags::READ | dma_flags::WRITE;
     nic.dev.dma_map(DmaRegion {
         mapping: DmaMapping {
@@ -395,7 +418,7 @@ fn exercise<D: Device>(
 
     // The kernel refuses a mapping over the interrupt window (0xfee00000, outside the IOMMU's
     // usable IOVA ranges): the error must come back to the caller, with its errno.
-    let page = Arc::new(MappedMemory::anonymous(4096)?);
+    let page = Arc::new(shared_memory(4096)?);
     let refused = nic.dev.dma_map(DmaRegion {
         mapping: DmaMapping {
             iova: MSI_WINDOW_IOVA,
@@ -592,6 +615,7 @@ struct Args {
     trace: Option<std::path::PathBuf>,
     log_watch: bool,
     bench: u32,
+    vfio_user: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -602,6 +626,7 @@ fn parse_args() -> Result<Args, BoxError> {
         trace: None,
         log_watch: false,
         bench: 0,
+        vfio_user: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -611,6 +636,9 @@ fn parse_args() -> Result<Args, BoxError> {
             "--mmap" => args.mmap = true,
             "--trace" => args.trace = Some(it.next().ok_or("--trace needs a value")?.into()),
             "--log-watch" => args.log_watch = true,
+            "--vfio-user" => {
+                args.vfio_user = Some(it.next().ok_or("--vfio-user needs a value")?.into())
+            }
             "--bench" => args.bench = it.next().ok_or("--bench needs a value")?.parse()?,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
@@ -664,6 +692,20 @@ fn bench(dev: &mut VfioBackend, n: u32) -> Result<(), BoxError> {
 
 fn run() -> Result<Checks, BoxError> {
     let args = parse_args()?;
+    if let Some(socket) = &args.vfio_user {
+        let t_open = Instant::now();
+        let client =
+            hwrr_vfio_user::Client::connect(socket, hwrr_vfio_user::ClientOptions::default())?;
+        let mut dev = hwrr_vfio_user::RemoteDevice::new(client)?;
+        println!(
+            "OPEN vfio-user {} in {:?}",
+            socket.display(),
+            t_open.elapsed()
+        );
+        let mut checks = Checks::default();
+        exercise(&mut dev, &mut checks, &mut |_| {})?;
+        return Ok(checks);
+    }
     let options = OpenOptions {
         sysfs_root: args.sysfs_root.into(),
         access: if args.mmap {
