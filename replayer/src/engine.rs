@@ -130,6 +130,9 @@ pub struct ReplayState {
     msix: Option<MsixModel>,
     relocations: RelocationMap,
     recorded_mappings: Vec<(u64, u64)>,
+    /// Registers the guest programmed with a relocated address: (key, recorded value, guest
+    /// value). A recorded read-back of the recorded value answers the guest's value.
+    readback: Vec<(RegKey, u64, u64)>,
     counters: Counters,
     mismatch: Option<Box<Mismatch>>,
     stopped: bool,
@@ -214,6 +217,7 @@ impl Shared {
             msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
             relocations: RelocationMap::new(),
             recorded_mappings: self.start_mappings.clone(),
+            readback: Vec::new(),
             counters: Counters::default(),
             mismatch: None,
             stopped: false,
@@ -746,7 +750,11 @@ impl Replayer {
             Some(next) if next.kind.is_guest_call() => {}
             _ => self.settle(),
         }
-        op.value
+        if op.kind == OpKind::Read && !self.state.readback.is_empty() {
+            self.read_back(op.region, op.offset, op.size, op.value)
+        } else {
+            op.value
+        }
     }
 
     /// The first recorded guest call after the polling run of `lr` that the cursor is in (identical
@@ -1013,12 +1021,42 @@ impl Replayer {
                             self.state.last_read = Some(*op);
                         }
                         self.state.run_extended = false;
-                        return self.advance_matched(i, v);
+                        let answer = if self.state.readback.is_empty() {
+                            v
+                        } else {
+                            self.read_back(region, offset, size, v)
+                        };
+                        return self.advance_matched(i, answer);
                     }
                 }
             }
         }
         self.access_slow(write, region, offset, size, value)
+    }
+
+    /// Remembers that the guest programmed register `key` with `guest` where the recording wrote
+    /// `recorded` (a relocated address).
+    fn note_readback(&mut self, key: RegKey, recorded: u64, guest: u64) {
+        if let Some(e) = self.state.readback.iter_mut().find(|e| e.0 == key) {
+            *e = (key, recorded, guest);
+        } else if self.state.readback.len() < 64 {
+            self.state.readback.push((key, recorded, guest));
+        }
+    }
+
+    /// A recorded read of a relocated address register that returns what the recording wrote
+    /// there answers what the guest wrote (drivers read ring bases back to check them).
+    #[cold]
+    fn read_back(&self, region: u8, offset: u64, size: u8, recorded: u64) -> u64 {
+        match self
+            .state
+            .readback
+            .iter()
+            .find(|e| e.0 == (region, offset, size) && e.1 == recorded)
+        {
+            Some(e) => e.2,
+            None => recorded,
+        }
     }
 
     /// Counts a match of the op at `i` and moves past it, settling when the next op is a device
@@ -1071,6 +1109,7 @@ impl Replayer {
                 if self.write_accepts(o, value) {
                     if o.value != value {
                         self.set_model(key, value);
+                        self.note_readback(key, o.value, value);
                     }
                     return self.consume(o);
                 }

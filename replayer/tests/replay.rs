@@ -601,3 +601,20 @@ fn a_ring_base_in_a_small_mapping_relocates_without_dma_evidence() {
     assert_eq!(r.relocations[0].recorded, RING);
     assert_eq!(r.relocations[0].replay, 0x80_0000);
 }
+
+#[test]
+fn a_relocated_ring_base_reads_back_as_the_guest_wrote_it() {
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x10_0000);
+    t.write(RDBAL, RING as u32);
+    t.write(RDBAH, 0);
+    t.read(RDBAL, RING as u32); // the driver checks what it programmed
+    t.read(STATUS, RING as u32); // an unrelated register with the same value is not rewritten
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(RDBAL, 0x80_0000);
+    vmm.write(RDBAH, 0);
+    assert_eq!(vmm.read(RDBAL), 0x80_0000);
+    assert_eq!(vmm.read(STATUS), RING as u32);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+}
