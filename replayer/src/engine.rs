@@ -247,6 +247,9 @@ pub struct Replayer {
     msix_layout: Option<MsixLayout>,
     /// A fork waiting for its frontend's first `attach_memory`, which must not restart the trace.
     fork_pending: bool,
+    /// The errno of the recorded call just matched when it failed (0 otherwise): the access fails
+    /// the same way.
+    failed_errno: u32,
 }
 
 fn access_size_ok(len: usize) -> bool {
@@ -333,6 +336,7 @@ impl Replayer {
             canonical: shared.ctx.canonical,
             msix_layout: shared.rules.msix,
             fork_pending: false,
+            failed_errno: 0,
             shared,
         })
     }
@@ -386,6 +390,7 @@ impl Replayer {
             canonical: self.canonical,
             msix_layout: self.msix_layout,
             fork_pending: true,
+            failed_errno: 0,
         }
     }
 
@@ -725,6 +730,9 @@ impl Replayer {
     /// happen now). Returns the value a read answers.
     #[inline]
     fn consume(&mut self, op: Op) -> u64 {
+        if op.failed {
+            self.failed_errno = self.cur.status_of(self.state.cursor.op);
+        }
         if op.kind == OpKind::Read {
             match self.state.last_read {
                 Some(lr) if lr.same_key(&op) && lr.value == op.value => {
@@ -993,7 +1001,11 @@ impl Replayer {
             let i = self.state.cursor.op;
             let kind = if write { OpKind::Write } else { OpKind::Read };
             if let Some(op) = self.cur.ops.get(i) {
-                if op.kind == kind && op.offset == offset && op.region == region && op.size == size
+                if op.kind == kind
+                    && op.offset == offset
+                    && op.region == region
+                    && op.size == size
+                    && !op.failed
                 {
                     if write {
                         if op.value == value {
@@ -1539,6 +1551,13 @@ impl Replayer {
         }
     }
 
+    /// The error a failed recorded call is replayed as.
+    #[cold]
+    fn take_failure(&mut self) -> DeviceError {
+        let errno = std::mem::take(&mut self.failed_errno);
+        DeviceError::Io(std::io::Error::from_raw_os_error(errno as i32))
+    }
+
     /// Whether a region access goes to a model (ROM, MSI-X table or PBA) rather than the sequencer.
     #[inline(always)]
     fn is_modelled(&self, region: u32, offset: u64, len: usize) -> bool {
@@ -1716,6 +1735,9 @@ impl Device for Replayer {
         };
         if access_size_ok(data.len()) {
             let v = self.access(false, canonical, offset, data.len() as u8, 0);
+            if self.failed_errno != 0 {
+                return Err(self.take_failure());
+            }
             match data.len() {
                 1 => data[0] = v as u8,
                 2 => data.copy_from_slice(&(v as u16).to_le_bytes()),
@@ -1724,6 +1746,9 @@ impl Device for Replayer {
             }
         } else {
             self.access_bytes(false, canonical, offset, data);
+        }
+        if self.failed_errno != 0 {
+            return Err(self.take_failure());
         }
         Ok(())
     }
@@ -1751,6 +1776,9 @@ impl Device for Replayer {
         } else {
             let mut copy = data.to_vec();
             self.access_bytes(true, canonical, offset, &mut copy);
+        }
+        if self.failed_errno != 0 {
+            return Err(self.take_failure());
         }
         Ok(())
     }

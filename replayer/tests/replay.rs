@@ -618,3 +618,28 @@ fn a_relocated_ring_base_reads_back_as_the_guest_wrote_it() {
     let r = vmm.dev.report();
     assert!(!r.diverged, "{:?}", r.first_divergence);
 }
+
+#[test]
+fn a_recorded_failed_access_fails_the_same_way() {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    let seq = t.read(STATUS, 0) as usize;
+    t.events[seq].status = 19; // ENODEV
+    t.read(STATUS, 0);
+    t.read(STATUS, 0);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 1);
+    let mut b = [0u8; 4];
+    let err = vmm.dev.region_read(0, STATUS, &mut b).unwrap_err();
+    assert_eq!(err.errno(), 19);
+    assert_eq!(
+        vmm.read(STATUS),
+        0,
+        "the failed read is not part of the run after it"
+    );
+    assert_eq!(vmm.read(STATUS), 0);
+    let r = vmm.dev.report();
+    assert!(!r.diverged);
+    assert_eq!(r.counters.matched, 4);
+    assert!(r.trace_finished);
+}
