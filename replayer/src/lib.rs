@@ -64,11 +64,13 @@
 mod compile;
 mod config;
 mod engine;
+mod file;
 pub mod reloc;
 pub mod report;
 pub mod source;
 
 pub use engine::{ReplayError, ReplayOptions, ReplayState, Replayer};
+pub use file::{open, OpenError};
 pub use hwrr_formats::json::{event_to_json, JsonOptions};
 pub use reloc::{Relocation, RelocationMap};
 pub use report::{check, Counters, DivergenceReport, Policy, ReplayReport};

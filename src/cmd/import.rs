@@ -69,9 +69,15 @@ fn run_qemu_trace(args: QemuTraceArgs) -> anyhow::Result<i32> {
         intx_gsi: args.intx_gsi,
     };
     let progress = spinner("scanning");
-    let import = scan(&args.log, &opts)
-        .with_context(|| format!("importing {}", args.log.display()))?;
-    let mut writer = TraceWriter::create(&args.output, import.header(), WriterOptions::default())
+    let import =
+        scan(&args.log, &opts).with_context(|| format!("importing {}", args.log.display()))?;
+    // A conversion can simply be run again, so chunks are cut by size only: the time-based flush
+    // bound protects live recordings and would only cut chunks by how fast this machine parses.
+    let opts = WriterOptions {
+        flush_interval: None,
+        ..WriterOptions::default()
+    };
+    let mut writer = TraceWriter::create(&args.output, import.header(), opts)
         .with_context(|| format!("creating {}", args.output.display()))?;
     if let Some(p) = &progress {
         p.set_message("importing");
