@@ -29,9 +29,6 @@ pub enum ReplayError {
     /// The trace could not be read.
     #[error(transparent)]
     Source(#[from] SourceError),
-    /// The trace file could not be opened.
-    #[error(transparent)]
-    Trace(#[from] hwrr_formats::FormatError),
     /// The trace header cannot describe a device.
     #[error("invalid trace header: {0}")]
     Header(String),
@@ -339,13 +336,6 @@ impl Replayer {
             failed_errno: 0,
             shared,
         })
-    }
-
-    /// Opens a trace file (memory-mapped; chunks are decoded on demand) and serves it as a device:
-    /// the in-process API for Rust tests that need no socket.
-    pub fn open(path: &std::path::Path, options: ReplayOptions) -> Result<Self, ReplayError> {
-        let reader = hwrr_formats::TraceReader::open(path)?;
-        Self::new(Arc::new(reader), options)
     }
 
     /// A copy of the engine state (cursor, models, relocation map, counters, divergence).

@@ -119,38 +119,3 @@ impl EventSource for MemorySource {
             })
     }
 }
-
-/// A trace file read through the format's reader: chunks are decoded on demand from the mapped
-/// file, so opening a multi-GB trace costs milliseconds and memory holds only the cached chunks.
-impl EventSource for hwrr_formats::TraceReader {
-    fn header(&self) -> &TraceHeader {
-        hwrr_formats::TraceReader::header(self)
-    }
-
-    fn first_seq(&self) -> u64 {
-        hwrr_formats::TraceReader::first_seq(self)
-    }
-
-    fn event_count(&self) -> u64 {
-        hwrr_formats::TraceReader::event_count(self)
-    }
-
-    fn chunk_count(&self) -> usize {
-        hwrr_formats::TraceReader::chunk_count(self)
-    }
-
-    fn chunk_first_seq(&self, index: usize) -> u64 {
-        if index < self.chunk_count() {
-            self.chunk(index).first_seq
-        } else {
-            self.end_seq()
-        }
-    }
-
-    fn load_chunk(&self, index: usize) -> Result<Vec<Event>, SourceError> {
-        self.read_chunk(index).map_err(|e| SourceError::Load {
-            index,
-            message: e.to_string(),
-        })
-    }
-}

@@ -410,7 +410,7 @@ fn a_trace_file_opens_and_replays_chunk_by_chunk() {
     }
     w.finish().unwrap();
 
-    let mut dev = Replayer::open(&path, ReplayOptions::default()).unwrap();
+    let mut dev = hwrr_replayer::open(&path, ReplayOptions::default()).unwrap();
     dev.attach_memory(Arc::new(SparseMemory::new()));
     let fds = wire_msix(&mut dev);
     let mut b = [0u8; 4];
@@ -428,5 +428,5 @@ fn a_trace_file_opens_and_replays_chunk_by_chunk() {
     let d = dev.report().first_divergence.unwrap();
     assert_eq!(d.seq, t.events.len() as u64);
     assert_eq!(d.context.len(), 16);
-    assert!(Replayer::open(&dir.path().join("missing"), ReplayOptions::default()).is_err());
+    assert!(hwrr_replayer::open(&dir.path().join("missing"), ReplayOptions::default()).is_err());
 }
