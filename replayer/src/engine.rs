@@ -812,36 +812,59 @@ impl Replayer {
         if op.value == value {
             return true;
         }
-        let role = self.address_role(op);
-        let (rec, act, named) = match role {
-            AddrRole::Full => (op.value, value, false),
+        if let Some(role) = self
+            .shared
+            .address_regs
+            .get(&(op.region, op.offset))
+            .copied()
+        {
+            return self.accepts_as(op, value, role, true);
+        }
+        // Without a register map, a 32-bit register next to another one written nearby may hold
+        // half of an address, or a whole 32-bit address: try the pair first, then the whole.
+        if op.size == 4 {
+            let partner = op.offset ^ 4;
+            if self.nearby_write(op.region, partner).is_some() {
+                let half = if op.offset % 8 == 0 {
+                    AddrRole::Lo { partner }
+                } else {
+                    AddrRole::Hi { partner }
+                };
+                if self.accepts_as(op, value, half, false) {
+                    return true;
+                }
+            }
+        }
+        self.accepts_as(op, value, AddrRole::Full, false)
+    }
+
+    /// Whether the guest's `value` for the recorded write `op` is the recorded address relocated,
+    /// reading the register as `role`; learns the relocation when the recorded value is an address
+    /// (`named` by the register map, or evidently a DMA address of the recording).
+    fn accepts_as(&mut self, op: Op, value: u64, role: AddrRole, named: bool) -> bool {
+        let (rec, act) = match role {
+            AddrRole::Full => (op.value, value),
             AddrRole::Lo { partner } => {
                 let rec_hi = self.recorded_partner(op, partner);
                 let act_hi = self
                     .model_value((op.region, partner, op.size))
                     .unwrap_or(rec_hi);
-                (rec_hi << 32 | op.value, act_hi << 32 | value, false)
+                (rec_hi << 32 | op.value, act_hi << 32 | value)
             }
             AddrRole::Hi { partner } => {
                 let rec_lo = self.recorded_partner(op, partner);
                 let act_lo = self
                     .model_value((op.region, partner, op.size))
                     .unwrap_or(rec_lo);
-                (op.value << 32 | rec_lo, value << 32 | act_lo, false)
+                (op.value << 32 | rec_lo, value << 32 | act_lo)
             }
         };
-        let named = named
-            || self
-                .shared
-                .address_regs
-                .contains_key(&(op.region, op.offset));
-        let translated = self.state.relocations.translate(rec);
         let half_ok = |t: u64| match role {
             AddrRole::Full => t & hwrr_formats::size_mask(op.size) == value,
             AddrRole::Lo { .. } => t & 0xFFFF_FFFF == value,
             AddrRole::Hi { .. } => t >> 32 == value,
         };
-        if half_ok(translated) {
+        if half_ok(self.state.relocations.translate(rec)) {
             return true;
         }
         if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
@@ -855,26 +878,6 @@ impl Replayer {
             self.state.counters.relocations_learned += 1;
         }
         half_ok(self.state.relocations.translate(rec))
-    }
-
-    fn address_role(&self, op: Op) -> AddrRole {
-        if let Some(role) = self.shared.address_regs.get(&(op.region, op.offset)) {
-            return *role;
-        }
-        if op.size == 8 {
-            return AddrRole::Full;
-        }
-        if op.size == 4 {
-            let partner = op.offset ^ 4;
-            if self.nearby_write(op.region, partner).is_some() {
-                return if op.offset % 8 == 0 {
-                    AddrRole::Lo { partner }
-                } else {
-                    AddrRole::Hi { partner }
-                };
-            }
-        }
-        AddrRole::Full
     }
 
     /// A recorded 32-bit write to `offset` within 8 ops of the cursor (address halves are written

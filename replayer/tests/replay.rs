@@ -643,3 +643,22 @@ fn a_recorded_failed_access_fails_the_same_way() {
     assert_eq!(r.counters.matched, 4);
     assert!(r.trace_finished);
 }
+
+#[test]
+fn a_32bit_ring_base_next_to_another_register_relocates() {
+    // 0x28 holds a ring size, 0x2c a 32-bit ring base: not a lo/hi pair, although adjacent.
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x10_0000);
+    t.write(0x28, 16);
+    t.write(0x2c, (RING + 0x8000) as u32);
+    t.dma_write(RING + 0x8000, &[9; 4], None);
+    t.irq(2, 0);
+    t.read(ICR, 1);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(0x28, 16);
+    vmm.write(0x2c, 0x80_8000);
+    assert_eq!(vmm.read(ICR), 1);
+    assert_eq!(vmm.mem_bytes(0x80_8000, 4), vec![9; 4]);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+}
