@@ -23,6 +23,9 @@ use crate::source::{EventSource, SourceError};
 /// Largest recorded DMA mapping whose addresses count as evidence of a DMA address (256 MiB).
 const SMALL_MAPPING: u64 = 256 << 20;
 
+/// Longest recorded DMA read searched for pointers (one page: descriptors, NVMe PRP lists).
+const MAX_POINTER_READ: usize = 4096;
+
 /// Errors creating a replayer.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -641,7 +644,12 @@ impl Replayer {
     /// is a relocation (64-bit little-endian words at 8-byte aligned addresses).
     fn learn_from_dma_read(&mut self, op: Op) {
         let chunk = Arc::clone(&self.cur);
-        let Some(data) = chunk.dma_reads.get(op.aux as usize) else {
+        // Descriptors, queue entries and pointer lists fit in a page; longer reads are payload.
+        let Some(data) = chunk
+            .dma_reads
+            .get(op.aux as usize)
+            .filter(|d| d.len() <= MAX_POINTER_READ)
+        else {
             return;
         };
         let Some(memory) = self.memory.clone() else {
