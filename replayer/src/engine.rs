@@ -728,6 +728,13 @@ impl Replayer {
     /// happen now). Returns the value a read answers.
     #[inline]
     fn consume(&mut self, op: Op) -> u64 {
+        self.state.counters.matched += 1;
+        self.pass(op)
+    }
+
+    /// Moves the cursor past the guest call `op` without counting a match (resets, and writes the
+    /// model policy follows), settling afterwards. Returns the value a read answers.
+    fn pass(&mut self, op: Op) -> u64 {
         if op.failed {
             self.failed_errno = self.cur.status_of(self.state.cursor.op);
         }
@@ -750,7 +757,6 @@ impl Replayer {
         } else {
             self.state.last_read = None;
         }
-        self.state.counters.matched += 1;
         self.state.cursor.op += 1;
         match self.cur.ops.get(self.state.cursor.op) {
             Some(next) if next.kind.is_guest_call() => {}
@@ -811,7 +817,7 @@ impl Replayer {
         self.settle();
         let transition = self.peek()?;
         self.state.last_read = None;
-        Some(self.consume(transition))
+        Some(self.pass(transition))
     }
 
     /// Whether `op` (a write at the guest's register) accepts the guest's value: equal, equal after
@@ -1107,6 +1113,7 @@ impl Replayer {
                     .is_some_and(|lr| lr.same_key(&o) && lr.value == o.value)
             {
                 if let Some(v) = self.shorten_run(o) {
+                    self.state.counters.matched += 1;
                     return v;
                 }
                 self.state.run_extended = false;
@@ -1220,8 +1227,7 @@ impl Replayer {
                         // The same register written with another value: follow the stream.
                         self.state.counters.fallbacks += 1;
                         self.set_model(key, value);
-                        self.consume(o);
-                        self.state.counters.matched -= 1;
+                        self.pass(o);
                         return value;
                     }
                 }
@@ -1846,8 +1852,7 @@ impl Device for Replayer {
         if let Some(op) = self.peek() {
             if op.kind == OpKind::Reset {
                 self.state.counters.resets_matched += 1;
-                self.consume(op);
-                self.state.counters.matched -= 1;
+                self.pass(op);
                 return Ok(());
             }
         }
@@ -1860,8 +1865,7 @@ impl Device for Replayer {
             self.state.counters.skipped += skipped;
             if let Some(op) = self.peek() {
                 self.state.counters.resets_matched += 1;
-                self.consume(op);
-                self.state.counters.matched -= 1;
+                self.pass(op);
                 return Ok(());
             }
         }
