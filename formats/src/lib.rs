@@ -12,6 +12,7 @@
 mod codec;
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod header;
 pub mod hex;
 pub mod json;
