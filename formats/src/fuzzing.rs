@@ -23,7 +23,11 @@ pub fn check_untrusted_trace(bytes: &[u8]) {
         }
         if verified.is_ok() {
             assert!(!failed, "a verified trace failed to iterate");
-            assert_eq!(decoded, reader.event_count(), "a verified trace lost events");
+            assert_eq!(
+                decoded,
+                reader.event_count(),
+                "a verified trace lost events"
+            );
         }
         let _ = reader.iter_from(reader.first_seq() + decoded / 2).next();
         if let Some((first, last)) = reader.time_range() {

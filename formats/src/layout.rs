@@ -318,12 +318,18 @@ impl BlobChunkInfo {
 
 /// The fixed part of the footer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct FooterFixed {
+pub struct FooterFixed {
+    /// Number of event-chunk entries.
     pub event_chunks: u64,
+    /// Number of blob-chunk entries.
     pub blob_chunks: u64,
+    /// Events in the trace.
     pub event_count: u64,
+    /// Sequence number of the first event.
     pub first_seq: u64,
+    /// Blobs in the trace.
     pub blob_count: u64,
+    /// Events by kind tag.
     pub counts: [u64; KindTag::COUNT],
 }
 
@@ -404,7 +410,7 @@ impl Trailer {
 
 /// Encodes the footer (fixed part, event-chunk entries, blob-chunk entries) followed by the trailer
 /// that points at it, for a footer starting at file offset `footer_offset`.
-pub(crate) fn encode_footer_and_trailer(
+pub fn encode_footer_and_trailer(
     footer_offset: u64,
     fixed: &FooterFixed,
     chunks: &[ChunkInfo],
