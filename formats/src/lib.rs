@@ -23,6 +23,7 @@ pub mod regmap;
 pub mod slice;
 pub mod writer;
 
+pub use codec::{AccessKey, ChunkColumns, NO_KEY};
 pub use error::{ChunkType, FormatError};
 pub use event::*;
 pub use header::*;
