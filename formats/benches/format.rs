@@ -3,9 +3,12 @@
 //! * `encode/*`, `decode/*` on the corpus logs (`../shared/corpus`, or `$HWRR_CORPUS`; skipped with a
 //!   message when absent): hwrr's default `WriterOptions` against a row-wise fixed-width + zstd-1
 //!   baseline implemented here. "Encode" = events in memory -> complete trace bytes (header, chunks,
-//!   footer). "Decode" = trace bytes -> every event materialized as an `hwrr_formats::Event` (for
-//!   hwrr, `TraceReader::read_chunk` on every chunk; for the baseline, zstd + row parsing into
-//!   `Event`s). A summary of events/s, bytes per access and ratios to the baseline, measured in the
+//!   footer). "Decode events" = trace bytes -> every event materialized as an
+//!   `hwrr_formats::Event` (hwrr: `TraceReader::read_chunk_into` on every chunk, reusing one vector;
+//!   baseline: zstd + row parsing into `Event`s). "Decode columns" = hwrr's fast path,
+//!   `TraceReader::read_chunk_columns`: checksums, zstd, and every field of every event decoded into
+//!   reusable column vectors (times, kinds, access keys, values; complete `Event`s only for events
+//!   that are not value accesses), no per-event allocation. A summary of events/s, bytes per access and ratios to the baseline, measured in the
 //!   same run, is printed at the end of each corpus.
 //! * `open_seek/*`: open a synthetic trace of 10^9 events in 10^5 chunks and seek to an event.
 //!
@@ -137,9 +140,21 @@ fn hwrr_encode(events: &[Event]) -> Vec<u8> {
     w.finish_into_inner().unwrap().1
 }
 
-fn hwrr_decode(r: &TraceReader) -> usize {
+fn hwrr_decode(r: &TraceReader, out: &mut Vec<Event>) -> usize {
     (0..r.chunk_count())
-        .map(|i| r.read_chunk(i).unwrap().len())
+        .map(|i| {
+            r.read_chunk_into(i, out).unwrap();
+            out.len()
+        })
+        .sum()
+}
+
+fn hwrr_decode_columns(r: &TraceReader, out: &mut ChunkColumns) -> usize {
+    (0..r.chunk_count())
+        .map(|i| {
+            r.read_chunk_columns(i, out).unwrap();
+            out.len()
+        })
         .sum()
 }
 
@@ -187,7 +202,14 @@ fn corpus(c: &mut Criterion) {
         g.finish();
         let mut g = c.benchmark_group(format!("decode/{name}"));
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function("hwrr", |b| b.iter(|| black_box(hwrr_decode(&reader))));
+        let mut scratch = Vec::new();
+        g.bench_function("hwrr_events", |b| {
+            b.iter(|| black_box(hwrr_decode(&reader, &mut scratch)))
+        });
+        let mut cols = ChunkColumns::default();
+        g.bench_function("hwrr_columns", |b| {
+            b.iter(|| black_box(hwrr_decode_columns(&reader, &mut cols)))
+        });
         g.bench_function("baseline_fixed_zstd1", |b| {
             b.iter(|| black_box(baseline::decode(&blocks, n)))
         });
@@ -196,7 +218,10 @@ fn corpus(c: &mut Criterion) {
         let enc = rate(n, 7, || drop(black_box(hwrr_encode(&events))));
         let enc_base = rate(n, 7, || drop(black_box(baseline::encode(&events))));
         let dec = rate(n, 7, || {
-            black_box(hwrr_decode(&reader));
+            black_box(hwrr_decode(&reader, &mut scratch));
+        });
+        let dec_cols = rate(n, 7, || {
+            black_box(hwrr_decode_columns(&reader, &mut cols));
         });
         let dec_base = rate(n, 7, || {
             black_box(baseline::decode(&blocks, n));
@@ -205,7 +230,7 @@ fn corpus(c: &mut Criterion) {
             "\n== {name}: {n} events, {accesses} register+config accesses\n\
              size    hwrr {:.3} bytes/access ({} bytes) | baseline {:.3} ({} bytes) | ratio {:.2}x smaller\n\
              encode  hwrr {:.1} M events/s | baseline {:.1} M/s | ratio {:.2}\n\
-             decode  hwrr {:.1} M events/s | baseline {:.1} M/s | ratio {:.2}\n",
+             decode  hwrr events {:.1} M events/s, columns {:.1} M/s | baseline {:.1} M/s | ratios {:.2}, {:.2}\n",
             trace.len() as f64 / accesses,
             trace.len(),
             baseline_bytes as f64 / accesses,
@@ -215,8 +240,10 @@ fn corpus(c: &mut Criterion) {
             enc_base / 1e6,
             enc / enc_base,
             dec / 1e6,
+            dec_cols / 1e6,
             dec_base / 1e6,
             dec / dec_base,
+            dec_cols / dec_base,
         );
     }
 }

@@ -171,6 +171,7 @@ pub(crate) struct ChunkEncoder {
     last_status_idx: Option<u32>,
     last_duration_idx: Option<u32>,
     dict: HashMap<EncoderKey, u32, BuildHasherDefault<KeyHasher>>,
+    key_cache: Box<[Option<(EncoderKey, u32)>]>,
     last_values: Vec<u64>,
     counts: [u32; KindTag::COUNT],
 }
@@ -187,6 +188,7 @@ impl ChunkEncoder {
             last_status_idx: None,
             last_duration_idx: None,
             dict: HashMap::default(),
+            key_cache: vec![None; 1 << KEY_CACHE_BITS].into_boxed_slice(),
             last_values: Vec::new(),
             counts: [0; KindTag::COUNT],
         }
@@ -336,7 +338,19 @@ impl ChunkEncoder {
             offset,
         };
         let next = self.last_values.len() as u32;
-        let sym = *self.dict.entry(key).or_insert(next);
+        // A direct-mapped cache in front of the dictionary: register traffic hits a few keys
+        // over and over, and a full hash-map lookup per access dominated the encoder's profile.
+        let slot = ((offset ^ (region as u64) << 40 ^ (tag as u64) << 56 ^ (width as u64) << 61)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            >> (64 - KEY_CACHE_BITS)) as usize;
+        let sym = match self.key_cache[slot] {
+            Some((k, sym)) if k == key => sym,
+            _ => {
+                let sym = *self.dict.entry(key).or_insert(next);
+                self.key_cache[slot] = Some((key, sym));
+                sym
+            }
+        };
         if sym == next {
             let k = &mut self.streams[S_KEYS];
             put_varint(k, region as u64);
@@ -366,11 +380,12 @@ impl ChunkEncoder {
 
     /// Closes the chunk: returns its payload and resets the encoder for the next chunk.
     pub(crate) fn finish(&mut self) -> EncodedChunk {
-        let quantum = self.deltas.iter().fold(0u64, |g, d| gcd(g, *d)).max(1);
+        let quantum = deltas_gcd(&self.deltas);
         let time = &mut self.streams[S_TIME];
         put_varint(time, quantum);
+        let divider = Divider::new(quantum);
         for d in &self.deltas {
-            put_varint(time, d / quantum);
+            put_varint(time, divider.div(*d));
         }
         let total: usize = self.streams.iter().map(|s| s.len()).sum();
         let mut payload = Vec::with_capacity(4 * STREAM_COUNT + total);
@@ -396,9 +411,67 @@ impl ChunkEncoder {
         self.last_status_idx = None;
         self.last_duration_idx = None;
         self.dict.clear();
+        self.key_cache.fill(None);
         self.last_values.clear();
         self.counts = [0; KindTag::COUNT];
         out
+    }
+}
+
+/// log2 of the encoder's key cache size.
+const KEY_CACHE_BITS: u32 = 10;
+
+/// The GCD of all deltas (at least 1). Divisibility by the running GCD is checked with one
+/// multiplication (Lemire's test) instead of a division per delta.
+fn deltas_gcd(deltas: &[u64]) -> u64 {
+    let mut g = 0u64;
+    let mut divider = Divider::new(1);
+    for &d in deltas {
+        if g != 0 && divider.divides(d) {
+            continue;
+        }
+        g = gcd(g, d);
+        if g == 1 {
+            return 1;
+        }
+        divider = Divider::new(g);
+    }
+    g.max(1)
+}
+
+/// Division by a fixed divisor with a multiplication when the dividend fits in 32 bits.
+struct Divider {
+    d: u64,
+    /// ceil(2^64 / d) when d fits in 32 bits, else 0.
+    m: u64,
+}
+
+impl Divider {
+    fn new(d: u64) -> Self {
+        let m = if d > 1 && d <= u32::MAX as u64 {
+            (u64::MAX / d).wrapping_add(1)
+        } else {
+            0
+        };
+        Divider { d, m }
+    }
+
+    #[inline]
+    fn div(&self, n: u64) -> u64 {
+        if self.m != 0 && n <= u32::MAX as u64 {
+            ((self.m as u128 * n as u128) >> 64) as u64
+        } else {
+            n / self.d
+        }
+    }
+
+    #[inline]
+    fn divides(&self, n: u64) -> bool {
+        if self.m != 0 && n <= u32::MAX as u64 {
+            n.wrapping_mul(self.m) <= self.m - 1
+        } else {
+            n % self.d == 0
+        }
     }
 }
 
@@ -913,4 +986,59 @@ pub(crate) fn decode_blobs(payload: Vec<u8>, count: u32) -> Result<BlobTable, St
         return Err("bytes after the last blob".into());
     }
     Ok(BlobTable { payload, ranges })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn divider_matches_division() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for d in [
+            1u64,
+            2,
+            3,
+            7,
+            1000,
+            999_983,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ] {
+            let div = Divider::new(d);
+            for n in [
+                0u64,
+                1,
+                d - 1,
+                d,
+                d.wrapping_add(1),
+                d.wrapping_mul(3),
+                u32::MAX as u64,
+                u64::MAX,
+            ] {
+                assert_eq!(div.div(n), n / d, "{n} / {d}");
+                assert_eq!(div.divides(n), n % d == 0, "{n} % {d}");
+            }
+            for _ in 0..10_000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                for n in [x, x >> 32, (x >> 40).wrapping_mul(d)] {
+                    assert_eq!(div.div(n), n / d, "{n} / {d}");
+                    assert_eq!(div.divides(n), n % d == 0, "{n} % {d}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gcd_of_deltas() {
+        assert_eq!(deltas_gcd(&[]), 1);
+        assert_eq!(deltas_gcd(&[0, 0]), 1);
+        assert_eq!(deltas_gcd(&[0, 3000, 5000, 0, 1_000_000]), 1000);
+        assert_eq!(deltas_gcd(&[0, 3000, 5003]), 1);
+        assert_eq!(deltas_gcd(&[0, 3000, 5001]), 3);
+        assert_eq!(deltas_gcd(&[u64::MAX - 1, 2]), 2);
+    }
 }
