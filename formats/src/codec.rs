@@ -468,7 +468,7 @@ impl Divider {
     #[inline]
     fn divides(&self, n: u64) -> bool {
         if self.m != 0 && n <= u32::MAX as u64 {
-            n.wrapping_mul(self.m) <= self.m - 1
+            n.wrapping_mul(self.m) < self.m
         } else {
             n % self.d == 0
         }
