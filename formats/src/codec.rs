@@ -202,6 +202,12 @@ impl ChunkEncoder {
         self.count == 0
     }
 
+    /// Bytes buffered in the streams so far (the payload size if the chunk closed now, give or
+    /// take the time stream).
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.streams.iter().map(|s| s.len()).sum::<usize>() + self.deltas.len() * 2
+    }
+
     /// Adds `ev` (already validated for seq/time order by the writer). `blob` stores a payload and
     /// returns its blob id.
     pub(crate) fn push(
