@@ -980,7 +980,7 @@ pub(crate) fn decode_blobs(payload: Vec<u8>, count: u32) -> Result<BlobTable, St
             .filter(|e| *e <= payload.len())
             .ok_or("blob runs past the payload")?;
         let hash = blake3::hash(&payload[pos..end]);
-        if hash.as_bytes()[..] != payload[i * 36..i * 36 + 32] {
+        if !crate::layout::sums_match(hash.as_bytes()[..] == payload[i * 36..i * 36 + 32]) {
             return Err(format!(
                 "blob {i} of the chunk does not match its content hash"
             ));

@@ -63,7 +63,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<ParsedHeader, FormatError> {
         .filter(|e| *e <= bytes.len())
         .ok_or_else(|| corrupt("the JSON header runs past the end of the file".into()))?;
     let json_z = &bytes[FILE_HEADER_LEN..end];
-    if crc32fast::hash(json_z) != prefix.json_crc {
+    if !sums_match(crc32fast::hash(json_z) == prefix.json_crc) {
         return Err(corrupt("JSON header checksum mismatch".into()));
     }
     if prefix.json_len > MAX_HEADER_JSON_LEN {
@@ -121,7 +121,7 @@ pub(crate) fn load_chunk(
         .filter(|e| *e <= bytes.len())
         .ok_or_else(|| corrupt("payload runs past the end of the file".into()))?;
     let z = &bytes[pstart..pend];
-    if crc32fast::hash(z) != header.payload_crc {
+    if !sums_match(crc32fast::hash(z) == header.payload_crc) {
         return Err(corrupt("payload checksum mismatch".into()));
     }
     let payload = zstd::bulk::decompress(z, header.payload_len as usize)
@@ -204,7 +204,7 @@ impl TraceReader {
             reason,
         };
         let footer_bytes = &bytes[footer_offset as usize..footer_end as usize];
-        if crc32fast::hash(footer_bytes) != trailer.footer_crc {
+        if !sums_match(crc32fast::hash(footer_bytes) == trailer.footer_crc) {
             return Err(bad_footer("footer checksum mismatch".into()));
         }
         let footer = FooterFixed::parse(footer_bytes).map_err(bad_footer)?;
