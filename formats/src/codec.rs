@@ -760,9 +760,9 @@ pub(crate) fn decode_columns(
                 if !matches!(
                     tag,
                     KindTag::MmioRead | KindTag::MmioWrite | KindTag::PioRead | KindTag::PioWrite
-                ) && u32::try_from(offset).is_err()
+                ) && (u32::try_from(offset).is_err() || region != 0)
                 {
-                    return Err("config offset does not fit in 32 bits".into());
+                    return Err("config access key with a region or a 64-bit offset".into());
                 }
                 cols.keys.push(AccessKey {
                     tag,
