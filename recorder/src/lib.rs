@@ -11,9 +11,11 @@
 
 #![deny(missing_docs)]
 
+mod header;
 mod relay;
 mod tap;
 mod writer;
 
+pub use header::capture_header;
 pub use tap::{LoggingMemory, Tap};
-pub use writer::{Recorder, RecorderError, RecorderOptions, RecorderStats};
+pub use writer::{Recorder, RecorderError, RecorderHandle, RecorderOptions, RecorderStats, Ticket};

@@ -108,7 +108,11 @@ impl IrqRelay {
 
     fn unroute_where(&self, pred: impl Fn(&Route) -> bool) {
         let mut routes = self.inner.routes.lock().unwrap_or_else(|p| p.into_inner());
-        let doomed: Vec<RawFd> = routes.iter().filter(|(_, r)| pred(r)).map(|(fd, _)| *fd).collect();
+        let doomed: Vec<RawFd> = routes
+            .iter()
+            .filter(|(_, r)| pred(r))
+            .map(|(fd, _)| *fd)
+            .collect();
         for fd in doomed {
             // Failure only means the fd was never added; the route goes either way.
             let _ = epoll_ctl(&self.inner.epoll, libc::EPOLL_CTL_DEL, fd);
@@ -133,13 +137,21 @@ fn relay_loop(inner: &Inner, recorder: &RecorderHandle) {
     while !inner.stop.load(Ordering::SeqCst) {
         // SAFETY: `events` is a live array of 16 epoll_events; the epoll fd is open.
         let n = unsafe {
-            libc::epoll_wait(inner.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, 200)
+            libc::epoll_wait(
+                inner.epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                200,
+            )
         };
         if n < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            tracing::error!("irq relay: epoll_wait failed: {}", io::Error::last_os_error());
+            tracing::error!(
+                "irq relay: epoll_wait failed: {}",
+                io::Error::last_os_error()
+            );
             return;
         }
         for ev in &events[..n as usize] {

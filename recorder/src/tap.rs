@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hwrr_device::{
-    Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result,
-};
+use hwrr_device::{Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result};
 use hwrr_formats::{
     AccessData, ConfigAccess, DmaMapping, DmaRead, DmaWrite, EventKind, IrqAction, IrqData,
     RegionAccess, RegionKind,
@@ -122,6 +120,8 @@ impl<D: Device> Device for Tap<D> {
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
+        // Reserved before the call: the DMA and interrupts a write triggers come after it.
+        let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.region_write(region, offset, data);
         let dur = elapsed_ns(t0);
@@ -131,7 +131,7 @@ impl<D: Device> Device for Tap<D> {
             data: AccessData::from_le_bytes(data),
         };
         let kind = self.region_event(region, true, access);
-        self.recorder.log(kind, status_of(&r), dur);
+        self.recorder.submit(ticket, kind, status_of(&r), dur);
         r
     }
 
@@ -148,6 +148,7 @@ impl<D: Device> Device for Tap<D> {
     }
 
     fn config_write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
+        let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.config_write(offset, data);
         let dur = elapsed_ns(t0);
@@ -155,46 +156,51 @@ impl<D: Device> Device for Tap<D> {
             offset,
             data: AccessData::from_le_bytes(data),
         });
-        self.recorder.log(kind, status_of(&r), dur);
+        self.recorder.submit(ticket, kind, status_of(&r), dur);
         r
     }
 
     fn set_irqs(&mut self, mut request: IrqSetRequest) -> Result<()> {
         let setup = request.setup.clone();
+        let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self
             .substitute_fds(&mut request)
             .and_then(|()| self.inner.set_irqs(request));
         let dur = elapsed_ns(t0);
         self.recorder
-            .log(EventKind::IrqSetup(setup), status_of(&r), dur);
+            .submit(ticket, EventKind::IrqSetup(setup), status_of(&r), dur);
         r
     }
 
     fn dma_map(&mut self, region: DmaRegion) -> Result<()> {
         let mapping = region.mapping;
+        let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.dma_map(region);
         let dur = elapsed_ns(t0);
         self.recorder
-            .log(EventKind::DmaMap(mapping), status_of(&r), dur);
+            .submit(ticket, EventKind::DmaMap(mapping), status_of(&r), dur);
         r
     }
 
     fn dma_unmap(&mut self, mapping: DmaMapping) -> Result<()> {
+        let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.dma_unmap(mapping);
         let dur = elapsed_ns(t0);
         self.recorder
-            .log(EventKind::DmaUnmap(mapping), status_of(&r), dur);
+            .submit(ticket, EventKind::DmaUnmap(mapping), status_of(&r), dur);
         r
     }
 
     fn reset(&mut self) -> Result<()> {
+        let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.reset();
         let dur = elapsed_ns(t0);
-        self.recorder.log(EventKind::Reset, status_of(&r), dur);
+        self.recorder
+            .submit(ticket, EventKind::Reset, status_of(&r), dur);
         r
     }
 

@@ -55,9 +55,10 @@ pub struct RecorderStats {
 }
 
 struct Shared {
-    /// Sequence numbering and enqueueing happen under one lock so the queue order is the sequence
-    /// order, whichever thread logs.
+    /// Sequence numbers and timestamps are handed out under one lock, so timestamps are
+    /// non-decreasing in sequence order, whichever thread logs.
     sequencer: Mutex<Sequencer>,
+    sender: Mutex<Option<SyncSender<Event>>>,
     start: Instant,
     enqueued: AtomicU64,
     dequeued: Arc<AtomicU64>,
@@ -68,7 +69,33 @@ struct Shared {
 struct Sequencer {
     next_seq: u64,
     last_t_ns: u64,
-    sender: Option<SyncSender<Event>>,
+}
+
+/// A place in the event stream, reserved when a call starts so that what the device does during
+/// the call (DMA, interrupts) is ordered after the call that caused it. Submit it with
+/// [`RecorderHandle::submit`]; a ticket dropped unsubmitted becomes an `hwrr.abandoned` marker so the
+/// stream has no hole.
+pub struct Ticket {
+    seq: u64,
+    t_ns: u64,
+    handle: Option<RecorderHandle>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.send(Event {
+                seq: self.seq,
+                t_ns: self.t_ns,
+                status: 0,
+                duration_ns: 0,
+                kind: EventKind::Marker(hwrr_formats::Marker {
+                    label: "hwrr.abandoned".into(),
+                    data: None,
+                }),
+            });
+        }
+    }
 }
 
 /// A cloneable handle that logs events into the recorder's queue.
@@ -85,7 +112,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// Creates `path` with `header` and starts the writer thread.
-    pub fn create(path: &Path, header: &TraceHeader, opts: RecorderOptions) -> Result<Self, RecorderError> {
+    pub fn create(
+        path: &Path,
+        header: &TraceHeader,
+        opts: RecorderOptions,
+    ) -> Result<Self, RecorderError> {
         let writer = TraceWriter::create(path, header, opts.writer.clone())?;
         Self::start(writer, opts)
     }
@@ -106,21 +137,31 @@ impl Recorder {
         let thread = std::thread::Builder::new()
             .name("hwrr-writer".into())
             .spawn(move || -> Result<u64, RecorderError> {
+                // Calls that started earlier can finish later: events wait here until every
+                // earlier sequence number has been written.
+                let mut reorder = Reorder::default();
                 loop {
                     match rx.recv_timeout(tick) {
                         Ok(ev) => {
                             dq.fetch_add(1, Ordering::Relaxed);
-                            writer.append(&ev)?;
+                            reorder.push(ev, &mut writer)?;
                             // Drain what is already queued before looking at the clock again.
                             while let Ok(ev) = rx.try_recv() {
                                 dq.fetch_add(1, Ordering::Relaxed);
-                                writer.append(&ev)?;
+                                reorder.push(ev, &mut writer)?;
                             }
                             writer.tick()?;
                         }
                         Err(RecvTimeoutError::Timeout) => writer.tick()?,
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
+                }
+                if !reorder.waiting.is_empty() {
+                    return Err(RecorderError::Thread(format!(
+                        "{} events wait for sequence number {} that never came",
+                        reorder.waiting.len(),
+                        reorder.next
+                    )));
                 }
                 let summary = writer.finish()?;
                 Ok(summary.bytes)
@@ -132,8 +173,8 @@ impl Recorder {
                     sequencer: Mutex::new(Sequencer {
                         next_seq: 0,
                         last_t_ns: 0,
-                        sender: Some(tx),
                     }),
+                    sender: Mutex::new(Some(tx)),
                     start: Instant::now(),
                     enqueued: AtomicU64::new(0),
                     dequeued,
@@ -159,10 +200,9 @@ impl Recorder {
     fn finish_inner(&mut self) -> Result<RecorderStats, RecorderError> {
         let shared = &self.handle.shared;
         shared
-            .sequencer
+            .sender
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .sender
             .take();
         let bytes = match self.thread.take() {
             Some(t) => t
@@ -195,22 +235,53 @@ impl RecorderHandle {
         self.shared.start.elapsed().as_nanos() as u64
     }
 
-    /// Logs one event that completed now, with its status and duration. Blocks (and counts a
-    /// stall) while the queue is full.
-    pub fn log(&self, kind: EventKind, status: u32, duration_ns: u64) {
-        let shared = &*self.shared;
-        let mut seq = shared.sequencer.lock().unwrap_or_else(|p| p.into_inner());
-        // Timestamps are taken under the lock so they are non-decreasing in sequence order.
+    /// Reserves the next place in the stream, stamped now.
+    pub fn reserve(&self) -> Ticket {
+        let mut seq = self
+            .shared
+            .sequencer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let t_ns = self.now_ns().max(seq.last_t_ns);
-        let Some(sender) = seq.sender.as_ref() else {
-            return;
-        };
-        let ev = Event {
+        let ticket = Ticket {
             seq: seq.next_seq,
             t_ns,
+            handle: Some(self.clone()),
+        };
+        seq.next_seq += 1;
+        seq.last_t_ns = t_ns;
+        ticket
+    }
+
+    /// Fills a reserved place with what the call did.
+    pub fn submit(&self, mut ticket: Ticket, kind: EventKind, status: u32, duration_ns: u64) {
+        ticket.handle = None;
+        self.send(Event {
+            seq: ticket.seq,
+            t_ns: ticket.t_ns,
             status,
             duration_ns,
             kind,
+        });
+    }
+
+    /// Logs one event at the next place in the stream, stamped now.
+    pub fn log(&self, kind: EventKind, status: u32, duration_ns: u64) {
+        let ticket = self.reserve();
+        self.submit(ticket, kind, status, duration_ns);
+    }
+
+    /// Queues an event; blocks (and counts a stall) while the queue is full. After
+    /// [`Recorder::finish`] events are dropped: the trace is complete.
+    fn send(&self, ev: Event) {
+        let shared = &*self.shared;
+        let Some(sender) = shared
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
         };
         match sender.try_send(ev) {
             Ok(()) => {}
@@ -222,8 +293,6 @@ impl RecorderHandle {
             }
             Err(TrySendError::Disconnected(_)) => return,
         }
-        seq.next_seq += 1;
-        seq.last_t_ns = t_ns;
         let queued = shared.enqueued.fetch_add(1, Ordering::Relaxed) + 1
             - shared.dequeued.load(Ordering::Relaxed);
         shared.high_water.fetch_max(queued, Ordering::Relaxed);
@@ -232,5 +301,32 @@ impl RecorderHandle {
     /// Events logged so far.
     pub fn logged(&self) -> u64 {
         self.shared.enqueued.load(Ordering::Relaxed)
+    }
+}
+
+/// Puts events back in sequence order before they reach the trace writer.
+#[derive(Default)]
+struct Reorder {
+    next: u64,
+    waiting: std::collections::BTreeMap<u64, Event>,
+}
+
+impl Reorder {
+    fn push<W: std::io::Write>(
+        &mut self,
+        ev: Event,
+        writer: &mut TraceWriter<W>,
+    ) -> Result<(), RecorderError> {
+        if ev.seq != self.next {
+            self.waiting.insert(ev.seq, ev);
+            return Ok(());
+        }
+        writer.append(&ev)?;
+        self.next += 1;
+        while let Some(ev) = self.waiting.remove(&self.next) {
+            writer.append(&ev)?;
+            self.next += 1;
+        }
+        Ok(())
     }
 }

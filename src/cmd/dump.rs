@@ -38,11 +38,16 @@ pub fn run(args: DumpArgs) -> anyhow::Result<i32> {
     let regmap = args.regmap.as_deref().map(RegisterMap::load).transpose()?;
     let from = args.from.unwrap_or_else(|| reader.first_seq());
     let limit = args.count.unwrap_or(u64::MAX);
-    let opts = JsonOptions { payloads: args.payloads };
+    let opts = JsonOptions {
+        payloads: args.payloads,
+    };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = (|| -> anyhow::Result<()> {
-        for ev in reader.iter_from(from).take(limit.try_into().unwrap_or(usize::MAX)) {
+        for ev in reader
+            .iter_from(from)
+            .take(limit.try_into().unwrap_or(usize::MAX))
+        {
             let ev = ev.context("cannot decode trace")?;
             if args.json {
                 serde_json::to_writer(&mut out, &event_to_json(&ev, regmap.as_ref(), opts))?;

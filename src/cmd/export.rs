@@ -224,7 +224,7 @@ pub fn write_csv(
         let ev = ev?;
         // region, offset, size, value, data, index, vector, start, count, action, iova, len, flags, label
         let mut f: [String; 14] = Default::default();
-        let mut access = |f: &mut [String; 14], region: Option<u32>, offset: u64, d: &AccessData| {
+        let access = |f: &mut [String; 14], region: Option<u32>, offset: u64, d: &AccessData| {
             f[0] = region.map(|r| r.to_string()).unwrap_or_default();
             f[1] = offset.to_string();
             match d {
@@ -239,9 +239,10 @@ pub fn write_csv(
             }
         };
         match &ev.kind {
-            EventKind::MmioRead(a) | EventKind::MmioWrite(a) | EventKind::PioRead(a) | EventKind::PioWrite(a) => {
-                access(&mut f, Some(a.region), a.offset, &a.data)
-            }
+            EventKind::MmioRead(a)
+            | EventKind::MmioWrite(a)
+            | EventKind::PioRead(a)
+            | EventKind::PioWrite(a) => access(&mut f, Some(a.region), a.offset, &a.data),
             EventKind::ConfigRead(c) | EventKind::ConfigWrite(c) => {
                 access(&mut f, None, c.offset as u64, &c.data)
             }

@@ -104,13 +104,21 @@ pub fn run(args: InfoArgs) -> anyhow::Result<i32> {
         h.device.subsystem_id,
         h.device.class_code,
         h.device.revision,
-        h.device.bdf.as_ref().map(|b| format!(" at {b}")).unwrap_or_default()
+        h.device
+            .bdf
+            .as_ref()
+            .map(|b| format!(" at {b}"))
+            .unwrap_or_default()
     );
     println!(
         "capture      {} via {}{}",
         h.capture.tool,
         h.capture.source,
-        h.capture.kernel.as_ref().map(|k| format!(", kernel {k}")).unwrap_or_default()
+        h.capture
+            .kernel
+            .as_ref()
+            .map(|k| format!(", kernel {k}"))
+            .unwrap_or_default()
     );
     for (k, v) in &h.labels {
         println!("label        {k}={v}");
@@ -121,7 +129,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<i32> {
             r.index,
             r.kind.name(),
             r.size,
-            r.alias_of.map(|a| format!(" (alias of region {a})")).unwrap_or_default()
+            r.alias_of
+                .map(|a| format!(" (alias of region {a})"))
+                .unwrap_or_default()
         );
     }
     for i in &h.irqs {
@@ -132,7 +142,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<i32> {
     }
     println!(
         "events       {} in {} chunks, {} bytes on disk ({:.3} bytes/access)",
-        info["events"], info["chunks"], info["file_bytes"], info["bytes_per_access"].as_f64().unwrap_or(0.0)
+        info["events"],
+        info["chunks"],
+        info["file_bytes"],
+        info["bytes_per_access"].as_f64().unwrap_or(0.0)
     );
     println!("duration     {} ns", info["duration_ns"]);
     let counts = reader.counts();

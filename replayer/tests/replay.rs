@@ -1,0 +1,603 @@
+//! Exact replay and deviating clients under each policy, driving the engine like a VMM.
+
+mod common;
+
+use common::*;
+use hwrr_device::Device;
+use hwrr_replayer::{check, Policy, ReplayOptions};
+
+const CTRL: u64 = 0x0;
+const STATUS: u64 = 0x8;
+const ICR: u64 = 0xC0;
+const IMS: u64 = 0xD0;
+const RDBAL: u64 = 0x2800;
+const RDBAH: u64 = 0x2804;
+const RDT: u64 = 0x2818;
+
+const RING: u64 = 0x10_0000;
+const BUF: u64 = 0x10_1000;
+
+fn policies() -> [Policy; 3] {
+    [Policy::Strict, Policy::resync(), Policy::Model]
+}
+
+/// A NIC receive bring-up: reset, poll STATUS, program a ring, the device fetches the descriptor,
+/// writes a packet and the descriptor status, raises vector 0; the driver reads ICR, vector 1 fires.
+fn nic_trace() -> (Trace, u64) {
+    let mut t = Trace::new();
+    t.irq_setup(2, MSIX_VECTORS);
+    t.config_read(0, 0x10d3_8086);
+    t.dma_map(RING, 0x10_0000);
+    t.write(CTRL, 0x0400_0000);
+    t.read(STATUS, 0x1);
+    t.read(STATUS, 0x1);
+    t.read(STATUS, 0x1);
+    t.read(STATUS, 0x2);
+    t.write(RDBAL, RING as u32);
+    t.write(RDBAH, 0);
+    let rdt = t.write(RDT, 8);
+    let mut desc = BUF.to_le_bytes().to_vec();
+    desc.extend_from_slice(&[0u8; 8]);
+    t.dma_read(RING, &desc);
+    t.dma_write(BUF, &[0xAA; 64], Some(&[0; 64]));
+    t.dma_write(RING + 8, &[1, 0, 0, 0, 0, 0, 0, 0], Some(&[0; 8]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    t.irq(2, 1);
+    t.write(IMS, 0x1);
+    t.read_sized(1, 0x4, 4, 0x1234);
+    t.read_sized(2, 0x8, 8, 0xdead_beef_cafe);
+    (t, rdt)
+}
+
+/// The driver of `nic_trace`, with its ring and buffer at the given IOVAs. Returns what it read.
+fn nic_driver(vmm: &mut Vmm, ring: u64, buf: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    let mut desc = buf.to_le_bytes().to_vec();
+    desc.extend_from_slice(&[0u8; 8]);
+    vmm.put_mem(ring, &desc);
+    vmm.write(CTRL, 0x0400_0000);
+    loop {
+        let s = vmm.read(STATUS);
+        seen.push(s as u64);
+        if s == 2 {
+            break;
+        }
+    }
+    vmm.write(RDBAL, ring as u32);
+    vmm.write(RDBAH, (ring >> 32) as u32);
+    assert_eq!(vmm.irqs(0), 0, "no interrupt before the tail write");
+    vmm.write(RDT, 8);
+    assert_eq!(
+        vmm.irqs(0),
+        1,
+        "vector 0 fires right after the recorded access"
+    );
+    seen.push(vmm.read(ICR) as u64);
+    assert_eq!(vmm.irqs(1), 1, "vector 1 fires after the ICR read");
+    vmm.write(IMS, 1);
+    let mut b = [0u8; 4];
+    vmm.dev.region_read(1, 0x4, &mut b).unwrap();
+    seen.push(u32::from_le_bytes(b) as u64);
+    let mut q = [0u8; 8];
+    vmm.dev.region_read(2, 0x8, &mut q).unwrap();
+    seen.push(u64::from_le_bytes(q));
+    seen
+}
+
+#[test]
+fn exact_replay_returns_recorded_values_interrupts_and_dma() {
+    for chunk in [1, 3, 4096] {
+        let (t, _) = nic_trace();
+        let mut vmm = Vmm::new(t, chunk, opts(Policy::Strict));
+        let seen = nic_driver(&mut vmm, RING, BUF);
+        assert_eq!(seen, vec![1, 1, 1, 2, 0x80, 0x1234, 0xdead_beef_cafe]);
+        assert_eq!(vmm.mem_bytes(BUF, 64), vec![0xAA; 64]);
+        assert_eq!(vmm.mem_bytes(RING + 8, 1), vec![1]);
+        let r = vmm.dev.report();
+        assert_eq!(r.counters.accesses, 12, "chunk {chunk}");
+        assert_eq!(r.counters.matched, 12);
+        assert!(!r.diverged);
+        assert_eq!(r.counters.irqs_delivered, 2);
+        assert_eq!(r.counters.dma_writes_applied, 2);
+        assert!(r.relocations.is_empty());
+        assert!(r.trace_finished);
+        assert!(check(&r, 0));
+    }
+}
+
+#[test]
+fn dma_write_skips_bytes_the_guest_changed() {
+    let (t, _) = nic_trace();
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    // The guest already used bytes 10..20 of the buffer: the replayed write must not clobber them.
+    vmm.put_mem(BUF + 10, &[0x11; 10]);
+    nic_driver(&mut vmm, RING, BUF);
+    let got = vmm.mem_bytes(BUF, 64);
+    assert_eq!(&got[..10], &[0xAA; 10]);
+    assert_eq!(&got[10..20], &[0x11; 10]);
+    assert_eq!(&got[20..], &[0xAA; 44]);
+    let r = vmm.dev.report();
+    assert_eq!(r.counters.dma_writes_partial, 1);
+    assert_eq!(r.counters.dma_writes_applied, 1);
+}
+
+#[test]
+fn rings_at_other_iovas_are_relocated_under_every_policy() {
+    let new_ring = 0x80_0000u64;
+    let new_buf = 0x80_4000u64;
+    for policy in policies() {
+        let (t, _) = nic_trace();
+        let mut vmm = Vmm::new(t, 4096, opts(policy));
+        let seen = nic_driver(&mut vmm, new_ring, new_buf);
+        assert_eq!(seen, vec![1, 1, 1, 2, 0x80, 0x1234, 0xdead_beef_cafe]);
+        assert_eq!(vmm.mem_bytes(new_buf, 64), vec![0xAA; 64], "{policy:?}");
+        assert_eq!(vmm.mem_bytes(new_ring + 8, 1), vec![1]);
+        assert_eq!(vmm.mem_bytes(BUF, 64), vec![0; 64], "old buffer untouched");
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{policy:?}: {:?}", r.first_divergence);
+        assert_eq!(r.counters.matched, r.counters.accesses);
+        assert_eq!(r.counters.dma_writes_applied, 2);
+        assert_eq!(vmm.dev.state_ref().relocations().translate(RING), new_ring);
+        assert_eq!(vmm.dev.state_ref().relocations().translate(BUF), new_buf);
+        assert!(check(&r, 0));
+    }
+}
+
+#[test]
+fn relocation_through_a_register_map_and_64bit_halves() {
+    // The ring base above 4 GiB, written as two halves; the register map names the pair.
+    let regmap = hwrr_formats::regmap::RegisterMap::parse(
+        "[[register]]\nname='RDBAL'\nregion=0\noffset=0x2800\nwidth=4\naddress='lo'\npair='RDBAH'\n\
+         [[register]]\nname='RDBAH'\nregion=0\noffset=0x2804\nwidth=4\naddress='hi'\npair='RDBAL'\n",
+    )
+    .unwrap();
+    let mut t = Trace::new();
+    t.write(RDBAL, 0x2000);
+    t.write(RDBAH, 0x1);
+    t.dma_write(0x1_0000_2000, &[7; 4], None);
+    t.irq(2, 0);
+    t.read(ICR, 1);
+    let options = ReplayOptions {
+        policy: Policy::Strict,
+        regmap: Some(regmap),
+        ..Default::default()
+    };
+    let mut vmm = Vmm::new(t, 4096, options);
+    vmm.write(RDBAL, 0x0010_0000);
+    vmm.write(RDBAH, 0);
+    assert_eq!(vmm.read(ICR), 1);
+    assert_eq!(vmm.mem_bytes(0x10_0000, 4), vec![7; 4]);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+    assert_eq!(
+        vmm.dev.state_ref().relocations().translate(0x1_0000_2000),
+        0x10_0000
+    );
+}
+
+#[test]
+fn changed_register_write_under_each_policy() {
+    for policy in policies() {
+        let (t, _) = nic_trace();
+        let mut vmm = Vmm::new(t, 4096, opts(policy));
+        vmm.write(CTRL, 0x0400_0001); // recorded: 0x0400_0000, not an address
+        let status = vmm.read(STATUS);
+        // Strict stopped following: the model has never seen STATUS.
+        let expected = if policy == Policy::Strict { 0 } else { 1 };
+        assert_eq!(status, expected, "{policy:?}");
+        let r = vmm.dev.report();
+        assert!(r.diverged);
+        let d = r.first_divergence.as_ref().unwrap();
+        assert_eq!(d.seq, 3, "{policy:?}");
+        assert_eq!(d.t_ns, 300);
+        assert_eq!(d.expected["kind"], "mmio_write");
+        assert_eq!(d.expected["value"], 0x0400_0000);
+        assert_eq!(d.actual["kind"], "mmio_write");
+        assert_eq!(d.actual["value"], 0x0400_0001);
+        assert_eq!(d.context.len(), 3);
+        assert_eq!(d.context[2]["kind"], "dma_map");
+        match policy {
+            Policy::Strict => {
+                assert!(r.stopped_following);
+                assert!(!check(&r, 100));
+                // The device keeps answering (from the model) instead of hanging the VMM.
+                let before = vmm.dev.report().counters.fallbacks;
+                vmm.read(ICR);
+                vmm.write(IMS, 5);
+                assert_eq!(vmm.read(IMS), 5, "model answers the last written value");
+                assert_eq!(vmm.dev.report().counters.fallbacks, before + 3);
+                assert_eq!(vmm.dev.report().first_divergence.unwrap().seq, 3, "final");
+            }
+            Policy::Resync { .. } => {
+                assert_eq!(r.counters.inserted, 1);
+                assert_eq!(r.counters.skipped, 1);
+                assert!(check(&r, 2));
+                assert!(!check(&r, 1));
+            }
+            Policy::Model => {
+                assert_eq!(r.counters.fallbacks, 1);
+                assert_eq!(r.counters.skipped + r.counters.inserted, 0);
+                assert!(check(&r, 1));
+                assert!(!check(&r, 0));
+            }
+        }
+    }
+}
+
+fn poll_trace() -> Trace {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    for _ in 0..5 {
+        t.read(STATUS, 1);
+    }
+    t.write(CTRL, 0);
+    t.read(STATUS, 0);
+    t
+}
+
+#[test]
+fn longer_and_shorter_polls_match_under_every_policy() {
+    for policy in policies() {
+        for (reads, extended, shortened) in [(8, 1, 0), (2, 0, 1), (5, 0, 0)] {
+            let mut vmm = Vmm::new(poll_trace(), 3, opts(policy));
+            vmm.write(CTRL, 1);
+            for _ in 0..reads {
+                assert_eq!(vmm.read(STATUS), 1);
+            }
+            vmm.write(CTRL, 0);
+            assert_eq!(vmm.read(STATUS), 0);
+            let r = vmm.dev.report();
+            assert!(
+                !r.diverged,
+                "{policy:?} reads={reads}: {:?}",
+                r.first_divergence
+            );
+            assert_eq!(r.counters.poll_extended, extended, "{policy:?} {reads}");
+            assert_eq!(r.counters.poll_shortened, shortened, "{policy:?} {reads}");
+            assert_eq!(r.counters.matched, r.counters.accesses);
+            assert!(r.trace_finished);
+            assert!(check(&r, 0));
+        }
+    }
+}
+
+#[test]
+fn shorten_polls_serves_the_transition_early_and_never_lengthens() {
+    let mut t = Trace::new();
+    for _ in 0..10 {
+        t.read(STATUS, 1);
+    }
+    t.irq(2, 2);
+    t.read(STATUS, 2);
+    t.write(CTRL, 9);
+    for k in [Some(3), None] {
+        let options = ReplayOptions {
+            shorten_polls: k,
+            ..Default::default()
+        };
+        let mut t2 = Trace::new();
+        t2.events = t.events.clone();
+        let mut vmm = Vmm::new(t2, 4096, options);
+        let mut reads = 0;
+        while vmm.read(STATUS) != 2 {
+            reads += 1;
+            assert!(reads < 100);
+        }
+        assert_eq!(
+            vmm.irqs(2),
+            1,
+            "the interrupt inside the skipped part still fires"
+        );
+        vmm.write(CTRL, 9);
+        let r = vmm.dev.report();
+        assert!(!r.diverged);
+        assert_eq!(
+            r.counters.matched, r.counters.accesses,
+            "each guest read counts once"
+        );
+        assert!(r.trace_finished);
+        match k {
+            Some(k) => {
+                assert_eq!(reads, k as usize);
+                assert_eq!(r.counters.poll_shortened, 1);
+            }
+            None => {
+                assert_eq!(reads, 10);
+                assert_eq!(r.counters.poll_shortened, 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn reordered_timer_blocks_under_each_policy() {
+    let mut t = Trace::new();
+    let a = t.read(0x5000, 7); // watchdog timer block
+    t.irq(2, 3);
+    t.write(0x5004, 1);
+    t.read(0x4000, 100); // statistics timer block
+    t.read(0x4004, 200);
+    t.write(0x10, 5);
+    for policy in policies() {
+        let mut t2 = Trace::new();
+        t2.events = t.events.clone();
+        let mut vmm = Vmm::new(t2, 2, opts(policy));
+        let b1 = vmm.read(0x4000);
+        let b2 = vmm.read(0x4004);
+        let a1 = vmm.read(0x5000);
+        vmm.write(0x5004, 1);
+        vmm.write(0x10, 5);
+        let r = vmm.dev.report();
+        assert!(r.diverged);
+        assert_eq!(r.first_divergence.as_ref().unwrap().seq, a);
+        match policy {
+            Policy::Strict => {
+                assert!(r.stopped_following);
+                assert!(!check(&r, 10));
+            }
+            Policy::Resync { .. } => {
+                assert_eq!(
+                    (b1, b2, a1),
+                    (100, 200, 7),
+                    "skipped reads answer from the model"
+                );
+                assert_eq!(r.counters.skipped, 2);
+                assert_eq!(r.counters.inserted, 2);
+                assert_eq!(
+                    vmm.irqs(3),
+                    1,
+                    "interrupts inside skipped accesses are delivered"
+                );
+                assert!(r.trace_finished);
+            }
+            Policy::Model => {
+                // The model never saw the statistics block; the stream is followed where it
+                // matches (block A), and the recorded block B stays ahead of the cursor.
+                assert_eq!((b1, b2, a1), (0, 0, 7));
+                assert_eq!(r.counters.fallbacks, 3);
+                assert_eq!(r.counters.skipped, 0);
+                assert!(!r.trace_finished);
+                assert_eq!(vmm.irqs(3), 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn recorded_msix_table_accesses_and_config_reads_are_not_sequenced() {
+    let mut t = Trace::new();
+    t.msix_table_write(1, 0, 0xfee0_0000);
+    t.msix_table_write(1, 2, 0x41);
+    t.msix_table_write(1, 3, 0);
+    t.config_read(0x4, 0x0010_0006);
+    t.write(CTRL, 1);
+    t.read(MSIX_PBA, 0);
+    t.irq(2, 1);
+    t.read(ICR, 4);
+    for policy in policies() {
+        let mut t2 = Trace::new();
+        t2.events = t.events.clone();
+        let mut vmm = Vmm::new(t2, 4096, opts(policy));
+        let mut b = [0u8; 4];
+        vmm.dev.config_read(0, &mut b).unwrap(); // extra config reads
+        assert_eq!(u32::from_le_bytes(b), 0x10d3_8086);
+        vmm.write(CTRL, 1);
+        vmm.dev.config_read(0x2c, &mut b).unwrap();
+        assert_eq!(
+            vmm.irqs(1),
+            1,
+            "unmasked: the VMM emulates the table itself"
+        );
+        assert_eq!(vmm.read(ICR), 4);
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{policy:?}");
+        assert_eq!(r.counters.accesses, 2);
+        assert_eq!(r.counters.config_reads, 2);
+        assert!(check(&r, 0));
+    }
+}
+
+#[test]
+fn masked_msix_vector_is_pending_and_fires_on_unmask() {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    t.irq(2, 1);
+    t.read(ICR, 4);
+    t.irq(2, 1);
+    t.read(ICR, 0);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    let entry = MSIX_TABLE + 16;
+    vmm.write(entry, 0xfee0_0000);
+    vmm.write(entry + 8, 0x41);
+    vmm.write(entry + 12, 1); // masked
+    vmm.write(CTRL, 1);
+    assert_eq!(vmm.irqs(1), 0);
+    assert_eq!(vmm.read(MSIX_PBA), 0b10, "pending bit of vector 1");
+    assert_eq!(vmm.read(entry + 8), 0x41);
+    vmm.write(entry + 12, 0); // unmask
+    assert_eq!(vmm.irqs(1), 1);
+    assert_eq!(vmm.read(MSIX_PBA), 0);
+    // Function mask in config space.
+    let control = (MSIX_CAP + 2) as u32;
+    vmm.dev
+        .config_write(control, &0xC000u16.to_le_bytes())
+        .unwrap();
+    assert_eq!(vmm.read(ICR), 4);
+    assert_eq!(vmm.irqs(1), 0, "function masked");
+    assert_eq!(vmm.read(MSIX_PBA), 0b10);
+    vmm.dev
+        .config_write(control, &0x8000u16.to_le_bytes())
+        .unwrap();
+    assert_eq!(vmm.irqs(1), 1, "fires when the function mask clears");
+    assert_eq!(vmm.read(ICR), 0);
+    let r = vmm.dev.report();
+    assert!(!r.diverged);
+    assert_eq!(r.counters.irqs_pending, 2);
+    assert_eq!(r.counters.irqs_delivered, 2);
+}
+
+#[test]
+fn trace_end_is_a_divergence_and_the_device_keeps_answering() {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    t.read(STATUS, 3);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 1);
+    assert_eq!(vmm.read(STATUS), 3);
+    assert_eq!(vmm.read(STATUS), 3, "a longer poll");
+    vmm.write(CTRL, 2);
+    assert_eq!(vmm.read(STATUS), 3, "model: last value read");
+    let r = vmm.dev.report();
+    let d = r.first_divergence.unwrap();
+    assert_eq!(d.seq, 2);
+    assert!(d.expected.is_null());
+    assert_eq!(d.context.len(), 2);
+}
+
+#[test]
+fn report_json_has_the_contract_fields_and_register_names() {
+    let regmap = hwrr_formats::regmap::RegisterMap::parse(
+        "[[register]]\nname='CTRL'\nregion=0\noffset=0\nwidth=4",
+    )
+    .unwrap();
+    let (t, _) = nic_trace();
+    let options = ReplayOptions {
+        regmap: Some(regmap),
+        context_events: 2,
+        ..Default::default()
+    };
+    let mut vmm = Vmm::new(t, 4096, options);
+    vmm.write(CTRL, 0x77);
+    let v = serde_json::to_value(vmm.dev.report()).unwrap();
+    for key in [
+        "policy",
+        "accesses",
+        "matched",
+        "skipped",
+        "inserted",
+        "fallbacks",
+        "diverged",
+        "first_divergence",
+        "irqs_delivered",
+        "dma_writes_applied",
+        "poll_extended",
+        "poll_shortened",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["policy"], "strict");
+    assert_eq!(v["diverged"], true);
+    let d = &v["first_divergence"];
+    assert_eq!(d["seq"], 3);
+    assert_eq!(d["expected"]["name"], "CTRL");
+    assert_eq!(d["actual"]["name"], "CTRL");
+    assert_eq!(d["actual"]["value"], 0x77);
+    assert_eq!(d["context"].as_array().unwrap().len(), 2);
+    assert_eq!(d["context"][0]["seq"], 1);
+}
+
+#[test]
+fn an_unrecorded_read_inside_a_poll_leaves_the_run_intact() {
+    for policy in [Policy::resync(), Policy::Model] {
+        let mut t = Trace::new();
+        for _ in 0..3 {
+            t.read(STATUS, 1);
+        }
+        t.read(STATUS, 2);
+        t.write(CTRL, 3);
+        let mut vmm = Vmm::new(t, 4096, opts(policy));
+        let mut seen = vec![vmm.read(STATUS)];
+        vmm.read(ICR); // not in the trace
+        loop {
+            let s = vmm.read(STATUS);
+            seen.push(s);
+            if s == 2 {
+                break;
+            }
+        }
+        vmm.write(CTRL, 3);
+        assert_eq!(seen, vec![1, 1, 1, 2], "{policy:?}");
+        let r = vmm.dev.report();
+        assert_eq!(r.counters.poll_shortened, 0);
+        assert_eq!(r.counters.skipped, 0);
+        assert_eq!(r.counters.inserted + r.counters.fallbacks, 1);
+        assert!(r.trace_finished);
+    }
+}
+
+#[test]
+fn a_second_attach_is_a_new_client() {
+    let (t, _) = nic_trace();
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 0x0400_0000);
+    assert_eq!(vmm.read(STATUS), 1);
+    vmm.dev.attach_memory(vmm.mem.clone());
+    assert_eq!(vmm.dev.report().counters.accesses, 0);
+    vmm.write(CTRL, 0x0400_0000);
+    assert_eq!(vmm.read(STATUS), 1);
+    assert!(!vmm.dev.report().diverged);
+    assert_eq!(vmm.dev.past_sessions().len(), 1);
+}
+
+#[test]
+fn recorded_interrupt_delays_are_honoured_only_when_asked() {
+    // The interrupt came 200 ns after the write (the builder spaces events 100 ns apart and the
+    // DMA write sits between them).
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    t.dma_write(BUF, &[1], None);
+    t.irq(2, 0);
+    t.read(ICR, 1);
+    let events = t.events;
+    for honor in [false, true] {
+        let options = ReplayOptions {
+            honor_delays: honor,
+            ..Default::default()
+        };
+        let mut vmm = Vmm::new(
+            Trace {
+                events: events.clone(),
+            },
+            4096,
+            options,
+        );
+        vmm.write(CTRL, 1);
+        assert_eq!(vmm.irqs(0), 1);
+        let waited = vmm.dev.report().counters.delay_ns_waited;
+        assert_eq!(waited, if honor { 200 } else { 0 });
+    }
+}
+
+#[test]
+fn a_whole_ram_mapping_does_not_make_control_values_addresses() {
+    // QEMU maps all guest RAM for DMA: every small number is "inside a mapping".
+    let mut t = Trace::new();
+    t.dma_map(0, 1 << 32);
+    t.write(CTRL, 0x0010_4000);
+    t.read(STATUS, 1);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 0x0010_8000); // also readable guest memory
+    let r = vmm.dev.report();
+    assert!(r.diverged, "a changed control value is not a relocation");
+    assert!(r.relocations.is_empty());
+    assert_eq!(r.first_divergence.unwrap().seq, 1);
+}
+
+#[test]
+fn a_ring_base_in_a_small_mapping_relocates_without_dma_evidence() {
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x10_0000);
+    t.write_sized(0, RDBAL, 8, RING);
+    t.read(STATUS, 1);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.dev
+        .region_write(0, RDBAL, &0x80_0000u64.to_le_bytes())
+        .unwrap();
+    assert_eq!(vmm.read(STATUS), 1);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+    assert_eq!(r.relocations.len(), 1);
+    assert_eq!(r.relocations[0].recorded, RING);
+    assert_eq!(r.relocations[0].replay, 0x80_0000);
+}

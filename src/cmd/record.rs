@@ -1,0 +1,136 @@
+//! `hwrr record`: serve a device to a VMM over vfio-user and record everything it does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{ArgGroup, Args};
+use hwrr_device::Device;
+use hwrr_host_setup::{Bdf, HostRoot};
+use hwrr_recorder::{capture_header, Recorder, RecorderOptions, Tap};
+use hwrr_vfio_backend::{OpenOptions, VfioBackend};
+use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice, Server, ServerOptions};
+
+use super::serve::{qemu_device_arg, stop_on_signals};
+
+/// Record a device: a real one through kernel VFIO, or a remote vfio-user device.
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("backend").required(true).args(["vfio", "vfio_user"])))]
+pub struct RecordArgs {
+    /// A device bound to vfio-pci, by PCI address (e.g. 0000:00:19.0).
+    #[arg(long)]
+    vfio: Option<String>,
+    /// A vfio-user server's socket (QEMU's x-vfio-user-server, libvfio-user devices, hwrr replay).
+    #[arg(long = "vfio-user")]
+    vfio_user: Option<PathBuf>,
+    /// The socket the VMM connects to (created with mode 0600).
+    #[arg(long)]
+    listen: PathBuf,
+    /// The trace to write.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+    /// Longest time events wait in memory before they reach the file (what a crash can lose).
+    #[arg(long, default_value_t = 100)]
+    flush_ms: u64,
+    /// A label for the trace header (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// After recording, give the device back to the host driver it had before `hwrr bind`.
+    #[arg(long)]
+    restore_driver: bool,
+    /// Serve one VMM connection, then finish the trace.
+    #[arg(long)]
+    once: bool,
+}
+
+fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--label {l:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Runs `hwrr record`.
+pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
+    let labels = parse_labels(&args.labels)?;
+    let (backend, source, bdf): (Box<dyn Device>, &str, Option<Bdf>) =
+        match (&args.vfio, &args.vfio_user) {
+            (Some(bdf), None) => {
+                let parsed: Bdf = bdf.parse()?;
+                let dev = VfioBackend::open(bdf, &OpenOptions::default()).with_context(|| {
+                    format!("cannot open {bdf} through VFIO (try `hwrr doctor {bdf}`)")
+                })?;
+                (Box::new(dev), "vfio", Some(parsed))
+            }
+            (None, Some(sock)) => {
+                let client = Client::connect(sock, ClientOptions::default())
+                    .with_context(|| format!("cannot connect to {}", sock.display()))?;
+                (Box::new(RemoteDevice::new(client)?), "vfio-user", None)
+            }
+            _ => bail!("give exactly one of --vfio BDF or --vfio-user SOCKET"),
+        };
+    if args.restore_driver && bdf.is_none() {
+        bail!("--restore-driver applies to --vfio devices only");
+    }
+    let header = capture_header(&backend.describe(), source, labels);
+    let mut options = RecorderOptions::default();
+    options.writer.flush_interval = Some(Duration::from_millis(args.flush_ms.max(1)));
+    let recorder = Recorder::create(&args.output, &header, options)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let mut tap = Tap::new(backend, recorder.handle())?;
+    let stop = stop_on_signals()?;
+    let mut server = Server::bind(
+        &args.listen,
+        ServerOptions {
+            once: args.once,
+            stop: Some(stop),
+            ..ServerOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot listen on {}", args.listen.display()))?;
+    eprintln!(
+        "hwrr: recording {} ({source}) to {}; start QEMU ≥ 10.1 with\n  {}",
+        args.vfio
+            .clone()
+            .or_else(|| args.vfio_user.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_default(),
+        args.output.display(),
+        qemu_device_arg(&args.listen)
+    );
+    let served = server.serve(&mut tap);
+    // Leave a real device healthy for the next user (this reset is not part of the recording). A
+    // remote vfio-user server owns its device's life: it is left as the VMM left it.
+    let mut backend = tap.into_inner();
+    if bdf.is_some() {
+        if let Err(e) = backend.reset() {
+            eprintln!("hwrr: warning: resetting the device at exit failed: {e}");
+        }
+    }
+    drop(backend);
+    let stats = recorder.finish()?;
+    eprintln!(
+        "hwrr: wrote {} events, {} bytes to {} (queue high-water {}, {} stalls)",
+        stats.events,
+        stats.bytes,
+        args.output.display(),
+        stats.queue_high_water,
+        stats.stalls
+    );
+    if let (true, Some(bdf)) = (args.restore_driver, bdf) {
+        let report = hwrr_host_setup::unbind(&HostRoot::real(), bdf)
+            .with_context(|| format!("cannot give {bdf} back to its host driver"))?;
+        if let Some(d) = report.final_driver {
+            eprintln!("hwrr: {bdf} is back on {d}");
+        }
+    }
+    let served = served?;
+    eprintln!(
+        "hwrr: served {} connection(s), {} requests ({} errors)",
+        served.connections, served.requests, served.errors
+    );
+    Ok(0)
+}

@@ -1,0 +1,155 @@
+//! `hwrr replay`: serve a trace as a vfio-user device.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use hwrr_formats::regmap::RegisterMap;
+use hwrr_replayer::{check, Policy, ReplayOptions, ReplayReport};
+use hwrr_vfio_user::{DmaLayout, Server, ServerOptions};
+use serde_json::json;
+
+use super::serve::{qemu_device_arg, stop_on_signals};
+
+/// What to do when the guest's access does not match the trace.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PolicyArg {
+    /// Stop following the trace at the first mismatch (report it; answer from the model).
+    Strict,
+    /// Look ahead for the access and skip what the guest skipped.
+    Resync,
+    /// Answer mismatches from the register model and keep going.
+    Model,
+}
+
+/// DMA message layout for vfio-user clients without shared memory.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LayoutArg {
+    /// Detect per client.
+    Auto,
+    /// The vfio-user specification's layout.
+    Spec,
+    /// QEMU's client's layout.
+    Qemu,
+}
+
+/// Serve a trace as a vfio-user device.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The trace file.
+    trace: PathBuf,
+    /// The UNIX socket to serve on (created with mode 0600).
+    #[arg(long)]
+    listen: PathBuf,
+    /// Mismatch policy.
+    #[arg(long, value_enum, default_value = "strict")]
+    policy: PolicyArg,
+    /// Look-ahead window of `resync`, in recorded accesses.
+    #[arg(long, default_value_t = Policy::DEFAULT_WINDOW)]
+    window: u32,
+    /// Exit 1 on any divergence under strict, or when skips, insertions and fallbacks exceed
+    /// --max-skips under resync/model.
+    #[arg(long)]
+    check: bool,
+    /// Tolerated skips + insertions + fallbacks with --check.
+    #[arg(long, default_value_t = 0)]
+    max_skips: u64,
+    /// Write the replay report (JSON) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Register names and DMA-address registers (TOML).
+    #[arg(long)]
+    regmap: Option<PathBuf>,
+    /// Serve one client, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Serve a polling run's final value after this many reads (for drivers with poll timeouts).
+    #[arg(long)]
+    shorten_polls: Option<u32>,
+    /// DMA message layout for clients without shared memory.
+    #[arg(long, value_enum, default_value = "auto")]
+    dma_layout: LayoutArg,
+}
+
+/// The report file: the last session's report at top level, every session under `sessions`.
+fn report_json(sessions: &[ReplayReport]) -> anyhow::Result<serde_json::Value> {
+    let last = sessions.last().context("no session to report")?;
+    let mut v = serde_json::to_value(last)?;
+    v["sessions"] = json!(sessions.len());
+    if sessions.len() > 1 {
+        v["all_sessions"] = serde_json::to_value(sessions)?;
+    }
+    Ok(v)
+}
+
+/// Runs `hwrr replay`.
+pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
+    let policy = match args.policy {
+        PolicyArg::Strict => Policy::Strict,
+        PolicyArg::Resync => Policy::Resync {
+            window: args.window,
+        },
+        PolicyArg::Model => Policy::Model,
+    };
+    let regmap = args.regmap.as_deref().map(RegisterMap::load).transpose()?;
+    let options = ReplayOptions {
+        policy,
+        regmap,
+        shorten_polls: args.shorten_polls,
+        ..ReplayOptions::default()
+    };
+    let mut device = hwrr_replayer::open(&args.trace, options)
+        .with_context(|| format!("cannot replay {}", args.trace.display()))?;
+    let stop = stop_on_signals()?;
+    let server_opts = ServerOptions {
+        once: args.once,
+        stop: Some(stop),
+        dma_layout: match args.dma_layout {
+            LayoutArg::Auto => DmaLayout::Auto,
+            LayoutArg::Spec => DmaLayout::Spec,
+            LayoutArg::Qemu => DmaLayout::Qemu,
+        },
+        ..ServerOptions::default()
+    };
+    let mut server = Server::bind(&args.listen, server_opts)
+        .with_context(|| format!("cannot listen on {}", args.listen.display()))?;
+    eprintln!(
+        "hwrr: replaying {} on {}; QEMU ≥ 10.1:\n  {}",
+        args.trace.display(),
+        args.listen.display(),
+        qemu_device_arg(&args.listen)
+    );
+    let served = server.serve(&mut device)?;
+    let mut sessions = device.past_sessions().to_vec();
+    sessions.push(device.report());
+    let last = sessions.last().context("no session")?;
+    let c = &last.counters;
+    eprintln!(
+        "hwrr: {} connection(s), {} requests; last session: {} accesses, {} matched, {} skipped, {} inserted, {} fallbacks, {} polls extended, {} shortened, {} irqs delivered, {} DMA writes applied{}",
+        served.connections,
+        served.requests,
+        c.accesses,
+        c.matched,
+        c.skipped,
+        c.inserted,
+        c.fallbacks,
+        c.poll_extended,
+        c.poll_shortened,
+        c.irqs_delivered,
+        c.dma_writes_applied,
+        match &last.first_divergence {
+            Some(d) => format!("; DIVERGED at seq {}: {}", d.seq, d.reason),
+            None => String::new(),
+        }
+    );
+    if let Some(path) = &args.report {
+        let v = report_json(&sessions)?;
+        std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.check && !sessions.iter().all(|s| check(s, args.max_skips)) {
+        eprintln!("hwrr: --check failed");
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,0 +1,142 @@
+//! Real processes and sockets: `hwrr replay` serves a trace, `hwrr record --vfio-user` proxies it
+//! to a driver and records, and the new trace's access stream equals the original's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hwrr_testdev::driver::{self, DriverOptions, DMA_AREA_SIZE};
+use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice};
+
+fn hwrr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hwrr"))
+}
+
+fn wait_for_socket(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{path:?}: the server exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "{path:?} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn finish(mut child: Child, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            assert!(status.success(), "{what} failed with {status}: {err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn record_a_replay_and_get_the_same_accesses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    let original = p("original.hwrr");
+    let demo = hwrr().args(["demo", "-o"]).arg(&original).output().unwrap();
+    assert!(demo.status.success(), "{demo:?}");
+
+    let (replay_sock, record_sock) = (p("replay.sock"), p("record.sock"));
+    let report = p("report.json");
+    let mut replay = hwrr()
+        .arg("replay")
+        .arg(&original)
+        .arg("--listen")
+        .arg(&replay_sock)
+        .args(["--once", "--check", "--report"])
+        .arg(&report)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&replay_sock, &mut replay);
+    let again = p("again.hwrr");
+    let mut record = hwrr()
+        .args(["record", "--vfio-user"])
+        .arg(&replay_sock)
+        .arg("--listen")
+        .arg(&record_sock)
+        .arg("-o")
+        .arg(&again)
+        .args(["--once", "--label", "test=record_replay"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&record_sock, &mut record);
+
+    // The mode of the sockets: only their owner may connect.
+    use std::os::unix::fs::PermissionsExt;
+    for s in [&replay_sock, &record_sock] {
+        assert_eq!(
+            std::fs::metadata(s).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let client = Client::connect(&record_sock, ClientOptions::default()).unwrap();
+    let mut dev = RemoteDevice::new(client).unwrap();
+    let iova = 0x1000_0000;
+    let mem = driver::setup_guest_memory(&mut dev, iova, DMA_AREA_SIZE).unwrap();
+    let seen = driver::run(
+        &mut dev,
+        &mem,
+        DriverOptions {
+            iova_base: iova,
+            ..DriverOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.id, u32::from_le_bytes(*b"HWRR"));
+    assert_eq!(seen.rx_frames.len(), 3);
+    drop(dev);
+
+    let rec_err = finish(record, "hwrr record");
+    assert!(rec_err.contains("wrote"), "{rec_err}");
+    finish(replay, "hwrr replay --check");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(v["diverged"], false, "{v}");
+    assert_eq!(v["policy"], "strict");
+    assert!(v["accesses"].as_u64().unwrap() > 100);
+    assert_eq!(v["accesses"], v["matched"]);
+
+    let diff = hwrr()
+        .arg("diff")
+        .arg(&original)
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    let info = hwrr()
+        .args(["info", "--json"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["capture"]["source"], "vfio-user");
+    assert_eq!(info["labels"]["test"], "record_replay");
+    assert!(info["by_kind"]["irq"].as_u64().unwrap() > 0);
+}

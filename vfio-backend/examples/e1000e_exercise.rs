@@ -1,0 +1,805 @@
+//! Drives QEMU's emulated e1000e (82574L, 8086:10d3) like a tiny user-space driver, through
+//! [`VfioBackend`] and any [`Device`] wrapped around it.
+//!
+//! Runs inside the VT-d box (`tests/vm/vtdbox-record.sh`): the NIC is bound to vfio-pci and the
+//! program does what a driver does at probe and for one ARP exchange — VFIO reset, MAC from
+//! RAL/RAH, link status, a TX and an RX ring in DMA memory mapped with `VFIO_IOMMU_MAP_DMA`, one
+//! ARP who-has 10.0.2.2 sent (the device DMA-reads it) and slirp's reply received (the device
+//! DMA-writes it), MSI-X and INTx interrupts through eventfds. It prints one `OBS key=value` line
+//! per observation (what a replay must reproduce) and one `CHECK name OK|FAIL` line per
+//! expectation; the exit code is 0 iff every check passed.
+//!
+//! A device writes received frames straight into memory: no call of the device interface carries
+//! them, so a tap cannot log them as it logs accesses. [`DmaWatch`] shows what a recorder's watch
+//! set needs to do it: shadow copies of the pages the driver handed to the device (named by the
+//! ring base registers and by the buffer pointers in the descriptors), diffed at the points where
+//! the driver looks (after an interrupt, before reading a descriptor). Its findings are printed as
+//! `WATCH` lines.
+//!
+//! With `--trace PATH` the backend is wrapped in
+//! `hwrr_recorder::Tap` and every call lands in a trace file; the recorder's relay stands between
+//! the device's eventfds and the exercise's. `--log-watch` also logs the watch's findings into that
+//! trace as `dma_write` events (with before bytes); the header's `dma_write_source` label says they
+//! come from this exercise's watch, not from the recorder.
+//!
+//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]`
+//! (BDF defaults to `$VTDBOX_BDF`, then `0000:00:02.0`).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hwrr_device::{
+    dma_flags, eventfd, Device, DmaMapping, DmaRegion, IrqAction, IrqData, IrqSetRequest, IrqSetup,
+    MappedMemory,
+};
+use hwrr_formats::header::region_index::BAR0;
+use hwrr_formats::irq_index;
+use hwrr_vfio_backend::{AccessMode, OpenOptions, VfioBackend};
+
+// e1000e registers (BAR0 offsets) and bits, from the 82574 datasheet.
+const CTRL: u64 = 0x0000;
+const STATUS: u64 = 0x0008;
+const ICR: u64 = 0x00c0;
+const ICS: u64 = 0x00c8;
+const IMS: u64 = 0x00d0;
+const IMC: u64 = 0x00d8;
+const IVAR: u64 = 0x00e4;
+const RCTL: u64 = 0x0100;
+const TCTL: u64 = 0x0400;
+const RDBAL: u64 = 0x2800;
+const RDBAH: u64 = 0x2804;
+const RDLEN: u64 = 0x2808;
+const RDH: u64 = 0x2810;
+const RDT: u64 = 0x2818;
+const TDBAL: u64 = 0x3800;
+const TDBAH: u64 = 0x3804;
+const TDLEN: u64 = 0x3808;
+const TDH: u64 = 0x3810;
+const TDT: u64 = 0x3818;
+const RAL0: u64 = 0x5400;
+const RAH0: u64 = 0x5404;
+
+const CTRL_ASDE: u32 = 1 << 5;
+const CTRL_SLU: u32 = 1 << 6;
+const CTRL_RST: u32 = 1 << 26;
+const STATUS_LU: u32 = 1 << 1;
+const ICR_TXDW: u32 = 1 << 0;
+const ICR_LSC: u32 = 1 << 2;
+const ICR_RXT0: u32 = 1 << 7;
+const ICR_RXQ0: u32 = 1 << 20;
+const ICR_TXQ0: u32 = 1 << 22;
+const ICR_OTHER: u32 = 1 << 24;
+/// IVAR: RxQ0, TxQ0 and Other causes all to MSI-X vector 0 (bit 3 of each field: valid).
+const IVAR_ALL_TO_VECTOR0: u32 = 0x8 | (0x8 << 8) | (0x8 << 16);
+const RCTL_EN: u32 = 1 << 1;
+const RCTL_BAM: u32 = 1 << 15;
+const RCTL_SECRC: u32 = 1 << 26;
+const TCTL_EN: u32 = 1 << 1;
+const TCTL_PSP: u32 = 1 << 3;
+const TXD_CMD_EOP: u8 = 1 << 0;
+const TXD_CMD_IFCS: u8 = 1 << 1;
+const TXD_CMD_RS: u8 = 1 << 3;
+const DESC_DD: u8 = 1 << 0;
+const PCI_COMMAND: u32 = 0x04;
+const PCI_COMMAND_MEMORY_BUSMASTER: u16 = 0x0006;
+
+// DMA layout inside one buffer mapped at IOVA_BASE.
+const IOVA_BASE: u64 = 0x1000_0000;
+const DMA_SIZE: usize = 64 * 1024;
+const TX_RING: u64 = 0x0000;
+const RX_RING: u64 = 0x1000;
+const TX_BUF: u64 = 0x2000;
+const RX_BUFS: u64 = 0x4000;
+const RX_BUF_SIZE: u64 = 2048;
+const NDESC: u32 = 8;
+
+type BoxError = Box<dyn std::error::Error>;
+
+/// Register access on BAR0 of any [`Device`].
+struct Nic<'a, D: Device> {
+    dev: &'a mut D,
+}
+
+impl<D: Device> Nic<'_, D> {
+    fn r32(&mut self, reg: u64) -> hwrr_device::Result<u32> {
+        let mut b = [0u8; 4];
+        self.dev.region_read(BAR0, reg, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn w32(&mut self, reg: u64, v: u32) -> hwrr_device::Result<()> {
+        self.dev.region_write(BAR0, reg, &v.to_le_bytes())
+    }
+
+    fn command_enable(&mut self) -> hwrr_device::Result<u16> {
+        let mut c = [0u8; 2];
+        self.dev.config_read(PCI_COMMAND, &mut c)?;
+        let v = u16::from_le_bytes(c) | PCI_COMMAND_MEMORY_BUSMASTER;
+        self.dev.config_write(PCI_COMMAND, &v.to_le_bytes())?;
+        Ok(v)
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        count: u32,
+        action: IrqAction,
+        fd: Option<OwnedFd>,
+    ) -> hwrr_device::Result<()> {
+        let (data, fds) = match fd {
+            Some(fd) => (IrqData::Eventfd(vec![true]), vec![Some(fd)]),
+            None => (IrqData::None, vec![]),
+        };
+        self.dev.set_irqs(IrqSetRequest {
+            setup: IrqSetup {
+                index,
+                start: 0,
+                count,
+                action,
+                data,
+            },
+            fds,
+        })
+    }
+}
+
+/// A minimal watch set over DMA memory the device may write: shadow copies of named IOVA ranges,
+/// diffed on demand. This is the hook a recorder needs to turn "the device wrote guest memory"
+/// into `dma_write` events with before-and-after bytes.
+struct DmaWatch {
+    memory: Arc<MappedMemory>,
+    /// (IOVA, shadow copy)
+    ranges: Vec<(u64, Vec<u8>)>,
+}
+
+/// Equal bytes that may sit inside one changed run before it is split in two.
+const MERGE_GAP: usize = 16;
+
+/// One run of changed bytes found by [`DmaWatch::diff`].
+struct WatchedWrite {
+    iova: u64,
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+impl DmaWatch {
+    fn new(memory: Arc<MappedMemory>) -> Self {
+        DmaWatch {
+            memory,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Starts watching `len` bytes at `iova` (inside the one mapping at `IOVA_BASE`).
+    fn watch(&mut self, iova: u64, len: usize) -> hwrr_device::Result<()> {
+        let mut shadow = vec![0u8; len];
+        self.memory.read(iova - IOVA_BASE, &mut shadow)?;
+        self.ranges.push((iova, shadow));
+        Ok(())
+    }
+
+    /// Compares the memory with the shadows, returns each changed run of bytes and updates the
+    /// shadows.
+    fn diff(&mut self) -> hwrr_device::Result<Vec<WatchedWrite>> {
+        let mut found = Vec::new();
+        for (iova, shadow) in &mut self.ranges {
+            let mut now = vec![0u8; shadow.len()];
+            self.memory.read(*iova - IOVA_BASE, &mut now)?;
+            let mut i = 0;
+            while i < now.len() {
+                if now[i] == shadow[i] {
+                    i += 1;
+                    continue;
+                }
+                // A run ends after MERGE_GAP equal bytes: a frame holds bytes that happen to
+                // equal what was there before (zeros), and one write should stay one event.
+                let start = i;
+                let mut end = i;
+                while i < now.len() && i - end <= MERGE_GAP {
+                    if now[i] != shadow[i] {
+                        end = i + 1;
+                    }
+                    i += 1;
+                }
+                found.push(WatchedWrite {
+                    iova: *iova + start as u64,
+                    before: shadow[start..end].to_vec(),
+                    after: now[start..end].to_vec(),
+                });
+                i = end;
+            }
+            *shadow = now;
+        }
+        Ok(found)
+    }
+}
+
+/// Collects `CHECK` results.
+#[derive(Default)]
+struct Checks {
+    failed: Vec<String>,
+    passed: usize,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, detail: impl std::fmt::Display) {
+        println!("CHECK {name} {} {detail}", if ok { "OK" } else { "FAIL" });
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed.push(name.to_string());
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Waits up to `timeout` for `fd` to be signalled; returns the counter (0 on timeout).
+fn wait_eventfd(fd: &OwnedFd, timeout: Duration) -> std::io::Result<u64> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one live pollfd, count 1.
+    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    eventfd::drain(fd)
+}
+
+fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if done() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    None
+}
+
+fn read_u8(m: &MappedMemory, iova: u64) -> u8 {
+    let mut b = [0u8; 1];
+    // Reads inside the fixed layout cannot fail; 0 ("not done") is the safe answer if one did.
+    m.read(iova - IOVA_BASE, &mut b).map_or(0, |_| b[0])
+}
+
+fn read_u16(m: &MappedMemory, iova: u64) -> u16 {
+    let mut b = [0u8; 2];
+    m.read(iova - IOVA_BASE, &mut b)
+        .map_or(0, |_| u16::from_le_bytes(b))
+}
+
+fn put(m: &MappedMemory, iova: u64, data: &[u8]) -> hwrr_device::Result<()> {
+    m.write(iova - IOVA_BASE, data)
+}
+
+/// An ARP who-has 10.0.2.2 from `mac` (10.0.2.15), padded to the 60-byte minimum.
+fn arp_request(mac: [u8; 6]) -> Vec<u8> {
+    let mut p = vec![0u8; 60];
+    p[0..6].copy_from_slice(&[0xff; 6]);
+    p[6..12].copy_from_slice(&mac);
+    p[12..14].copy_from_slice(&[0x08, 0x06]);
+    p[14..22].copy_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    p[22..28].copy_from_slice(&mac);
+    p[28..32].copy_from_slice(&[10, 0, 2, 15]);
+    p[38..42].copy_from_slice(&[10, 0, 2, 2]);
+    p
+}
+
+/// The whole exercise on any device (the bare backend, or a recorder's tap around it).
+fn exercise<D: Device>(
+    dev: &mut D,
+    checks: &mut Checks,
+    on_watched: &mut dyn FnMut(&WatchedWrite),
+) -> Result<(), BoxError> {
+    let d = dev.describe();
+    println!(
+        "OBS identity={:04x}:{:04x} subsys={:04x}:{:04x} class={:06x} rev={}",
+        d.identity.vendor_id,
+        d.identity.device_id,
+        d.identity.subsystem_vendor_id,
+        d.identity.subsystem_id,
+        d.identity.class_code,
+        d.identity.revision
+    );
+    for r in &d.regions {
+        println!(
+            "REGION {} {} size={:#x} flags={:#x}",
+            r.index,
+            r.kind.name(),
+            r.size,
+            r.flags
+        );
+    }
+    for i in &d.irqs {
+        println!(
+            "IRQINFO index={} count={} flags={:#x}",
+            i.index, i.count, i.flags
+        );
+    }
+    let rom_len = d.rom.as_ref().map_or(0, Vec::len);
+    let rom_sig = d.rom.as_ref().is_some_and(|r| r.starts_with(&[0x55, 0xaa]));
+    checks.check(
+        "rom_captured",
+        rom_len > 0 && rom_sig,
+        format!("len={rom_len:#x} 55aa={rom_sig}"),
+    );
+    checks.check(
+        "identity",
+        (d.identity.vendor_id, d.identity.device_id) == (0x8086, 0x10d3),
+        format!("{:04x}:{:04x}", d.identity.vendor_id, d.identity.device_id),
+    );
+
+    let mut nic = Nic { dev };
+    let cmd = nic.command_enable()?;
+    println!("OBS pci_command={cmd:#06x}");
+
+    // Reset: the function (VFIO_DEVICE_RESET), then the MAC (CTRL.RST), as e1000e_reset_hw does.
+    let vfio_reset = nic.dev.reset();
+    checks.check("vfio_reset", vfio_reset.is_ok(), format!("{vfio_reset:?}"));
+    nic.command_enable()?; // a function reset clears COMMAND
+    nic.w32(IMC, 0xffff_ffff)?;
+    let ctrl = nic.r32(CTRL)?;
+    nic.w32(CTRL, ctrl | CTRL_RST)?;
+    std::thread::sleep(Duration::from_millis(20));
+    nic.w32(IMC, 0xffff_ffff)?;
+    let icr = nic.r32(ICR)?;
+    println!("OBS icr_after_reset={icr:#010x}");
+    let ctrl = nic.r32(CTRL)?;
+    nic.w32(CTRL, ctrl | CTRL_SLU | CTRL_ASDE)?;
+
+    let mut status = 0;
+    let link = poll_until(Duration::from_secs(2), || {
+        status = nic.r32(STATUS).unwrap_or(0);
+        status & STATUS_LU != 0
+    });
+    println!("OBS status={status:#010x}");
+    checks.check("link_up", link.is_some(), format!("STATUS={status:#010x}"));
+
+    let ral = nic.r32(RAL0)?;
+    let rah = nic.r32(RAH0)?;
+    let mac = {
+        let (l, h) = (ral.to_le_bytes(), rah.to_le_bytes());
+        [l[0], l[1], l[2], l[3], h[0], h[1]]
+    };
+    let mac_s = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    println!("OBS mac={mac_s} ral={ral:#010x} rah={rah:#010x}");
+    checks.check("mac_valid", rah & 0x8000_0000 != 0, format!("mac={mac_s}"));
+
+    // DMA memory, mapped into the IOMMU.
+    let memory = Arc::new(MappedMemory::anonymous(DMA_SIZE)?);
+    let rw = dma_flags::READ | dma_flags::WRITE;
+    nic.dev.dma_map(DmaRegion {
+        mapping: DmaMapping {
+            iova: IOVA_BASE,
+            len: DMA_SIZE as u64,
+            flags: rw,
+        },
+        memory: Some(memory.clone()),
+    })?;
+    println!("OBS dma_map iova={IOVA_BASE:#x} len={DMA_SIZE:#x}");
+
+    // MSI-X vector 0 on an eventfd; the device routes RX, TX and "other" causes to it.
+    let msix = eventfd::create()?;
+    nic.set_irqs(
+        irq_index::MSIX,
+        1,
+        IrqAction::Trigger,
+        Some(msix.try_clone()?),
+    )?;
+    nic.w32(IVAR, IVAR_ALL_TO_VECTOR0)?;
+
+    // RX ring: NDESC descriptors, each with a 2 KiB buffer.
+    for i in 0..u64::from(NDESC) {
+        let desc = RX_RING + i * 16;
+        put(
+            &memory,
+            IOVA_BASE + desc,
+            &(IOVA_BASE + RX_BUFS + i * RX_BUF_SIZE).to_le_bytes(),
+        )?;
+        put(&memory, IOVA_BASE + desc + 8, &[0u8; 8])?;
+    }
+    let rx_ring = IOVA_BASE + RX_RING;
+    nic.w32(RDBAL, rx_ring as u32)?;
+    nic.w32(RDBAH, (rx_ring >> 32) as u32)?;
+    nic.w32(RDLEN, NDESC * 16)?;
+    nic.w32(RDH, 0)?;
+    nic.w32(RDT, NDESC - 1)?;
+    nic.w32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC)?;
+
+    // What a watch set would follow: the RX ring (named by RDBAL/RDBAH) and the buffers its
+    // descriptors point at.
+    let mut watch = DmaWatch::new(memory.clone());
+    watch.watch(rx_ring, (NDESC * 16) as usize)?;
+    watch.watch(
+        IOVA_BASE + RX_BUFS,
+        (u64::from(NDESC) * RX_BUF_SIZE) as usize,
+    )?;
+
+    // TX: one ARP request in descriptor 0.
+    let frame = arp_request(mac);
+    put(&memory, IOVA_BASE + TX_BUF, &frame)?;
+    let tx0 = IOVA_BASE + TX_RING;
+    put(&memory, tx0, &(IOVA_BASE + TX_BUF).to_le_bytes())?;
+    put(&memory, tx0 + 8, &(frame.len() as u16).to_le_bytes())?;
+    put(
+        &memory,
+        tx0 + 10,
+        &[0, TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS, 0, 0, 0, 0],
+    )?;
+    nic.w32(TDBAL, tx0 as u32)?;
+    nic.w32(TDBAH, (tx0 >> 32) as u32)?;
+    nic.w32(TDLEN, NDESC * 16)?;
+    nic.w32(TDH, 0)?;
+    nic.w32(TDT, 0)?;
+    nic.w32(TCTL, TCTL_EN | TCTL_PSP | (0x0f << 4) | (0x3f << 12))?;
+    nic.r32(ICR)?;
+    nic.w32(
+        IMS,
+        ICR_TXDW | ICR_RXT0 | ICR_LSC | ICR_RXQ0 | ICR_TXQ0 | ICR_OTHER,
+    )?;
+    eventfd::drain(&msix)?;
+
+    nic.w32(TDT, 1)?; // hand descriptor 0 to the device
+    let tx_done = poll_until(Duration::from_secs(2), || {
+        read_u8(&memory, tx0 + 12) & DESC_DD != 0
+    });
+    let tdh = nic.r32(TDH)?;
+    println!(
+        "OBS tx_status={:#04x} tdh={tdh}",
+        read_u8(&memory, tx0 + 12)
+    );
+    checks.check(
+        "tx_writeback",
+        tx_done.is_some(),
+        format!("after {tx_done:?}"),
+    );
+    let n = wait_eventfd(&msix, Duration::from_secs(2))?;
+    checks.check("msix_irq", n > 0, format!("eventfd count={n}"));
+    // Interrupt delivery: the first point where a driver may look at what the device wrote.
+    let mut writes = watch.diff()?;
+
+    // The driver's view after the interrupt: this is where a watch set diffs.
+    let rx0 = rx_ring;
+    let rx_done = poll_until(Duration::from_secs(2), || {
+        read_u8(&memory, rx0 + 12) & DESC_DD != 0
+    });
+    let rx_len = read_u16(&memory, rx0 + 8) as usize;
+    let rx_status = read_u8(&memory, rx0 + 12);
+    let mut rx_frame = vec![0u8; rx_len.min(RX_BUF_SIZE as usize)];
+    memory.read(RX_BUFS, &mut rx_frame)?;
+    let rdh = nic.r32(RDH)?;
+    println!("OBS rx_status={rx_status:#04x} rx_len={rx_len} rdh={rdh}");
+    println!("OBS rx_frame={}", hex(&rx_frame));
+    checks.check(
+        "rx_writeback",
+        rx_done.is_some(),
+        format!("after {rx_done:?}"),
+    );
+    let is_reply = rx_frame.len() >= 42
+        && rx_frame[12..14] == [0x08, 0x06]
+        && rx_frame[20..22] == [0x00, 0x02]
+        && rx_frame[28..32] == [10, 0, 2, 2]
+        && rx_frame[32..38] == mac;
+    checks.check(
+        "rx_arp_reply",
+        is_reply,
+        "who-has 10.0.2.2 answered to our MAC",
+    );
+
+    // Before the driver reads the descriptor it polled: the second watch point.
+    writes.extend(watch.diff()?);
+    for w in &writes {
+        on_watched(w);
+        println!(
+            "WATCH dma_write iova={:#x} len={} before={} after={}",
+            w.iova,
+            w.after.len(),
+            hex(&w.before),
+            hex(&w.after)
+        );
+    }
+    let frame_seen = writes.iter().any(|w| {
+        w.iova == IOVA_BASE + RX_BUFS
+            && w.after.len() >= 42
+            && w.after[..42] == rx_frame[..42.min(rx_frame.len())]
+    });
+    checks.check(
+        "watch_sees_rx_frame",
+        frame_seen,
+        format!("{} changed runs in the watched pages", writes.len()),
+    );
+    let n = wait_eventfd(&msix, Duration::from_millis(200))?;
+    println!("OBS msix_after_rx={n} icr={:#010x}", nic.r32(ICR)?);
+
+    // INTx: MSI-X off, INTx on an eventfd, a software cause (ICS), unmask after each one (INTx is
+    // level-triggered, so VFIO masks it until the driver says it is handled).
+    nic.w32(IMC, 0xffff_ffff)?;
+    nic.set_irqs(irq_index::MSIX, 0, IrqAction::Trigger, None)?;
+    let intx = eventfd::create()?;
+    nic.set_irqs(
+        irq_index::INTX,
+        1,
+        IrqAction::Trigger,
+        Some(intx.try_clone()?),
+    )?;
+    nic.r32(ICR)?;
+    nic.w32(IMS, ICR_TXDW)?;
+    for round in 0..2 {
+        eventfd::drain(&intx)?;
+        nic.w32(ICS, ICR_TXDW)?;
+        let n = wait_eventfd(&intx, Duration::from_secs(2))?;
+        let icr = nic.r32(ICR)?; // reading ICR clears the cause and drops the line
+        checks.check(
+            &format!("intx_irq_{round}"),
+            n > 0,
+            format!("eventfd count={n} icr={icr:#010x}"),
+        );
+        nic.set_irqs(irq_index::INTX, 1, IrqAction::Unmask, None)?;
+    }
+    nic.w32(IMC, 0xffff_ffff)?;
+    nic.set_irqs(irq_index::INTX, 0, IrqAction::Trigger, None)?;
+
+    // Quiesce and unmap everything.
+    nic.w32(TCTL, 0)?;
+    nic.w32(RCTL, 0)?;
+    nic.dev.dma_unmap(DmaMapping {
+        iova: 0,
+        len: 0,
+        flags: dma_flags::UNMAP_ALL,
+    })?;
+    Ok(())
+}
+
+struct Args {
+    bdf: String,
+    sysfs_root: String,
+    mmap: bool,
+    trace: Option<std::path::PathBuf>,
+    log_watch: bool,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let mut args = Args {
+        bdf: std::env::var("VTDBOX_BDF").unwrap_or_else(|_| "0000:00:02.0".into()),
+        sysfs_root: "/sys".into(),
+        mmap: false,
+        trace: None,
+        log_watch: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bdf" => args.bdf = it.next().ok_or("--bdf needs a value")?,
+            "--sysfs-root" => args.sysfs_root = it.next().ok_or("--sysfs-root needs a value")?,
+            "--mmap" => args.mmap = true,
+            "--trace" => args.trace = Some(it.next().ok_or("--trace needs a value")?.into()),
+            "--log-watch" => args.log_watch = true,
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    Ok(args)
+}
+
+fn main() {
+    let t0 = Instant::now();
+    let code = match run() {
+        Ok(checks) => {
+            println!(
+                "e1000e_exercise: {} checks passed, {} failed ({}) in {:?}",
+                checks.passed,
+                checks.failed.len(),
+                checks.failed.join(","),
+                t0.elapsed()
+            );
+            i32::from(!checks.failed.is_empty())
+        }
+        Err(e) => {
+            println!("e1000e_exercise: ERROR {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run() -> Result<Checks, BoxError> {
+    let args = parse_args()?;
+    let options = OpenOptions {
+        sysfs_root: args.sysfs_root.into(),
+        access: if args.mmap {
+            AccessMode::Mmap
+        } else {
+            AccessMode::FileIo
+        },
+        read_rom: true,
+    };
+    let t_open = Instant::now();
+    let backend = VfioBackend::open(&args.bdf, &options)?;
+    println!("OPEN {} in {:?}", args.bdf, t_open.elapsed());
+    match backend.iommu_info() {
+        Ok(i) => println!(
+            "IOMMU pgsizes={:#x} ranges={:x?} dma_avail={:?}",
+            i.iova_pgsizes.unwrap_or(0),
+            i.iova_ranges,
+            i.dma_avail
+        ),
+        Err(e) => println!("IOMMU info unavailable: {e}"),
+    }
+    if let Some(e) = backend.rom_error() {
+        println!("ROM not captured: {e}");
+    }
+    for e in backend.mmap_errors() {
+        println!("MMAP fallback: {e}");
+    }
+    println!("MMAPPED {:x?}", backend.mmapped_areas());
+    let mut checks = Checks::default();
+    match &args.trace {
+        None => {
+            let mut dev = backend;
+            exercise(&mut dev, &mut checks, &mut |_| {})?;
+        }
+        Some(path) => record(backend, path, args.mmap, args.log_watch, &mut checks)?,
+    }
+    Ok(checks)
+}
+
+/// Runs the exercise through the recorder's tap, writing a trace to `path`.
+fn record(
+    backend: VfioBackend,
+    path: &std::path::Path,
+    mmap: bool,
+    log_watch: bool,
+    checks: &mut Checks,
+) -> Result<(), BoxError> {
+    use hwrr_formats::{CaptureMeta, DmaWrite, EventKind, TraceHeader};
+    use hwrr_recorder::{Recorder, RecorderOptions, Tap};
+
+    let d = backend.describe();
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("exercise".to_string(), "e1000e".to_string());
+    labels.insert(
+        "bar_access".to_string(),
+        if mmap { "mmap" } else { "pread/pwrite" }.to_string(),
+    );
+    labels.insert(
+        "dma_write_source".to_string(),
+        if log_watch {
+            "exercise-watch (rx ring and buffers, diffed at the interrupt and before the descriptor read)"
+        } else {
+            "none (no watch set: device-written memory is not in this trace)"
+        }
+        .to_string(),
+    );
+    let start_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_nanos() as u64);
+    let header = TraceHeader {
+        device: d.identity.clone(),
+        config_space: d.config_space.clone(),
+        regions: d.regions.clone(),
+        irqs: d.irqs.clone(),
+        rom: d.rom.clone(),
+        capture: CaptureMeta {
+            tool: format!(
+                "hwrr-vfio-backend e1000e_exercise {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            source: "vfio".into(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            start_unix_ns,
+        },
+        labels,
+        start_state: None,
+    };
+    let recorder = Recorder::create(path, &header, RecorderOptions::default())?;
+    let handle = recorder.handle();
+    let mut tap = Tap::new(backend, recorder.handle())?;
+    let result = exercise(&mut tap, checks, &mut |w| {
+        if log_watch {
+            handle.log(
+                EventKind::DmaWrite(DmaWrite {
+                    iova: w.iova,
+                    data: w.after.clone(),
+                    before: Some(w.before.clone()),
+                }),
+                0,
+                0,
+            );
+        }
+    });
+    // The tap (and its interrupt relay) goes before the trace is finished, so no event is lost.
+    drop(tap);
+    let stats = recorder.finish()?;
+    println!(
+        "TRACE {} events={} bytes={} queue_high_water={} stalls={}",
+        path.display(),
+        stats.events,
+        stats.bytes,
+        stats.queue_high_water,
+        stats.stalls
+    );
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch_over(len: usize) -> (Arc<MappedMemory>, DmaWatch) {
+        let memory = Arc::new(MappedMemory::anonymous(DMA_SIZE).unwrap());
+        let mut watch = DmaWatch::new(memory.clone());
+        watch.watch(IOVA_BASE + RX_BUFS, len).unwrap();
+        (memory, watch)
+    }
+
+    #[test]
+    fn a_frame_with_unchanged_bytes_inside_is_one_write() {
+        let (memory, mut watch) = watch_over(4096);
+        // Zeros inside the frame equal what the buffer held before.
+        let mut frame: Vec<u8> = (0..42u8).map(|i| i | 0x80).collect();
+        for z in [2, 14, 15, 30] {
+            frame[z] = 0;
+        }
+        put(&memory, IOVA_BASE + RX_BUFS, &frame).unwrap();
+        let w = watch.diff().unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            (w[0].iova, w[0].after.clone()),
+            (IOVA_BASE + RX_BUFS, frame)
+        );
+        assert!(w[0].before.iter().all(|&b| b == 0));
+        assert!(
+            watch.diff().unwrap().is_empty(),
+            "shadows follow the memory"
+        );
+    }
+
+    #[test]
+    fn writes_further_apart_than_the_gap_stay_apart() {
+        let (memory, mut watch) = watch_over(4096);
+        put(&memory, IOVA_BASE + RX_BUFS + 10, &[1]).unwrap();
+        let far = 10 + 1 + MERGE_GAP as u64 + 1;
+        put(&memory, IOVA_BASE + RX_BUFS + far, &[2, 3]).unwrap();
+        put(&memory, IOVA_BASE + RX_BUFS + 4095, &[9]).unwrap();
+        let w = watch.diff().unwrap();
+        let got: Vec<(u64, Vec<u8>)> = w
+            .iter()
+            .map(|w| (w.iova - IOVA_BASE - RX_BUFS, w.after.clone()))
+            .collect();
+        assert_eq!(got, vec![(10, vec![1]), (far, vec![2, 3]), (4095, vec![9])]);
+        // A write back to the old value is a change too, with the right before bytes.
+        put(&memory, IOVA_BASE + RX_BUFS + 10, &[0]).unwrap();
+        let w = watch.diff().unwrap();
+        assert_eq!(
+            (w.len(), w[0].before.clone(), w[0].after.clone()),
+            (1, vec![1], vec![0])
+        );
+    }
+
+    #[test]
+    fn the_arp_request_is_well_formed() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let p = arp_request(mac);
+        assert_eq!(p.len(), 60);
+        assert_eq!(p[12..14], [0x08, 0x06]);
+        assert_eq!(p[20..22], [0x00, 0x01], "who-has");
+        assert_eq!(p[22..28], mac);
+        assert_eq!(p[38..42], [10, 0, 2, 2]);
+    }
+}
