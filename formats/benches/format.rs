@@ -1,7 +1,7 @@
 //! Trace format benchmarks.
 //!
 //! * `encode/*`, `decode/*` on the corpus logs (`../shared/corpus`, or `$HWRR_CORPUS`; skipped with a
-//!   message when absent): hwrr's default `WriterOptions` against a row-wise fixed-width + zstd-1
+//!   message when absent), imported by `hwrr-import` with its default options: hwrr's default `WriterOptions` against a row-wise fixed-width + zstd-1
 //!   baseline implemented here. "Encode" = events in memory -> complete trace bytes (header, chunks,
 //!   footer). "Decode events" = trace bytes -> every event materialized as an
 //!   `hwrr_formats::Event` (hwrr: `TraceReader::read_chunk_into` on every chunk, reusing one vector;
@@ -14,8 +14,8 @@
 //!
 //! Run: `cargo bench -p hwrr-formats --bench format`.
 
-#[path = "support/qemu_log.rs"]
-mod qemu_log;
+#[path = "support/corpus.rs"]
+mod corpus;
 
 use std::hint::black_box;
 use std::io::Write;
@@ -131,9 +131,8 @@ mod baseline {
     }
 }
 
-fn hwrr_encode(events: &[Event]) -> Vec<u8> {
-    let mut w =
-        TraceWriter::new(Vec::new(), &qemu_log::header(), WriterOptions::default()).unwrap();
+fn hwrr_encode(header: &TraceHeader, events: &[Event]) -> Vec<u8> {
+    let mut w = TraceWriter::new(Vec::new(), header, WriterOptions::default()).unwrap();
     for e in events {
         w.append(e).unwrap();
     }
@@ -173,29 +172,31 @@ fn rate(events: usize, runs: usize, mut f: impl FnMut()) -> f64 {
 
 fn corpus(c: &mut Criterion) {
     for name in CORPORA {
-        let Some(log) = qemu_log::load_log(name) else {
+        let Some((header, events)) = corpus::import(name) else {
             eprintln!("corpus {name} absent (no ../shared/corpus and no $HWRR_CORPUS): skipped");
             continue;
         };
-        let events = qemu_log::extract(&log);
         let n = events.len();
         let mut counts = KindCounts::default();
         events.iter().for_each(|e| counts.add(e.tag()));
         let accesses = counts.accesses() as f64;
 
-        let trace = hwrr_encode(&events);
+        let trace = hwrr_encode(&header, &events);
         let reader = TraceReader::from_bytes(trace.clone()).unwrap();
         assert_eq!(
             reader.iter().map(|e| e.unwrap()).collect::<Vec<_>>(),
             events,
             "hwrr must be lossless"
         );
+        assert_eq!(reader.header(), &header);
         let blocks = baseline::encode(&events);
         let baseline_bytes: usize = blocks.iter().map(|b| b.len()).sum();
 
         let mut g = c.benchmark_group(format!("encode/{name}"));
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function("hwrr", |b| b.iter(|| black_box(hwrr_encode(&events))));
+        g.bench_function("hwrr", |b| {
+            b.iter(|| black_box(hwrr_encode(&header, &events)))
+        });
         g.bench_function("baseline_fixed_zstd1", |b| {
             b.iter(|| black_box(baseline::encode(&events)))
         });
@@ -215,7 +216,7 @@ fn corpus(c: &mut Criterion) {
         });
         g.finish();
 
-        let enc = rate(n, 7, || drop(black_box(hwrr_encode(&events))));
+        let enc = rate(n, 7, || drop(black_box(hwrr_encode(&header, &events))));
         let enc_base = rate(n, 7, || drop(black_box(baseline::encode(&events))));
         let dec = rate(n, 7, || {
             black_box(hwrr_decode(&reader, &mut scratch));
@@ -269,7 +270,7 @@ fn synthetic_trace(path: &std::path::Path, chunks: u64, per_chunk: u64) {
         chunk_events: per_chunk as usize,
         ..WriterOptions::default()
     };
-    let mut w = TraceWriter::new(Vec::new(), &qemu_log::header(), opts).unwrap();
+    let mut w = TraceWriter::new(Vec::new(), &TraceHeader::default(), opts).unwrap();
     events.iter().for_each(|e| w.append(e).unwrap());
     let one = w.finish_into_inner().unwrap().1;
     let r = TraceReader::from_bytes(one.clone()).unwrap();
