@@ -210,7 +210,10 @@ fn roundtrip(c: &mut Criterion) {
     });
     group.finish();
 
-    let ns: Vec<f64> = tallies.iter().map(|t| t.lock().unwrap().per_iter_ns()).collect();
+    let ns: Vec<f64> = tallies
+        .iter()
+        .map(|t| t.lock().unwrap().per_iter_ns())
+        .collect();
     println!("pinned to CPU {cpu}");
     println!(
         "criterion means: floor_read {:.0} ns, region_read {:.0} ns ({:.3}x); floor_write {:.0} ns, region_write {:.0} ns ({:.3}x)",
@@ -241,7 +244,9 @@ fn roundtrip(c: &mut Criterion) {
             read_floor.write_all(&req[..READ_REQ]).unwrap();
             read_floor.read_exact(&mut rep[..READ_REPLY]).unwrap();
         });
-        let o = time(BATCH, &mut || client.region_read(0, 0x10, &mut data).unwrap());
+        let o = time(BATCH, &mut || {
+            client.region_read(0, 0x10, &mut data).unwrap()
+        });
         read_ratios.push(o.as_secs_f64() / f.as_secs_f64());
         totals[0] += f;
         totals[1] += o;

@@ -79,8 +79,19 @@ impl MsgReader {
         }
     }
 
-    /// Reads the next whole message into `out` (reusing its buffers).
+    /// Reads the next whole message into `out` (reusing its buffers), blocking until one arrives.
     pub fn read(&mut self, out: &mut Incoming) -> Result<(), ReadError> {
+        self.read_until(out, None)
+    }
+
+    /// Like [`MsgReader::read`], but gives up with [`ReadError::TimedOut`] at `deadline`. The
+    /// blocking path sets no socket timeout: a timed `recvmsg` costs a kernel timer per wait,
+    /// which the request fast path must not pay; timed waits poll first instead.
+    pub fn read_until(
+        &mut self,
+        out: &mut Incoming,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), ReadError> {
         loop {
             let avail = self.end - self.start;
             if avail >= HEADER_SIZE {
@@ -120,8 +131,37 @@ impl MsgReader {
             } else {
                 self.make_room(HEADER_SIZE)?;
             }
+            if let Some(deadline) = deadline {
+                self.wait_readable(deadline)?;
+            }
             self.fill()?;
         }
+    }
+
+    fn wait_readable(&self, deadline: std::time::Instant) -> Result<(), ReadError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::TimedOut);
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Err(ReadError::TimedOut);
+            }
+            return Err(ReadError::Io(e));
+        }
+        if r == 0 {
+            return Err(ReadError::TimedOut);
+        }
+        Ok(())
     }
 
     /// Ensures the buffer can hold a message of `size` bytes starting at `start`.

@@ -544,3 +544,31 @@ fn dma_from_another_thread_while_the_server_waits_for_requests() {
     // The connection still serves requests afterwards.
     c.reset().unwrap();
 }
+
+#[test]
+fn stop_flag_ends_an_idle_connection() {
+    let h = Harness::start(ServerOptions::default());
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    c.reset().unwrap();
+    // The client stays connected and idle; the server must still notice the stop flag.
+    let s = h.finish();
+    assert_eq!(s.last.unwrap().closed_because.as_deref(), Some("stopped"));
+    assert!(matches!(
+        c.reset(),
+        Err(ClientError::Closed) | Err(ClientError::Io(_))
+    ));
+}
+
+#[test]
+fn client_reply_timeout_fires_on_a_silent_server() {
+    let (ours, _silent) = std::os::unix::net::UnixStream::pair().unwrap();
+    let e = Client::from_stream(
+        ours,
+        ClientOptions {
+            reply_timeout: Some(std::time::Duration::from_millis(50)),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e}");
+}
