@@ -169,7 +169,8 @@ impl Client {
             .max_data_xfer_size
             .clamp(4096, protocol::MAX_MAX_DATA_XFER) as usize
             + protocol::MESSAGE_OVERHEAD;
-        let reader = MsgReader::new(std::os::fd::AsFd::as_fd(&stream), max_msg);
+        // vfio-user servers send no descriptors to clients.
+        let reader = MsgReader::with_fds(std::os::fd::AsFd::as_fd(&stream), max_msg, false);
         let layout = match options.dma_layout {
             DmaLayout::Qemu => DmaLayout::Qemu,
             _ => DmaLayout::Spec,
