@@ -1,8 +1,9 @@
-//! Prints bytes per access and encode/decode speed of the corpus logs at given writer settings:
+//! Prints bytes per access and single-run encode/decode speed of the imported corpus logs at given
+//! writer settings, for exploring settings quickly (the benchmark is the reference):
 //! `cargo run --release -p hwrr-formats --example corpus_size [chunk_events] [zstd_level]`.
 
-#[path = "../benches/support/qemu_log.rs"]
-mod qemu_log;
+#[path = "../benches/support/corpus.rs"]
+mod corpus;
 
 use std::time::Instant;
 
@@ -18,12 +19,10 @@ fn main() -> Result<(), FormatError> {
         opts.zstd_level = l;
     }
     for name in ["rtl8139-linux-8139cp", "nvme-linux-nvme"] {
-        let Some(log) = qemu_log::load_log(name) else {
+        let Some((header, events)) = corpus::import(name) else {
             println!("{name}: corpus absent, skipped");
             continue;
         };
-        let events = qemu_log::extract(&log);
-        let header = qemu_log::header();
         let start = Instant::now();
         let mut w = TraceWriter::new(Vec::new(), &header, opts.clone())?;
         for e in &events {
@@ -33,20 +32,22 @@ fn main() -> Result<(), FormatError> {
         let enc = start.elapsed();
         let r = TraceReader::from_bytes(bytes)?;
         let start = Instant::now();
-        let mut n = 0u64;
+        let mut cols = ChunkColumns::default();
+        let mut n = 0;
         for i in 0..r.chunk_count() {
-            n += r.read_chunk(i)?.len() as u64;
+            r.read_chunk_columns(i, &mut cols)?;
+            n += cols.len();
         }
         let dec = start.elapsed();
-        assert_eq!(n, events.len() as u64);
         let accesses = summary.counts.accesses();
         println!(
-            "{name}: {} events, {accesses} accesses, {} bytes, {:.3} bytes/access, encode {:.1} M ev/s, decode {:.1} M ev/s",
+            "{name}: {} events ({n} decoded), {accesses} accesses, {} bytes, {:.3} bytes/access, \
+             encode {:.1} M ev/s, decode (columns) {:.1} M ev/s",
             events.len(),
             summary.bytes,
             summary.bytes as f64 / accesses as f64,
             events.len() as f64 / enc.as_secs_f64() / 1e6,
-            events.len() as f64 / dec.as_secs_f64() / 1e6,
+            n as f64 / dec.as_secs_f64() / 1e6,
         );
     }
     Ok(())

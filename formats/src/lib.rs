@@ -12,6 +12,7 @@
 mod codec;
 pub mod error;
 pub mod event;
+pub mod fuzzing;
 pub mod header;
 pub mod hex;
 pub mod json;
@@ -22,6 +23,7 @@ pub mod regmap;
 pub mod slice;
 pub mod writer;
 
+pub use codec::{AccessKey, ChunkColumns, NO_KEY};
 pub use error::{ChunkType, FormatError};
 pub use event::*;
 pub use header::*;

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use crate::codec::{decode_blobs, decode_events, BlobSource, BlobTable, ChunkShape};
+use crate::codec::{decode_blobs, decode_columns, BlobSource, BlobTable, ChunkColumns, ChunkShape};
 use crate::error::{ChunkType, FormatError};
 use crate::event::{Event, KindCounts, KindTag};
 use crate::header::TraceHeader;
@@ -63,7 +63,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<ParsedHeader, FormatError> {
         .filter(|e| *e <= bytes.len())
         .ok_or_else(|| corrupt("the JSON header runs past the end of the file".into()))?;
     let json_z = &bytes[FILE_HEADER_LEN..end];
-    if crc32fast::hash(json_z) != prefix.json_crc {
+    if !sums_match(crc32fast::hash(json_z) == prefix.json_crc) {
         return Err(corrupt("JSON header checksum mismatch".into()));
     }
     if prefix.json_len > MAX_HEADER_JSON_LEN {
@@ -121,7 +121,7 @@ pub(crate) fn load_chunk(
         .filter(|e| *e <= bytes.len())
         .ok_or_else(|| corrupt("payload runs past the end of the file".into()))?;
     let z = &bytes[pstart..pend];
-    if crc32fast::hash(z) != header.payload_crc {
+    if !sums_match(crc32fast::hash(z) == header.payload_crc) {
         return Err(corrupt("payload checksum mismatch".into()));
     }
     let payload = zstd::bulk::decompress(z, header.payload_len as usize)
@@ -204,7 +204,7 @@ impl TraceReader {
             reason,
         };
         let footer_bytes = &bytes[footer_offset as usize..footer_end as usize];
-        if crc32fast::hash(footer_bytes) != trailer.footer_crc {
+        if !sums_match(crc32fast::hash(footer_bytes) == trailer.footer_crc) {
             return Err(bad_footer("footer checksum mismatch".into()));
         }
         let footer = FooterFixed::parse(footer_bytes).map_err(bad_footer)?;
@@ -450,8 +450,44 @@ impl TraceReader {
                 count: self.chunk_count(),
             });
         }
+        let mut events = Vec::new();
+        self.read_chunk_into(index, &mut events)?;
+        Ok(events)
+    }
+
+    /// Decodes event chunk `index` into `out` (replacing its contents, reusing its allocation): the
+    /// fast way to walk a trace chunk by chunk.
+    pub fn read_chunk_into(&self, index: usize, out: &mut Vec<Event>) -> Result<(), FormatError> {
+        if index >= self.chunk_count() {
+            return Err(FormatError::ChunkOutOfRange {
+                index,
+                count: self.chunk_count(),
+            });
+        }
         let info = self.chunk(index);
-        self.read_chunk_checked(index, &info, u64::MAX)
+        let mut cols = ChunkColumns::default();
+        self.read_chunk_checked(index, &info, u64::MAX, &mut cols)?;
+        out.clear();
+        out.reserve(cols.len());
+        out.extend(cols.events());
+        Ok(())
+    }
+
+    /// Decodes event chunk `index` into columns (replacing `out`'s contents, reusing its
+    /// allocations): the fastest way to scan a trace.
+    pub fn read_chunk_columns(
+        &self,
+        index: usize,
+        out: &mut ChunkColumns,
+    ) -> Result<(), FormatError> {
+        if index >= self.chunk_count() {
+            return Err(FormatError::ChunkOutOfRange {
+                index,
+                count: self.chunk_count(),
+            });
+        }
+        let info = self.chunk(index);
+        self.read_chunk_checked(index, &info, u64::MAX, out)
     }
 
     /// Decodes event chunk `index`, resolving only blobs from blob chunks that start before
@@ -461,7 +497,8 @@ impl TraceReader {
         index: usize,
         info: &ChunkInfo,
         blob_limit: u64,
-    ) -> Result<Vec<Event>, FormatError> {
+        out: &mut ChunkColumns,
+    ) -> Result<(), FormatError> {
         let corrupt = |reason: String| FormatError::CorruptChunk {
             chunk_type: ChunkType::Events,
             index,
@@ -490,7 +527,7 @@ impl TraceReader {
             reader: self,
             before_offset: blob_limit,
         };
-        decode_events(&payload, &shape, &blobs).map_err(corrupt)
+        decode_columns(&payload, &shape, &blobs, out).map_err(corrupt)
     }
 
     /// Iterates over every event.
@@ -498,7 +535,8 @@ impl TraceReader {
         Events {
             reader: self,
             next_chunk: 0,
-            buffered: Vec::new().into_iter(),
+            buffered: Vec::new(),
+            pos: 0,
             skip_below: 0,
             failed: false,
         }
@@ -515,7 +553,8 @@ impl TraceReader {
         Events {
             reader: self,
             next_chunk,
-            buffered: Vec::new().into_iter(),
+            buffered: Vec::new(),
+            pos: 0,
             skip_below: start,
             failed: false,
         }
@@ -606,6 +645,7 @@ impl TraceReader {
         };
         let (mut e, mut b) = (0usize, 0usize);
         let mut pos = self.chunks_start;
+        let mut scratch = ChunkColumns::default();
         while e < self.chunk_count() || b < self.blob_chunk_count() {
             let next_event = (e < self.chunk_count()).then(|| self.chunk(e));
             let next_blob = (b < self.blob_chunk_count()).then(|| self.blob_chunk(b));
@@ -644,8 +684,8 @@ impl TraceReader {
                         reason: format!("expected a chunk at offset {pos}"),
                     });
                 }
-                let events = self.read_chunk_checked(e, &info, info.offset)?;
-                report.events += events.len() as u64;
+                self.read_chunk_checked(e, &info, info.offset, &mut scratch)?;
+                report.events += scratch.len() as u64;
                 pos = info.offset + info.len;
                 e += 1;
             }
@@ -711,7 +751,9 @@ impl BlobSource for LimitedBlobs<'_> {
 pub struct Events<'a> {
     reader: &'a TraceReader,
     next_chunk: usize,
-    buffered: std::vec::IntoIter<Event>,
+    /// The decoded chunk; events before `pos` have been handed out (replaced by placeholders).
+    buffered: Vec<Event>,
+    pos: usize,
     skip_below: u64,
     failed: bool,
 }
@@ -721,20 +763,25 @@ impl Iterator for Events<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(ev) = self.buffered.next() {
-                if ev.seq < self.skip_below {
+            if let Some(slot) = self.buffered.get_mut(self.pos) {
+                self.pos += 1;
+                if slot.seq < self.skip_below {
                     continue;
                 }
-                return Some(Ok(ev));
+                // Move the event out without freeing the chunk buffer, which the next chunk reuses.
+                let placeholder = Event::new(0, 0, crate::event::EventKind::Reset);
+                return Some(Ok(std::mem::replace(slot, placeholder)));
             }
             if self.failed || self.next_chunk >= self.reader.chunk_count() {
                 return None;
             }
             let i = self.next_chunk;
             self.next_chunk += 1;
-            match self.reader.read_chunk(i) {
-                Ok(events) => self.buffered = events.into_iter(),
+            self.pos = 0;
+            match self.reader.read_chunk_into(i, &mut self.buffered) {
+                Ok(()) => {}
                 Err(e) => {
+                    self.buffered.clear();
                     self.failed = true;
                     return Some(Err(e));
                 }

@@ -65,7 +65,8 @@ pub struct ScanReport {
     /// Why the scan stopped before the end of the file, if it did (`None` when it stopped at a
     /// footer or at the exact end of the file).
     pub stopped_because: Option<String>,
-    /// Whether the header's ROM blob is inside the sound prefix (true when there is no ROM).
+    /// Whether the header's ROM blob is inside the sound prefix with the length the header gives
+    /// (true when there is no ROM). When false, the recovered trace has no ROM.
     pub rom_kept: bool,
 }
 
@@ -122,7 +123,12 @@ pub fn scan(bytes: &[u8]) -> Result<ScanReport, FormatError> {
     }
     r.sound_end = pos;
     r.events = next_seq - first_seq;
-    r.rom_kept = parsed.prefix.rom_blob == NO_ROM || parsed.prefix.rom_blob < r.blobs;
+    let rom = &parsed.prefix;
+    r.rom_kept = rom.rom_blob == NO_ROM
+        || usize::try_from(rom.rom_blob)
+            .ok()
+            .and_then(|i| blob_lens.get(i))
+            .is_some_and(|len| *len as u64 == rom.rom_len);
     Ok(r)
 }
 

@@ -12,6 +12,10 @@ use crate::event::{Event, KindCounts, KindTag};
 use crate::header::TraceHeader;
 use crate::layout::*;
 
+/// Uncompressed bytes at which the open chunk is closed whatever its event count, so a chunk of
+/// large inline data (marker labels) stays far below the payload limit readers enforce.
+const MAX_OPEN_CHUNK_BYTES: usize = 64 << 20;
+
 /// How a [`TraceWriter`] cuts and compresses chunks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterOptions {
@@ -195,7 +199,7 @@ impl<W: Write> TraceWriter<W> {
         self.next_seq += 1;
         self.last_t_ns = Some(ev.t_ns);
         let open = self.encoder.len() as usize;
-        if open >= self.opts.chunk_events {
+        if open >= self.opts.chunk_events || self.encoder.buffered_bytes() >= MAX_OPEN_CHUNK_BYTES {
             self.flush()?;
         } else if self.blobs.pending_bytes >= self.opts.blob_chunk_bytes {
             self.write_pending_blobs()?;

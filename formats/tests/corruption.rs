@@ -305,3 +305,24 @@ fn footers_that_lie() {
         assert_recovers(&f, &bytes, 2400);
     }
 }
+
+/// Found by the fuzzer: a header whose ROM length disagrees with the ROM blob (checksums intact)
+/// must not survive into a recovered trace.
+#[test]
+fn rom_length_that_lies_is_dropped_by_recovery() {
+    let f = fixture();
+    let mut bytes = f.bytes.clone();
+    bytes[32..40].copy_from_slice(&2999u64.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..60]);
+    bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        TraceReader::from_bytes(bytes.clone()),
+        Err(FormatError::CorruptHeader { .. })
+    ));
+    exercise(&bytes);
+    let (report, out) = recover_bytes(&bytes).unwrap();
+    assert_eq!(report.events, 2400);
+    let r = TraceReader::from_bytes(out).unwrap();
+    assert_eq!(r.header().rom, None);
+    r.verify().unwrap();
+}

@@ -137,6 +137,14 @@ proptest! {
         let got = read_all(&r);
         prop_assert_eq!(&got, &evs);
         r.verify().unwrap();
+        let mut cols = ChunkColumns::default();
+        let mut from_columns = Vec::new();
+        for i in 0..r.chunk_count() {
+            r.read_chunk_columns(i, &mut cols).unwrap();
+            prop_assert_eq!(cols.len(), r.chunk(i).count as usize);
+            from_columns.extend(cols.events());
+        }
+        prop_assert_eq!(&from_columns, &evs);
         if let Some(mid) = evs.get(evs.len() / 2) {
             let from: Vec<Event> = r.iter_from(mid.seq).map(|e| e.unwrap()).collect();
             prop_assert_eq!(&from[..], &evs[evs.len() / 2..]);

@@ -146,3 +146,60 @@ fn file_round_trip_and_verify_file() {
     let missing = verify_file(&dir.path().join("nope")).unwrap_err();
     assert_eq!(missing.exit_code(), 2);
 }
+
+#[test]
+fn reader_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<TraceReader>();
+    let h = header(None, 0);
+    let events = mixed_events(0, 2000);
+    let r = std::sync::Arc::new(
+        TraceReader::from_bytes(write_trace(&h, &events, small_chunks(100))).unwrap(),
+    );
+    let handles: Vec<_> = (0..4)
+        .map(|k| {
+            let r = r.clone();
+            std::thread::spawn(move || r.iter_from(k * 500).map(|e| e.unwrap()).collect::<Vec<_>>())
+        })
+        .collect();
+    for (k, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), events[k * 500..]);
+    }
+}
+
+#[test]
+fn tick_flushes_an_old_chunk_and_flush_writes_through() {
+    let h = header(None, 0);
+    let opts = WriterOptions {
+        chunk_events: 1_000_000,
+        flush_interval: Some(std::time::Duration::ZERO),
+        ..WriterOptions::default()
+    };
+    let mut w = TraceWriter::new(Vec::new(), &h, opts).unwrap();
+    let before = w.bytes_written();
+    w.append(&Event::new(0, 1, EventKind::Reset)).unwrap();
+    assert_eq!(
+        w.bytes_written(),
+        before,
+        "one event does not close a chunk"
+    );
+    w.tick().unwrap();
+    let after_tick = w.bytes_written();
+    assert!(
+        after_tick > before,
+        "tick wrote the chunk older than the interval"
+    );
+    w.tick().unwrap();
+    assert_eq!(
+        w.bytes_written(),
+        after_tick,
+        "nothing open, nothing written"
+    );
+    w.append(&Event::new(1, 2, EventKind::Reset)).unwrap();
+    w.flush().unwrap();
+    assert!(w.bytes_written() > after_tick);
+    let (summary, bytes) = w.finish_into_inner().unwrap();
+    assert_eq!(summary.event_chunks, 2);
+    let (report, _) = recover_bytes(&bytes[..bytes.len() - 1]).unwrap();
+    assert_eq!(report.events, 2);
+}

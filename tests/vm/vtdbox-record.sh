@@ -15,7 +15,8 @@
 # Exit 0 iff every run and every trace check passed.
 #
 # Environment: OUT (default /tmp/vtdbox-record), WORK (vtdbox scratch, default /tmp/vtdbox),
-# MODES ("fileio mmap"), TARGET (auto|musl|gnu), RECORD (1; 0 runs the exercise without the tap).
+# MODES ("fileio mmap"), TARGET (auto|musl|gnu), RECORD (1; 0 runs the exercise without the tap),
+# BENCH (2000: STATUS and config reads timed on the bare backend per mode; 0 skips).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -71,7 +72,7 @@ for mode in $MODES; do
   [ "\$mode" = mmap ] && { flag="--mmap"; trace=/host/e1000e-mmap.hwrr; }
   [ $record = 1 ] && { flag="\$flag --trace \$trace"; [ "\$mode" = mmap ] || flag="\$flag --log-watch"; }
   echo "VTDBOX-RECORD run mode=\$mode bdf=\$VTDBOX_BDF uptime=\$(cut -d' ' -f1 /proc/uptime)"
-  /bin/e1000e_exercise --bdf "\$VTDBOX_BDF" \$flag > /host/exercise-\$mode.log 2>&1 || rc=1
+  /bin/e1000e_exercise --bdf "\$VTDBOX_BDF" --bench ${BENCH:-2000} \$flag > /host/exercise-\$mode.log 2>&1 || rc=1
   cat /host/exercise-\$mode.log
   echo "VTDBOX-RECORD done mode=\$mode uptime=\$(cut -d' ' -f1 /proc/uptime)"
 done
@@ -98,7 +99,7 @@ grep -a 'boot-to-init' "$OUT/vtdbox.stderr" | sed 's/^.*guest exit/guest exit/' 
   echo "qemu=$(qemu-system-x86_64 --version | head -1)"
   grep -a '^VTDBOX-RECORD' "$OUT/console.log" | tr -d '\r'
 } >> "$OUT/timings.txt"
-grep -aE '^(CHECK|OBS|WATCH|e1000e_exercise|OPEN|IOMMU|MMAPPED)' "$OUT/console.log" | tr -d '\r' || true
+grep -aE '^(CHECK|OBS|WATCH|e1000e_exercise|OPEN|IOMMU|MMAPPED|BENCH)' "$OUT/console.log" | tr -d '\r' || true
 cat "$OUT/timings.txt"
 for mode in $MODES; do
   grep -q ' 0 failed' "$OUT/exercise-$mode.log" 2>/dev/null || { log "mode $mode failed"; rc=1; }
