@@ -64,7 +64,7 @@ pub struct Counters {
     pub poll_shortened: u64,
     /// Interrupts written to a VMM eventfd.
     pub irqs_delivered: u64,
-    /// Interrupts that found their vector masked (left pending).
+    /// Interrupts that found their vector masked (left pending), or INTx held by INTx Disable.
     pub irqs_pending: u64,
     /// Interrupts with no eventfd registered for their vector.
     pub irqs_no_listener: u64,

@@ -161,29 +161,36 @@ fn drive<D: Device + ?Sized>(
 }
 
 fn wire_all<D: Device + ?Sized>(dev: &mut D) -> Vec<std::os::fd::OwnedFd> {
+    // A few vectors per request: a vfio-user message carries a bounded number of descriptors.
+    const BATCH: u32 = 8;
     let mut keep = Vec::new();
     for info in dev.describe().irqs {
         if info.count == 0 || info.index > 2 {
             continue;
         }
-        let fds: Vec<_> = (0..info.count)
-            .map(|_| eventfd::create().expect("eventfd"))
-            .collect();
-        dev.set_irqs(IrqSetRequest {
-            setup: IrqSetup {
-                index: info.index,
-                start: 0,
-                count: info.count,
-                action: IrqAction::Trigger,
-                data: IrqData::Eventfd(vec![true; info.count as usize]),
-            },
-            fds: fds
-                .iter()
-                .map(|f| Some(f.try_clone().expect("dup")))
-                .collect(),
-        })
-        .expect("set_irqs");
-        keep.extend(fds);
+        let mut start = 0;
+        while start < info.count {
+            let count = BATCH.min(info.count - start);
+            let fds: Vec<_> = (0..count)
+                .map(|_| eventfd::create().expect("eventfd"))
+                .collect();
+            dev.set_irqs(IrqSetRequest {
+                setup: IrqSetup {
+                    index: info.index,
+                    start,
+                    count,
+                    action: IrqAction::Trigger,
+                    data: IrqData::Eventfd(vec![true; count as usize]),
+                },
+                fds: fds
+                    .iter()
+                    .map(|f| Some(f.try_clone().expect("dup")))
+                    .collect(),
+            })
+            .expect("set_irqs");
+            keep.extend(fds);
+            start += count;
+        }
     }
     keep
 }
@@ -314,13 +321,17 @@ fn rtl8139_guest_skipping_writes() {
 }
 
 /// The same exact replay through the vfio-user server, driven by our vfio-user client as a
-/// `Device`: every read crosses the socket and still returns the recorded value; interrupts reach
-/// the client's eventfds.
-#[test]
-fn rtl8139_replays_exactly_through_vfio_user() {
+/// `Device`: every read crosses the socket and still returns the recorded value; every interrupt
+/// reaches the client's eventfds (MSI-X table writes go to the engine's model over the socket).
+fn exact_replay_through_vfio_user(name: &str) -> Outcome {
     use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice, Server, ServerOptions};
-    let Some(dir) = corpus_dir() else { return };
-    let (header, events) = import(&dir, "rtl8139-linux-8139cp");
+    let Some(dir) = corpus_dir() else {
+        return Outcome {
+            reads_checked: 0,
+            irqs_recorded: 0,
+        };
+    };
+    let (header, events) = import(&dir, name);
     let device = replayer(&header, &events, Policy::Strict);
     let sockdir = tempfile::tempdir().unwrap();
     let path = sockdir.path().join("replay.sock");
@@ -341,19 +352,38 @@ fn rtl8139_replays_exactly_through_vfio_user() {
     let mut remote = RemoteDevice::new(client).unwrap();
     let fds = wire_all(&mut remote);
     let out = drive(&mut remote, &header, &events, false, &[], true);
-    let delivered: u64 = fds.iter().map(|f| eventfd::drain(f).unwrap()).sum();
+    let signalled: u64 = fds.iter().map(|f| eventfd::drain(f).unwrap()).sum();
     drop(remote);
     let device = serving.join().unwrap();
     let r = device.report();
-    assert!(!r.diverged, "{:?}", r.first_divergence);
+    assert!(!r.diverged, "{name}: {:?}", r.first_divergence);
     assert_eq!(r.counters.matched, r.counters.accesses);
     assert!(r.trace_finished);
-    assert_eq!(out.reads_checked, 44_276);
-    assert_eq!(r.counters.irqs_delivered, out.irqs_recorded);
+    assert_eq!(r.counters.irqs_delivered, out.irqs_recorded, "{name}");
     assert!(
-        delivered > 0 && delivered <= out.irqs_recorded,
-        "eventfd counts coalesce"
+        signalled > 0 && signalled <= out.irqs_recorded,
+        "{name}: eventfd counts coalesce"
     );
+    out
+}
+
+#[test]
+fn rtl8139_replays_exactly_through_vfio_user() {
+    let out = exact_replay_through_vfio_user("rtl8139-linux-8139cp");
+    if out.irqs_recorded > 0 {
+        assert_eq!(
+            out.reads_checked, 44_276,
+            "every register read of the corpus README"
+        );
+    }
+}
+
+#[test]
+fn nvme_replays_exactly_through_vfio_user() {
+    let out = exact_replay_through_vfio_user("nvme-linux-nvme");
+    if out.irqs_recorded > 0 {
+        assert!(out.irqs_recorded > 12_000);
+    }
 }
 
 /// Real polling runs in the rtl8139 trace polled longer (one extra read after runs the next

@@ -430,3 +430,42 @@ fn a_trace_file_opens_and_replays_chunk_by_chunk() {
     assert_eq!(d.context.len(), 16);
     assert!(hwrr_replayer::open(&dir.path().join("missing"), ReplayOptions::default()).is_err());
 }
+
+#[test]
+fn intx_disable_holds_the_interrupt_until_enabled() {
+    let mut t = Trace::new();
+    t.write(0x0, 1);
+    t.irq(0, 0);
+    t.read(0x8, 2);
+    let mut dev = Replayer::new(t.source(16), ReplayOptions::default()).unwrap();
+    dev.attach_memory(Arc::new(SparseMemory::new()));
+    let fd = hwrr_device::eventfd::create().unwrap();
+    dev.set_irqs(hwrr_device::IrqSetRequest {
+        setup: hwrr_formats::IrqSetup {
+            index: 0,
+            start: 0,
+            count: 1,
+            action: hwrr_formats::IrqAction::Trigger,
+            data: hwrr_formats::IrqData::Eventfd(vec![true]),
+        },
+        fds: vec![Some(fd.try_clone().unwrap())],
+    })
+    .unwrap();
+    put16(&mut dev, 0x04, 0x0406); // memory, bus master, INTx disabled
+    dev.region_write(0, 0x0, &1u32.to_le_bytes()).unwrap();
+    assert_eq!(hwrr_device::eventfd::drain(&fd).unwrap(), 0);
+    assert_eq!(
+        cfg16(&mut dev, 0x06) & 0x8,
+        0x8,
+        "Interrupt Status shows the held INTx"
+    );
+    put16(&mut dev, 0x04, 0x0006);
+    assert_eq!(
+        hwrr_device::eventfd::drain(&fd).unwrap(),
+        1,
+        "fires when INTx is enabled"
+    );
+    assert_eq!(cfg16(&mut dev, 0x06) & 0x8, 0);
+    let r = dev.report();
+    assert_eq!((r.counters.irqs_pending, r.counters.irqs_delivered), (1, 1));
+}

@@ -30,6 +30,11 @@ const SMALL_MAPPING: u64 = 256 << 20;
 /// Longest recorded DMA read searched for pointers (one page: descriptors, NVMe PRP lists).
 const MAX_POINTER_READ: usize = 4096;
 
+/// Command register: INTx Disable.
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Status register: Interrupt Status (an INTx is held).
+const STATUS_INTERRUPT: u16 = 1 << 3;
+
 /// Errors creating a replayer.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -527,7 +532,37 @@ impl Replayer {
                 }
             }
         }
+        if index == irq_index::INTX && self.config_u16(0x04) & COMMAND_INTX_DISABLE != 0 {
+            // PCI: with INTx disabled the device only sets Interrupt Status; the interrupt is
+            // asserted when the guest enables INTx again.
+            let status = self.config_u16(0x06) | STATUS_INTERRUPT;
+            self.set_config_u16(0x06, status);
+            self.state.counters.irqs_pending += 1;
+            return;
+        }
         self.raise(index, vector);
+    }
+
+    /// Raises a held INTx once the guest clears INTx Disable.
+    fn fire_enabled_intx(&mut self) {
+        let status = self.config_u16(0x06);
+        if status & STATUS_INTERRUPT != 0 && self.config_u16(0x04) & COMMAND_INTX_DISABLE == 0 {
+            self.set_config_u16(0x06, status & !STATUS_INTERRUPT);
+            self.raise(irq_index::INTX, 0);
+        }
+    }
+
+    fn config_u16(&self, offset: usize) -> u16 {
+        match self.state.config.get(offset..offset + 2) {
+            Some(b) => u16::from_le_bytes([b[0], b[1]]),
+            None => 0,
+        }
+    }
+
+    fn set_config_u16(&mut self, offset: usize, value: u16) {
+        if let Some(b) = self.state.config.get_mut(offset..offset + 2) {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
     }
 
     fn raise(&mut self, index: u32, vector: u32) {
