@@ -749,7 +749,7 @@ impl Emulator {
         };
         Some(match result {
             Ok(()) => {
-                self.log.debug(|| format!("read  region {index} +{off:#x} {:02x?}", buf));
+                self.log.debug(|| format!("read  region {index} +{off:#x} {}", hex_prefix(buf)));
                 Ok(buf.len())
             }
             Err(e) => {
@@ -781,7 +781,7 @@ impl Emulator {
         } else {
             r.region_write(index, off, buf)
         };
-        self.log.debug(|| format!("write region {index} +{off:#x} {:02x?}", buf));
+        self.log.debug(|| format!("write region {index} +{off:#x} {}", hex_prefix(buf)));
         Some(match result {
             Ok(()) => Ok(buf.len()),
             Err(e) => {
@@ -803,6 +803,15 @@ impl Emulator {
             })
             .collect()
     }
+}
+
+/// Up to 16 bytes of an access as hex, for the log.
+fn hex_prefix(data: &[u8]) -> String {
+    let mut s: String = data.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    if data.len() > 16 {
+        s.push_str(&format!("... ({} bytes)", data.len()));
+    }
+    s
 }
 
 /// Parses a `struct vfio_irq_set` with its data; eventfds are duplicated so the device owns its

@@ -91,6 +91,8 @@ next_symbols! {
     ioctl: "ioctl" => fn(c_int, libc::c_ulong, *mut c_void) -> c_int;
     pread: "pread" => fn(c_int, *mut c_void, usize, libc::off_t) -> isize;
     pread64: "pread64" => fn(c_int, *mut c_void, usize, libc::off64_t) -> isize;
+    pread_chk: "__pread_chk" => fn(c_int, *mut c_void, usize, libc::off_t, usize) -> isize;
+    pread64_chk: "__pread64_chk" => fn(c_int, *mut c_void, usize, libc::off64_t, usize) -> isize;
     pwrite: "pwrite" => fn(c_int, *const c_void, usize, libc::off_t) -> isize;
     pwrite64: "pwrite64" => fn(c_int, *const c_void, usize, libc::off64_t) -> isize;
     mmap: "mmap" => fn(*mut c_void, usize, c_int, c_int, c_int, libc::off_t) -> *mut c_void;
@@ -110,5 +112,8 @@ next_symbols! {
     faccessat: "faccessat" => fn(c_int, *const c_char, c_int, c_int) -> c_int;
     readlink: "readlink" => fn(*const c_char, *mut c_char, usize) -> isize;
     readlinkat: "readlinkat" => fn(c_int, *const c_char, *mut c_char, usize) -> isize;
+    readlink_chk: "__readlink_chk" => fn(*const c_char, *mut c_char, usize, usize) -> isize;
+    readlinkat_chk: "__readlinkat_chk" => fn(c_int, *const c_char, *mut c_char, usize, usize) -> isize;
+    realpath_chk: "__realpath_chk" => fn(*const c_char, *mut c_char, usize) -> *mut c_char;
     realpath: "realpath" => fn(*const c_char, *mut c_char) -> *mut c_char;
 }

@@ -550,6 +550,40 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, offs
     })
 }
 
+/// `__pread_chk` (fortified `pread`: QEMU's vfio-pci reads config space through it).
+///
+/// # Safety
+/// The C contract of `__pread_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread_chk(fd: c_int, buf: *mut c_void, count: usize, offset: libc::off_t, buflen: usize) -> isize {
+    let pass = || match real::pread_chk() {
+        // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
+        Some(f) => unsafe { f(fd, buf, count, offset, buflen) },
+        None => missing_symbol_int() as isize,
+    };
+    if count > buflen {
+        return pass();
+    }
+    pread_common(fd, buf, count, offset, pass)
+}
+
+/// `__pread64_chk` (fortified `pread64`).
+///
+/// # Safety
+/// The C contract of `__pread64_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __pread64_chk(fd: c_int, buf: *mut c_void, count: usize, offset: libc::off64_t, buflen: usize) -> isize {
+    let pass = || match real::pread64_chk() {
+        // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
+        Some(f) => unsafe { f(fd, buf, count, offset, buflen) },
+        None => missing_symbol_int() as isize,
+    };
+    if count > buflen {
+        return pass();
+    }
+    pread_common(fd, buf, count, offset, pass)
+}
+
 /// `pwrite(2)`.
 ///
 /// # Safety
@@ -901,6 +935,60 @@ pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut
     readlink_common(path, buf, size, pass)
 }
 
+/// `__readlink_chk` (fortified `readlink`).
+///
+/// # Safety
+/// The C contract of `__readlink_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __readlink_chk(path: *const c_char, buf: *mut c_char, size: usize, buflen: usize) -> isize {
+    let pass = || match real::readlink_chk() {
+        // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
+        Some(f) => unsafe { f(path, buf, size, buflen) },
+        None => missing_symbol_int() as isize,
+    };
+    if size > buflen {
+        return pass();
+    }
+    readlink_common(path, buf, size, pass)
+}
+
+/// `__readlinkat_chk` (fortified `readlinkat`).
+///
+/// # Safety
+/// The C contract of `__readlinkat_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __readlinkat_chk(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: usize, buflen: usize) -> isize {
+    let pass = || match real::readlinkat_chk() {
+        // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
+        Some(f) => unsafe { f(dirfd, path, buf, size, buflen) },
+        None => missing_symbol_int() as isize,
+    };
+    if size > buflen || !at_path_ok(dirfd, path) {
+        return pass();
+    }
+    readlink_common(path, buf, size, pass)
+}
+
+/// `__realpath_chk` (fortified `realpath`; QEMU's vfio-pci resolves `<sysfsdev>/subsystem` with it).
+///
+/// # Safety
+/// The C contract of `__realpath_chk`.
+#[no_mangle]
+pub unsafe extern "C" fn __realpath_chk(path: *const c_char, resolved: *mut c_char, resolvedlen: usize) -> *mut c_char {
+    let pass = || match real::realpath_chk() {
+        // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
+        Some(f) => unsafe { f(path, resolved, resolvedlen) },
+        None => {
+            set_errno(libc::ENOSYS);
+            std::ptr::null_mut()
+        }
+    };
+    if !resolved.is_null() && resolvedlen < libc::PATH_MAX as usize {
+        return pass();
+    }
+    realpath_common(path, resolved, pass)
+}
+
 /// `realpath(3)`.
 ///
 /// # Safety
@@ -915,6 +1003,10 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
             std::ptr::null_mut()
         }
     };
+    realpath_common(path, resolved, pass)
+}
+
+fn realpath_common(path: *const c_char, resolved: *mut c_char, pass: impl FnOnce() -> *mut c_char) -> *mut c_char {
     // SAFETY: a NUL-terminated string or null, by the caller's contract.
     let Some(p) = (unsafe { candidate_path(path) }) else {
         return pass();
