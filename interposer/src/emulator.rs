@@ -819,7 +819,7 @@ fn hex_prefix(data: &[u8]) -> String {
 ///
 /// # Safety
 /// `arg` must point to the structure and `argsz` bytes after it.
-unsafe fn parse_irq_set(arg: *mut c_void) -> Result<IrqSetRequest, Errno> {
+pub(crate) unsafe fn parse_irq_set(arg: *mut c_void) -> Result<IrqSetRequest, Errno> {
     // SAFETY: forwarded contract; argsz checked.
     let set: uapi::IrqSet = unsafe { read_arg(arg)? };
     let head = std::mem::size_of::<uapi::IrqSet>();
