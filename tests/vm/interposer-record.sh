@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# interposer-record.sh - record mode of libhwrr_vfio.so against REAL kernel VFIO, inside the VT-d box:
+# a dynamically linked vfio-probe (the harness's VFIO exerciser, built without crt-static) runs in the
+# guest under LD_PRELOAD=libhwrr_vfio.so HWRR_MODE=record with the e1000e bound to vfio-pci; ld.so,
+# libc and libgcc_s are copied into the initramfs. The trace lands in $OUT via virtio-9p.
+#
+# Usage: interposer-record.sh      (exit 77 = prerequisites missing: skip)
+# Env:   WORK=/tmp/vtdbox OUT=$WORK/interposer-record HWRR=<repo>/target/release/hwrr
+#        LIB=<repo>/target/release/libhwrr_vfio.so
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+WORK=${WORK:-/tmp/vtdbox}
+OUT=${OUT:-$WORK/interposer-record}
+HWRR=${HWRR:-$REPO/target/release/hwrr}
+LIB=${LIB:-$REPO/target/release/libhwrr_vfio.so}
+skip() { echo "SKIP: $*" >&2; exit 77; }
+die() { echo "FAIL: $*" >&2; exit 1; }
+[ -s "$WORK/vmlinux" ] || skip "no guest kernel in $WORK (vtdbox.sh setup)"
+[ -f "$LIB" ] || skip "no $LIB"
+[ -x "$HWRR" ] || skip "no $HWRR"
+mkdir -p "$OUT"; rm -f "$OUT"/rec.hwrr "$OUT"/shim.log
+# vfio-probe without crt-static: a dynamic executable honours LD_PRELOAD.
+(cd "$HERE/vfio-probe" && CARGO_TARGET_DIR="$WORK/target-dyn" cargo build --release --locked 2>&1 | tail -1 >&2)
+probe="$WORK/target-dyn/release/vfio-probe"
+stage=$(mktemp -d)
+cp "$probe" "$stage/vfio-probe-dyn"
+cp "$LIB" "$stage/libhwrr_vfio.so"
+for l in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libgcc_s.so.1; do
+  cp -L "$l" "$stage/$(basename "$l")"
+done
+cat > "$stage/record.sh" <<'SH'
+#!/bin/sh
+mkdir -p /lib64 /lib/x86_64-linux-gnu
+cp /bin/ld-linux-x86-64.so.2 /lib64/
+cp /bin/libc.so.6 /bin/libgcc_s.so.1 /lib/x86_64-linux-gnu/
+LD_PRELOAD=/bin/libhwrr_vfio.so HWRR_MODE=record HWRR_TRACE=/host/rec.hwrr HWRR_LOG=/host/shim.log \
+  /bin/vfio-probe-dyn "$VTDBOX_SYSFS" all
+rc=$?
+echo "RECORD probe rc=$rc"
+sync
+exit $rc
+SH
+chmod +x "$stage/record.sh"
+rc=0
+VTDBOX_SHARE="$OUT" WORK="$WORK" bash "$HERE/vtdbox.sh" exec "$stage/record.sh" \
+  "$stage/vfio-probe-dyn" "$stage/libhwrr_vfio.so" "$stage/ld-linux-x86-64.so.2" "$stage/libc.so.6" "$stage/libgcc_s.so.1" \
+  > "$OUT/console.txt" 2>&1 || rc=$?
+rm -rf "$stage"
+grep -aE '^(STEP|CHECK|RECORD)' "$OUT/console.txt" >&2 || true
+[ -s "$OUT/rec.hwrr" ] || die "no trace written (probe rc=$rc; see $OUT/console.txt, $OUT/shim.log)"
+"$HWRR" info "$OUT/rec.hwrr" >&2
+"$HWRR" info "$OUT/rec.hwrr" | grep -q 'config_read' || die "the trace has no config reads"
+echo "PASS: record mode wrote $OUT/rec.hwrr (probe rc=$rc)"
