@@ -96,9 +96,10 @@ pub fn parse_traces(value: &str) -> Result<Vec<DeviceSpec>, ConfigError> {
     if value.is_empty() {
         return Err(ConfigError::NoTrace);
     }
-    let looks_like_list = value
-        .split(',')
-        .all(|e| e.split_once('=').is_some_and(|(b, _)| normalize_bdf(b).is_some()));
+    let looks_like_list = value.split(',').all(|e| {
+        e.split_once('=')
+            .is_some_and(|(b, _)| normalize_bdf(b).is_some())
+    });
     if !looks_like_list {
         return Ok(vec![DeviceSpec {
             bdf: None,
@@ -164,7 +165,9 @@ impl Config {
             mode,
             devices,
             policy,
-            report: get("HWRR_REPORT").filter(|s| !s.is_empty()).map(PathBuf::from),
+            report: get("HWRR_REPORT")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             log,
         })
     }
@@ -216,7 +219,10 @@ mod tests {
     #[test]
     fn bdf_forms() {
         assert_eq!(normalize_bdf("00:19.0").as_deref(), Some("0000:00:19.0"));
-        assert_eq!(normalize_bdf("0000:0A:1f.7").as_deref(), Some("0000:0a:1f.7"));
+        assert_eq!(
+            normalize_bdf("0000:0A:1f.7").as_deref(),
+            Some("0000:0a:1f.7")
+        );
         assert_eq!(normalize_bdf("00:20.0"), None);
         assert_eq!(normalize_bdf("00:19.8"), None);
         assert_eq!(normalize_bdf("garbage"), None);

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hwrr_device::{
-    Device, DeviceDescription, DeviceError, DmaMapping, DmaRegion, IrqAction, IrqData, IrqSetRequest,
-    IrqSetup, MappedMemory, SparseMemory,
+    Device, DeviceDescription, DeviceError, DmaMapping, DmaRegion, IrqAction, IrqData,
+    IrqSetRequest, IrqSetup, MappedMemory, SparseMemory,
 };
 use hwrr_replayer::{ReplayOptions, ReplayReport, Replayer};
 
@@ -166,8 +166,11 @@ impl Emulator {
                 .clone()
                 .or_else(|| {
                     // One trace without a BDF: the device QEMU's command line names.
-                    let taken: Vec<&String> =
-                        config.devices.iter().filter_map(|d| d.bdf.as_ref()).collect();
+                    let taken: Vec<&String> = config
+                        .devices
+                        .iter()
+                        .filter_map(|d| d.bdf.as_ref())
+                        .collect();
                     unclaimed.find(|h| !taken.contains(h)).cloned()
                 })
                 .or_else(|| description.identity.bdf.as_deref().and_then(normalize_bdf))
@@ -204,7 +207,10 @@ impl Emulator {
 
     /// The BDFs and invented groups the emulator answers for.
     pub fn devices(&self) -> Vec<(String, u32)> {
-        self.slots.iter().map(|s| (s.bdf.clone(), s.group)).collect()
+        self.slots
+            .iter()
+            .map(|s| (s.bdf.clone(), s.group))
+            .collect()
     }
 
     /// Whether `fd` is one of the emulated files.
@@ -242,7 +248,9 @@ impl Emulator {
                 return Some(PathAnswer::Symlink("../../../bus/pci".into()));
             }
             if path == format!("{dev}/driver") {
-                return Some(PathAnswer::Symlink("../../../bus/pci/drivers/vfio-pci".into()));
+                return Some(PathAnswer::Symlink(
+                    "../../../bus/pci/drivers/vfio-pci".into(),
+                ));
             }
             if path == format!("/dev/vfio/{}", s.group) {
                 return Some(PathAnswer::CharDevice);
@@ -305,7 +313,8 @@ impl Emulator {
         };
         self.fds.insert(fd, FdKind::Group(slot));
         self.last_group_fake = true;
-        self.log.debug(|| format!("open {path} -> emulated group fd {fd}"));
+        self.log
+            .debug(|| format!("open {path} -> emulated group fd {fd}"));
         Some(Ok(fd))
     }
 
@@ -342,7 +351,12 @@ impl Emulator {
     ///
     /// # Safety
     /// `arg` must be what the ioctl's contract says (a pointer to its structure, or an integer).
-    pub unsafe fn ioctl(&mut self, fd: RawFd, request: u64, arg: *mut c_void) -> Option<Result<i32, Errno>> {
+    pub unsafe fn ioctl(
+        &mut self,
+        fd: RawFd,
+        request: u64,
+        arg: *mut c_void,
+    ) -> Option<Result<i32, Errno>> {
         let kind = self.kind(fd)?;
         let request = request & 0xffff_ffff;
         // SAFETY: forwarded contract.
@@ -354,21 +368,27 @@ impl Emulator {
             }
         };
         if let Err(e) = result {
-            self.log.debug(|| {
-                format!("ioctl {kind:?} fd {fd} request {request:#x} -> errno {e}")
-            });
+            self.log
+                .debug(|| format!("ioctl {kind:?} fd {fd} request {request:#x} -> errno {e}"));
         }
         Some(result)
     }
 
-    unsafe fn container_ioctl(&mut self, c: usize, request: u64, arg: *mut c_void) -> Result<i32, Errno> {
+    unsafe fn container_ioctl(
+        &mut self,
+        c: usize,
+        request: u64,
+        arg: *mut c_void,
+    ) -> Result<i32, Errno> {
         let groups_attached = self.slots.iter().any(|s| s.container == Some(c));
         let iommu = self.containers.get(c).and_then(|k| k.iommu);
         match request {
             uapi::GET_API_VERSION => Ok(uapi::API_VERSION),
             uapi::CHECK_EXTENSION => {
                 let ext = arg as u64;
-                Ok(i32::from(ext == uapi::TYPE1_IOMMU || ext == uapi::TYPE1V2_IOMMU))
+                Ok(i32::from(
+                    ext == uapi::TYPE1_IOMMU || ext == uapi::TYPE1V2_IOMMU,
+                ))
             }
             uapi::SET_IOMMU => {
                 let ty = arg as u64;
@@ -384,7 +404,8 @@ impl Emulator {
                 if let Some(k) = self.containers.get_mut(c) {
                     k.iommu = Some(ty);
                 }
-                self.log.debug(|| format!("container {c}: SET_IOMMU type {ty}"));
+                self.log
+                    .debug(|| format!("container {c}: SET_IOMMU type {ty}"));
                 Ok(0)
             }
             uapi::IOMMU_GET_INFO => {
@@ -485,7 +506,7 @@ impl Emulator {
         for s in self.slots.iter_mut().filter(|s| s.container == Some(c)) {
             if let Some(r) = s.replayer.as_mut() {
                 if let Err(e) = r.dma_map(DmaRegion {
-                    mapping: mapping.clone(),
+                    mapping,
                     memory: Some(memory.clone()),
                 }) {
                     self.log.debug(|| format!("{}: dma_map: {e}", s.bdf));
@@ -545,7 +566,12 @@ impl Emulator {
         Ok(bytes)
     }
 
-    unsafe fn group_ioctl(&mut self, slot: usize, request: u64, arg: *mut c_void) -> Result<i32, Errno> {
+    unsafe fn group_ioctl(
+        &mut self,
+        slot: usize,
+        request: u64,
+        arg: *mut c_void,
+    ) -> Result<i32, Errno> {
         match request {
             uapi::GROUP_GET_STATUS => {
                 // SAFETY: forwarded contract; argsz checked.
@@ -629,7 +655,12 @@ impl Emulator {
         }
     }
 
-    unsafe fn device_ioctl(&mut self, slot: usize, request: u64, arg: *mut c_void) -> Result<i32, Errno> {
+    unsafe fn device_ioctl(
+        &mut self,
+        slot: usize,
+        request: u64,
+        arg: *mut c_void,
+    ) -> Result<i32, Errno> {
         match request {
             uapi::DEVICE_GET_INFO => {
                 // SAFETY: forwarded contract; argsz checked.
@@ -654,7 +685,8 @@ impl Emulator {
                     Some(r) => {
                         info.size = r.size;
                         // Never offer mmap: every BAR access must come through pread/pwrite.
-                        info.flags = r.flags & !(uapi::REGION_INFO_FLAG_MMAP | uapi::REGION_INFO_FLAG_CAPS);
+                        info.flags =
+                            r.flags & !(uapi::REGION_INFO_FLAG_MMAP | uapi::REGION_INFO_FLAG_CAPS);
                         if info.flags == 0 && r.size > 0 {
                             info.flags = 3;
                         }
@@ -691,7 +723,8 @@ impl Emulator {
             uapi::DEVICE_SET_IRQS => {
                 // SAFETY: forwarded contract.
                 let request = unsafe { parse_irq_set(arg)? };
-                self.log.debug(|| format!("{}: SET_IRQS {:?}", self.slots[slot].bdf, request.setup));
+                self.log
+                    .debug(|| format!("{}: SET_IRQS {:?}", self.slots[slot].bdf, request.setup));
                 let Some(r) = self.slots[slot].replayer.as_mut() else {
                     return Err(libc::ENODEV);
                 };
@@ -727,7 +760,12 @@ impl Emulator {
     }
 
     /// `pread` on an emulated fd: `None` when `fd` is not a device fd.
-    pub fn pread(&mut self, fd: RawFd, buf: &mut [u8], offset: i64) -> Option<Result<usize, Errno>> {
+    pub fn pread(
+        &mut self,
+        fd: RawFd,
+        buf: &mut [u8],
+        offset: i64,
+    ) -> Option<Result<usize, Errno>> {
         let Some(FdKind::Device(slot)) = self.kind(fd) else {
             return self.kind(fd).map(|_| Err(libc::EINVAL));
         };
@@ -749,7 +787,8 @@ impl Emulator {
         };
         Some(match result {
             Ok(()) => {
-                self.log.debug(|| format!("read  region {index} +{off:#x} {}", hex_prefix(buf)));
+                self.log
+                    .debug(|| format!("read  region {index} +{off:#x} {}", hex_prefix(buf)));
                 Ok(buf.len())
             }
             Err(e) => {
@@ -781,7 +820,8 @@ impl Emulator {
         } else {
             r.region_write(index, off, buf)
         };
-        self.log.debug(|| format!("write region {index} +{off:#x} {}", hex_prefix(buf)));
+        self.log
+            .debug(|| format!("write region {index} +{off:#x} {}", hex_prefix(buf)));
         Some(match result {
             Ok(()) => Ok(buf.len()),
             Err(e) => {
@@ -840,7 +880,7 @@ pub(crate) unsafe fn parse_irq_set(arg: *mut c_void) -> Result<IrqSetRequest, Er
         _ => 4,
     };
     let need = count.checked_mul(elem).and_then(|n| n.checked_add(head));
-    if need.is_none_or(|n| n > set.argsz as usize) {
+    if !need.is_some_and(|n| n <= set.argsz as usize) {
         return Err(libc::EINVAL);
     }
     // SAFETY: argsz covers `head + count * elem` bytes.

@@ -24,8 +24,7 @@ use std::path::Path;
 /// Quotes `s` for a POSIX shell when it needs it.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-:=,+@%".contains(&b))
     {
         s.to_string()

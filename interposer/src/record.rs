@@ -59,7 +59,8 @@ impl KernelDevice {
         }
         let mut regions = Vec::new();
         let mut offsets = HashMap::new();
-        let mut config_offset = u64::from(uapi::PCI_CONFIG_REGION_INDEX) << uapi::REGION_OFFSET_SHIFT;
+        let mut config_offset =
+            u64::from(uapi::PCI_CONFIG_REGION_INDEX) << uapi::REGION_OFFSET_SHIFT;
         let mut config_size = 256;
         for index in 0..info.num_regions.min(uapi::PCI_NUM_REGIONS) {
             let mut r = uapi::RegionInfo {
@@ -68,7 +69,9 @@ impl KernelDevice {
                 ..Default::default()
             };
             // SAFETY: a valid vfio_region_info for the kernel to fill.
-            if unsafe { libc::ioctl(fd, uapi::DEVICE_GET_REGION_INFO as _, &mut r) } < 0 || r.size == 0 {
+            if unsafe { libc::ioctl(fd, uapi::DEVICE_GET_REGION_INFO as _, &mut r) } < 0
+                || r.size == 0
+            {
                 continue;
             }
             let kind = match index {
@@ -97,7 +100,9 @@ impl KernelDevice {
                 ..Default::default()
             };
             // SAFETY: a valid vfio_irq_info for the kernel to fill.
-            if unsafe { libc::ioctl(fd, uapi::DEVICE_GET_IRQ_INFO as _, &mut i) } == 0 && i.count > 0 {
+            if unsafe { libc::ioctl(fd, uapi::DEVICE_GET_IRQ_INFO as _, &mut i) } == 0
+                && i.count > 0
+            {
                 irqs.push(IrqInfo {
                     index,
                     count: i.count,
@@ -108,7 +113,12 @@ impl KernelDevice {
         let mut config = vec![0u8; config_size];
         // SAFETY: reading into our own buffer of that size.
         let n = unsafe {
-            libc::pread64(fd, config.as_mut_ptr().cast(), config.len(), config_offset as i64)
+            libc::pread64(
+                fd,
+                config.as_mut_ptr().cast(),
+                config.len(),
+                config_offset as i64,
+            )
         };
         if n < 64 {
             return Err(if n < 0 { last_errno() } else { libc::EIO });
@@ -121,8 +131,8 @@ impl KernelDevice {
                 r.kind = RegionKind::Pio;
             }
         }
-        let identity = DeviceIdentity::from_config_space(&config, Some(bdf.to_string()))
-            .ok_or(libc::EIO)?;
+        let identity =
+            DeviceIdentity::from_config_space(&config, Some(bdf.to_string())).ok_or(libc::EIO)?;
         Ok(KernelDevice {
             fd,
             description: DeviceDescription {
@@ -153,7 +163,9 @@ impl KernelDevice {
             return Err(std::io::Error::last_os_error().into());
         }
         if n as usize != data.len() {
-            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(
+                libc::EIO,
+            )));
         }
         Ok(())
     }
@@ -165,7 +177,9 @@ impl KernelDevice {
             return Err(std::io::Error::last_os_error().into());
         }
         if n as usize != data.len() {
-            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(
+                libc::EIO,
+            )));
         }
         Ok(())
     }
@@ -175,7 +189,12 @@ impl Device for KernelDevice {
     fn describe(&self) -> DeviceDescription {
         self.description.clone()
     }
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> hwrr_device::Result<()> {
+    fn region_read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> hwrr_device::Result<()> {
         let at = self.offset(region, offset, data.len())?;
         self.pread_at(at, data)
     }
@@ -198,7 +217,10 @@ impl Device for KernelDevice {
         };
         let (kind, payload): (u32, Vec<u8>) = match &s.data {
             IrqData::None => (uapi::IRQ_SET_DATA_NONE, Vec::new()),
-            IrqData::Bool(b) => (uapi::IRQ_SET_DATA_BOOL, b.iter().map(|&x| u8::from(x)).collect()),
+            IrqData::Bool(b) => (
+                uapi::IRQ_SET_DATA_BOOL,
+                b.iter().map(|&x| u8::from(x)).collect(),
+            ),
             IrqData::Eventfd(_) => (
                 uapi::IRQ_SET_DATA_EVENTFD,
                 request
@@ -310,7 +332,7 @@ impl Recording {
                 && match &s.bdf {
                     Some(b) => *b == bdf,
                     // One trace without a BDF: the first vfio-pci host on the command line.
-                    None => self.hosts.first().is_none_or(|h| *h == bdf),
+                    None => self.hosts.first().map_or(true, |h| *h == bdf),
                 }
         })?;
         self.used.insert(pos);
@@ -324,8 +346,9 @@ impl Recording {
         let device = match KernelDevice::probe(dev_fd, name) {
             Ok(d) => d,
             Err(e) => {
-                self.log
-                    .warn(&format!("{name}: cannot describe the device (errno {e}); not recording"));
+                self.log.warn(&format!(
+                    "{name}: cannot describe the device (errno {e}); not recording"
+                ));
                 return;
             }
         };
@@ -333,15 +356,18 @@ impl Recording {
         let recorder = match Recorder::create(&spec.trace, &header, RecorderOptions::default()) {
             Ok(r) => r,
             Err(e) => {
-                self.log
-                    .warn(&format!("cannot create {}: {e}; not recording", spec.trace.display()));
+                self.log.warn(&format!(
+                    "cannot create {}: {e}; not recording",
+                    spec.trace.display()
+                ));
                 return;
             }
         };
         let mut tap = match Tap::new(device, recorder.handle()) {
             Ok(t) => t,
             Err(e) => {
-                self.log.warn(&format!("{name}: cannot start the interrupt relay: {e}"));
+                self.log
+                    .warn(&format!("{name}: cannot start the interrupt relay: {e}"));
                 return;
             }
         };
@@ -350,7 +376,7 @@ impl Recording {
         if let Some(maps) = container.and_then(|c| self.containers.get(&c)) {
             for m in maps {
                 let _ = tap.dma_map(DmaRegion {
-                    mapping: m.clone(),
+                    mapping: *m,
                     memory: None,
                 });
             }
@@ -383,10 +409,14 @@ impl Recording {
                     uapi::GROUP_SET_CONTAINER if !arg.is_null() => {
                         // SAFETY: the argument is a pointer to the container fd.
                         let c = unsafe { std::ptr::read_unaligned(arg as *const i32) };
-                        self.groups.insert(fd, Some(c));
+                        if let Some(g) = self.groups.get_mut(&fd) {
+                            *g = Some(c);
+                        }
                     }
                     uapi::GROUP_UNSET_CONTAINER => {
-                        self.groups.insert(fd, None);
+                        if let Some(g) = self.groups.get_mut(&fd) {
+                            *g = None;
+                        }
                     }
                     uapi::GROUP_GET_DEVICE_FD if !arg.is_null() => {
                         // SAFETY: the argument is the NUL-terminated device name.
@@ -455,11 +485,15 @@ impl Recording {
                 flags: m.flags & 3,
             };
             if let Some(list) = self.containers.get_mut(&container) {
-                list.push(mapping.clone());
+                list.push(mapping);
             }
-            for rec in self.devices.values_mut().filter(|r| r.container == Some(container)) {
+            for rec in self
+                .devices
+                .values_mut()
+                .filter(|r| r.container == Some(container))
+            {
                 let _ = rec.tap.dma_map(DmaRegion {
-                    mapping: mapping.clone(),
+                    mapping,
                     memory: None,
                 });
             }
@@ -475,13 +509,22 @@ impl Recording {
                 let end = u.iova.saturating_add(u.size);
                 list.retain(|m| m.iova < u.iova || m.iova.saturating_add(m.len) > end);
             }
-            for rec in self.devices.values_mut().filter(|r| r.container == Some(container)) {
-                let _ = rec.tap.dma_unmap(mapping.clone());
+            for rec in self
+                .devices
+                .values_mut()
+                .filter(|r| r.container == Some(container))
+            {
+                let _ = rec.tap.dma_unmap(mapping);
             }
         }
     }
 
-    fn access(&mut self, fd: RawFd, offset: i64, f: impl FnOnce(&mut Tap<KernelDevice>, u32, u64) -> hwrr_device::Result<()>) -> Option<hwrr_device::Result<()>> {
+    fn access(
+        &mut self,
+        fd: RawFd,
+        offset: i64,
+        f: impl FnOnce(&mut Tap<KernelDevice>, u32, u64) -> hwrr_device::Result<()>,
+    ) -> Option<hwrr_device::Result<()>> {
         let rec = self.devices.get_mut(&fd)?;
         if offset < 0 {
             return None;
@@ -496,7 +539,10 @@ impl Recording {
         let len = buf.len();
         let r = self.access(fd, offset, |tap, index, off| {
             if index == uapi::PCI_CONFIG_REGION_INDEX {
-                tap.config_read(u32::try_from(off).map_err(|_| DeviceError::Invalid("offset".into()))?, buf)
+                tap.config_read(
+                    u32::try_from(off).map_err(|_| DeviceError::Invalid("offset".into()))?,
+                    buf,
+                )
             } else {
                 tap.region_read(index, off, buf)
             }
@@ -508,7 +554,10 @@ impl Recording {
     pub fn pwrite(&mut self, fd: RawFd, buf: &[u8], offset: i64) -> Option<isize> {
         let r = self.access(fd, offset, |tap, index, off| {
             if index == uapi::PCI_CONFIG_REGION_INDEX {
-                tap.config_write(u32::try_from(off).map_err(|_| DeviceError::Invalid("offset".into()))?, buf)
+                tap.config_write(
+                    u32::try_from(off).map_err(|_| DeviceError::Invalid("offset".into()))?,
+                    buf,
+                )
             } else {
                 tap.region_write(index, off, buf)
             }

@@ -341,7 +341,12 @@ fn at_path_ok(dirfd: c_int, path: *const c_char) -> bool {
 /// # Safety
 /// The C contract of `openat`.
 #[no_mangle]
-pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+pub unsafe extern "C" fn openat(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
     let pass = || match real::openat() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, flags, mode) },
@@ -358,7 +363,12 @@ pub unsafe extern "C" fn openat(dirfd: c_int, path: *const c_char, flags: c_int,
 /// # Safety
 /// The C contract of `openat64`.
 #[no_mangle]
-pub unsafe extern "C" fn openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: libc::mode_t) -> c_int {
+pub unsafe extern "C" fn openat64(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mode: libc::mode_t,
+) -> c_int {
     let pass = || match real::openat64() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, flags, mode) },
@@ -459,8 +469,8 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_vo
             if let Some(em) = &shim.replay {
                 let mut em = em.lock().unwrap_or_else(|p| p.into_inner());
                 // SAFETY: the caller's ioctl contract, forwarded.
-                let r = unsafe { em.ioctl(fd, request as u64, arg) }?;
-                if (request as u64 & 0xffff_ffff) == uapi::GROUP_GET_DEVICE_FD {
+                let r = unsafe { em.ioctl(fd, request, arg) }?;
+                if (request & 0xffff_ffff) == uapi::GROUP_GET_DEVICE_FD {
                     if let Ok(dev) = r {
                         watch(dev);
                     }
@@ -470,7 +480,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_vo
             if let Some(rec) = &shim.record {
                 let mut rec = rec.lock().unwrap_or_else(|p| p.into_inner());
                 // SAFETY: the caller's ioctl contract, forwarded.
-                return unsafe { rec.ioctl(fd, request as u64, arg) };
+                return unsafe { rec.ioctl(fd, request, arg) };
             }
             None
         },
@@ -478,7 +488,13 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_vo
     )
 }
 
-fn pread_common(fd: c_int, buf: *mut c_void, count: usize, offset: i64, pass: impl FnOnce() -> isize) -> isize {
+fn pread_common(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    offset: i64,
+    pass: impl FnOnce() -> isize,
+) -> isize {
     if !watched(fd) || buf.is_null() {
         return pass();
     }
@@ -501,7 +517,13 @@ fn pread_common(fd: c_int, buf: *mut c_void, count: usize, offset: i64, pass: im
     )
 }
 
-fn pwrite_common(fd: c_int, buf: *const c_void, count: usize, offset: i64, pass: impl FnOnce() -> isize) -> isize {
+fn pwrite_common(
+    fd: c_int,
+    buf: *const c_void,
+    count: usize,
+    offset: i64,
+    pass: impl FnOnce() -> isize,
+) -> isize {
     if !watched(fd) || buf.is_null() {
         return pass();
     }
@@ -529,7 +551,12 @@ fn pwrite_common(fd: c_int, buf: *const c_void, count: usize, offset: i64, pass:
 /// # Safety
 /// The C contract of `pread`.
 #[no_mangle]
-pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: usize, offset: libc::off_t) -> isize {
+pub unsafe extern "C" fn pread(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    offset: libc::off_t,
+) -> isize {
     pread_common(fd, buf, count, offset, || match real::pread() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, count, offset) },
@@ -542,7 +569,12 @@ pub unsafe extern "C" fn pread(fd: c_int, buf: *mut c_void, count: usize, offset
 /// # Safety
 /// The C contract of `pread64`.
 #[no_mangle]
-pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, offset: libc::off64_t) -> isize {
+pub unsafe extern "C" fn pread64(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    offset: libc::off64_t,
+) -> isize {
     pread_common(fd, buf, count, offset, || match real::pread64() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, count, offset) },
@@ -555,7 +587,13 @@ pub unsafe extern "C" fn pread64(fd: c_int, buf: *mut c_void, count: usize, offs
 /// # Safety
 /// The C contract of `__pread_chk`.
 #[no_mangle]
-pub unsafe extern "C" fn __pread_chk(fd: c_int, buf: *mut c_void, count: usize, offset: libc::off_t, buflen: usize) -> isize {
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    offset: libc::off_t,
+    buflen: usize,
+) -> isize {
     let pass = || match real::pread_chk() {
         // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
         Some(f) => unsafe { f(fd, buf, count, offset, buflen) },
@@ -572,7 +610,13 @@ pub unsafe extern "C" fn __pread_chk(fd: c_int, buf: *mut c_void, count: usize, 
 /// # Safety
 /// The C contract of `__pread64_chk`.
 #[no_mangle]
-pub unsafe extern "C" fn __pread64_chk(fd: c_int, buf: *mut c_void, count: usize, offset: libc::off64_t, buflen: usize) -> isize {
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: usize,
+    offset: libc::off64_t,
+    buflen: usize,
+) -> isize {
     let pass = || match real::pread64_chk() {
         // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
         Some(f) => unsafe { f(fd, buf, count, offset, buflen) },
@@ -589,7 +633,12 @@ pub unsafe extern "C" fn __pread64_chk(fd: c_int, buf: *mut c_void, count: usize
 /// # Safety
 /// The C contract of `pwrite`.
 #[no_mangle]
-pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: usize, offset: libc::off_t) -> isize {
+pub unsafe extern "C" fn pwrite(
+    fd: c_int,
+    buf: *const c_void,
+    count: usize,
+    offset: libc::off_t,
+) -> isize {
     pwrite_common(fd, buf, count, offset, || match real::pwrite() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, count, offset) },
@@ -602,7 +651,12 @@ pub unsafe extern "C" fn pwrite(fd: c_int, buf: *const c_void, count: usize, off
 /// # Safety
 /// The C contract of `pwrite64`.
 #[no_mangle]
-pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: usize, offset: libc::off64_t) -> isize {
+pub unsafe extern "C" fn pwrite64(
+    fd: c_int,
+    buf: *const c_void,
+    count: usize,
+    offset: libc::off64_t,
+) -> isize {
     pwrite_common(fd, buf, count, offset, || match real::pwrite64() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(fd, buf, count, offset) },
@@ -610,7 +664,12 @@ pub unsafe extern "C" fn pwrite64(fd: c_int, buf: *const c_void, count: usize, o
     })
 }
 
-fn mmap_common(fd: c_int, len: usize, offset: i64, pass: impl FnOnce() -> *mut c_void) -> *mut c_void {
+fn mmap_common(
+    fd: c_int,
+    len: usize,
+    offset: i64,
+    pass: impl FnOnce() -> *mut c_void,
+) -> *mut c_void {
     if !watched(fd) {
         return pass();
     }
@@ -646,7 +705,14 @@ fn mmap_common(fd: c_int, len: usize, offset: i64, pass: impl FnOnce() -> *mut c
 /// # Safety
 /// The C contract of `mmap`.
 #[no_mangle]
-pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    offset: libc::off_t,
+) -> *mut c_void {
     mmap_common(fd, len, offset, || match real::mmap() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(addr, len, prot, flags, fd, offset) },
@@ -662,7 +728,14 @@ pub unsafe extern "C" fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags:
 /// # Safety
 /// The C contract of `mmap64`.
 #[no_mangle]
-pub unsafe extern "C" fn mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off64_t) -> *mut c_void {
+pub unsafe extern "C" fn mmap64(
+    addr: *mut c_void,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    fd: c_int,
+    offset: libc::off64_t,
+) -> *mut c_void {
     mmap_common(fd, len, offset, || match real::mmap64() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(addr, len, prot, flags, fd, offset) },
@@ -693,7 +766,12 @@ fn fill_stat(answer: &PathAnswer, buf: *mut libc::stat64) -> c_int {
     0
 }
 
-fn stat_common(path: *const c_char, follow: bool, buf: *mut libc::stat64, pass: impl FnOnce() -> c_int) -> c_int {
+fn stat_common(
+    path: *const c_char,
+    follow: bool,
+    buf: *mut libc::stat64,
+    pass: impl FnOnce() -> c_int,
+) -> c_int {
     // SAFETY: a NUL-terminated string or null, by the caller's contract.
     let Some(p) = (unsafe { candidate_path(path) }) else {
         return pass();
@@ -766,7 +844,12 @@ xstat_wrappers! {
 /// # Safety
 /// The C contract of `fstatat`.
 #[no_mangle]
-pub unsafe extern "C" fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int {
+pub unsafe extern "C" fn fstatat(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat64,
+    flags: c_int,
+) -> c_int {
     let pass = || match real::fstatat() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, buf, flags) },
@@ -783,7 +866,12 @@ pub unsafe extern "C" fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut li
 /// # Safety
 /// The C contract of `fstatat64`.
 #[no_mangle]
-pub unsafe extern "C" fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int {
+pub unsafe extern "C" fn fstatat64(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut libc::stat64,
+    flags: c_int,
+) -> c_int {
     let pass = || match real::fstatat64() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, buf, flags) },
@@ -800,7 +888,13 @@ pub unsafe extern "C" fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut 
 /// # Safety
 /// The C contract of `statx`.
 #[no_mangle]
-pub unsafe extern "C" fn statx(dirfd: c_int, path: *const c_char, flags: c_int, mask: libc::c_uint, buf: *mut libc::statx) -> c_int {
+pub unsafe extern "C" fn statx(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    mask: libc::c_uint,
+    buf: *mut libc::statx,
+) -> c_int {
     let pass = || match real::statx() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, flags, mask, buf) },
@@ -826,7 +920,9 @@ pub unsafe extern "C" fn statx(dirfd: c_int, path: *const c_char, flags: c_int, 
             let mut st: libc::statx = unsafe { std::mem::zeroed() };
             st.stx_mask = libc::STATX_TYPE | libc::STATX_MODE;
             st.stx_mode = match (&answer, follow) {
-                (PathAnswer::Symlink(_), true) | (PathAnswer::Directory, _) => (libc::S_IFDIR | 0o755) as u16,
+                (PathAnswer::Symlink(_), true) | (PathAnswer::Directory, _) => {
+                    (libc::S_IFDIR | 0o755) as u16
+                }
                 (PathAnswer::Symlink(_), false) => (libc::S_IFLNK | 0o777) as u16,
                 (PathAnswer::CharDevice, _) => (libc::S_IFCHR | 0o600) as u16,
             };
@@ -862,7 +958,12 @@ pub unsafe extern "C" fn access(path: *const c_char, mode: c_int) -> c_int {
 /// # Safety
 /// The C contract of `faccessat`.
 #[no_mangle]
-pub unsafe extern "C" fn faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int {
+pub unsafe extern "C" fn faccessat(
+    dirfd: c_int,
+    path: *const c_char,
+    mode: c_int,
+    flags: c_int,
+) -> c_int {
     let pass = || match real::faccessat() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, mode, flags) },
@@ -878,7 +979,12 @@ pub unsafe extern "C" fn faccessat(dirfd: c_int, path: *const c_char, mode: c_in
     intercept(pass, |shim| path_answer(shim, p).map(|_| 0), fail_int)
 }
 
-fn readlink_common(path: *const c_char, buf: *mut c_char, size: usize, pass: impl FnOnce() -> isize) -> isize {
+fn readlink_common(
+    path: *const c_char,
+    buf: *mut c_char,
+    size: usize,
+    pass: impl FnOnce() -> isize,
+) -> isize {
     // SAFETY: a NUL-terminated string or null, by the caller's contract.
     let Some(p) = (unsafe { candidate_path(path) }) else {
         return pass();
@@ -923,7 +1029,12 @@ pub unsafe extern "C" fn readlink(path: *const c_char, buf: *mut c_char, size: u
 /// # Safety
 /// The C contract of `readlinkat`.
 #[no_mangle]
-pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: usize) -> isize {
+pub unsafe extern "C" fn readlinkat(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut c_char,
+    size: usize,
+) -> isize {
     let pass = || match real::readlinkat() {
         // SAFETY: forwarding the caller's arguments unchanged.
         Some(f) => unsafe { f(dirfd, path, buf, size) },
@@ -940,7 +1051,12 @@ pub unsafe extern "C" fn readlinkat(dirfd: c_int, path: *const c_char, buf: *mut
 /// # Safety
 /// The C contract of `__readlink_chk`.
 #[no_mangle]
-pub unsafe extern "C" fn __readlink_chk(path: *const c_char, buf: *mut c_char, size: usize, buflen: usize) -> isize {
+pub unsafe extern "C" fn __readlink_chk(
+    path: *const c_char,
+    buf: *mut c_char,
+    size: usize,
+    buflen: usize,
+) -> isize {
     let pass = || match real::readlink_chk() {
         // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
         Some(f) => unsafe { f(path, buf, size, buflen) },
@@ -957,7 +1073,13 @@ pub unsafe extern "C" fn __readlink_chk(path: *const c_char, buf: *mut c_char, s
 /// # Safety
 /// The C contract of `__readlinkat_chk`.
 #[no_mangle]
-pub unsafe extern "C" fn __readlinkat_chk(dirfd: c_int, path: *const c_char, buf: *mut c_char, size: usize, buflen: usize) -> isize {
+pub unsafe extern "C" fn __readlinkat_chk(
+    dirfd: c_int,
+    path: *const c_char,
+    buf: *mut c_char,
+    size: usize,
+    buflen: usize,
+) -> isize {
     let pass = || match real::readlinkat_chk() {
         // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
         Some(f) => unsafe { f(dirfd, path, buf, size, buflen) },
@@ -974,7 +1096,11 @@ pub unsafe extern "C" fn __readlinkat_chk(dirfd: c_int, path: *const c_char, buf
 /// # Safety
 /// The C contract of `__realpath_chk`.
 #[no_mangle]
-pub unsafe extern "C" fn __realpath_chk(path: *const c_char, resolved: *mut c_char, resolvedlen: usize) -> *mut c_char {
+pub unsafe extern "C" fn __realpath_chk(
+    path: *const c_char,
+    resolved: *mut c_char,
+    resolvedlen: usize,
+) -> *mut c_char {
     let pass = || match real::realpath_chk() {
         // SAFETY: forwarding the caller's arguments unchanged (the next definition does the check).
         Some(f) => unsafe { f(path, resolved, resolvedlen) },
@@ -1006,7 +1132,11 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
     realpath_common(path, resolved, pass)
 }
 
-fn realpath_common(path: *const c_char, resolved: *mut c_char, pass: impl FnOnce() -> *mut c_char) -> *mut c_char {
+fn realpath_common(
+    path: *const c_char,
+    resolved: *mut c_char,
+    pass: impl FnOnce() -> *mut c_char,
+) -> *mut c_char {
     // SAFETY: a NUL-terminated string or null, by the caller's contract.
     let Some(p) = (unsafe { candidate_path(path) }) else {
         return pass();

@@ -86,7 +86,14 @@ fn write_trace(path: &Path) {
     let events = vec![
         mmio(0, false, 0x8, 0x8008_0783),
         mmio(1, true, 0x10, 0x1234),
-        Event::new(2, 2500, EventKind::Irq(Irq { index: 1, vector: 0 })),
+        Event::new(
+            2,
+            2500,
+            EventKind::Irq(Irq {
+                index: 1,
+                vector: 0,
+            }),
+        ),
         Event::new(
             3,
             2600,
@@ -168,21 +175,29 @@ fn qemu_vfio_pci_sequence() {
     let container = em.open("/dev/vfio/vfio").unwrap().unwrap();
     assert_eq!(em.kind(container), Some(FdKind::Container(0)));
 
-    assert_eq!(ioctl_int(&mut em, container, uapi::GET_API_VERSION, 0), Ok(0));
     assert_eq!(
-        ioctl_int(&mut em, container, uapi::CHECK_EXTENSION, uapi::TYPE1V2_IOMMU),
+        ioctl_int(&mut em, container, uapi::GET_API_VERSION, 0),
+        Ok(0)
+    );
+    assert_eq!(
+        ioctl_int(
+            &mut em,
+            container,
+            uapi::CHECK_EXTENSION,
+            uapi::TYPE1V2_IOMMU
+        ),
         Ok(1)
     );
-    assert_eq!(ioctl_int(&mut em, container, uapi::CHECK_EXTENSION, 8), Ok(0));
+    assert_eq!(
+        ioctl_int(&mut em, container, uapi::CHECK_EXTENSION, 8),
+        Ok(0)
+    );
     // SET_IOMMU needs a group in the container first, as in the kernel.
     assert_eq!(
         ioctl_int(&mut em, container, uapi::SET_IOMMU, uapi::TYPE1V2_IOMMU),
         Err(libc::EINVAL)
     );
-    let mut status = uapi::GroupStatus {
-        argsz: 8,
-        flags: 0,
-    };
+    let mut status = uapi::GroupStatus { argsz: 8, flags: 0 };
     ioctl(&mut em, group_fd, uapi::GROUP_GET_STATUS, &mut status).unwrap();
     assert_eq!(status.flags, uapi::GROUP_FLAGS_VIABLE);
     let mut cfd = container;
@@ -209,7 +224,7 @@ fn qemu_vfio_pci_sequence() {
     assert!(full > 24);
     let mut buf = vec![0u64; full.div_ceil(8)];
     buf[0] = full as u64; // argsz in the low half, flags 0
-    // SAFETY: `buf` holds `full` bytes.
+                          // SAFETY: `buf` holds `full` bytes.
     unsafe { em.ioctl(container, uapi::IOMMU_GET_INFO, buf.as_mut_ptr().cast()) }
         .unwrap()
         .unwrap();
@@ -246,13 +261,25 @@ fn qemu_vfio_pci_sequence() {
     // The device fd, by the name QEMU asks for.
     let wrong = c"0000:00:02.0";
     // SAFETY: a NUL-terminated name.
-    let r = unsafe { em.ioctl(group_fd, uapi::GROUP_GET_DEVICE_FD, wrong.as_ptr() as *mut c_void) };
+    let r = unsafe {
+        em.ioctl(
+            group_fd,
+            uapi::GROUP_GET_DEVICE_FD,
+            wrong.as_ptr() as *mut c_void,
+        )
+    };
     assert_eq!(r, Some(Err(libc::ENODEV)));
     let name = c"0000:00:19.0";
     // SAFETY: a NUL-terminated name.
-    let dev_fd = unsafe { em.ioctl(group_fd, uapi::GROUP_GET_DEVICE_FD, name.as_ptr() as *mut c_void) }
-        .unwrap()
-        .unwrap();
+    let dev_fd = unsafe {
+        em.ioctl(
+            group_fd,
+            uapi::GROUP_GET_DEVICE_FD,
+            name.as_ptr() as *mut c_void,
+        )
+    }
+    .unwrap()
+    .unwrap();
     assert_eq!(em.kind(dev_fd), Some(FdKind::Device(0)));
 
     let mut dinfo = uapi::DeviceInfo {
@@ -260,7 +287,10 @@ fn qemu_vfio_pci_sequence() {
         ..Default::default()
     };
     ioctl(&mut em, dev_fd, uapi::DEVICE_GET_INFO, &mut dinfo).unwrap();
-    assert_eq!(dinfo.flags, uapi::DEVICE_FLAGS_PCI | uapi::DEVICE_FLAGS_RESET);
+    assert_eq!(
+        dinfo.flags,
+        uapi::DEVICE_FLAGS_PCI | uapi::DEVICE_FLAGS_RESET
+    );
     assert_eq!((dinfo.num_regions, dinfo.num_irqs), (9, 5));
 
     let mut rinfo = uapi::RegionInfo {
@@ -270,7 +300,11 @@ fn qemu_vfio_pci_sequence() {
     };
     ioctl(&mut em, dev_fd, uapi::DEVICE_GET_REGION_INFO, &mut rinfo).unwrap();
     assert_eq!((rinfo.size, rinfo.offset), (0x1000, 0));
-    assert_eq!(rinfo.flags & uapi::REGION_INFO_FLAG_MMAP, 0, "mmap is never offered");
+    assert_eq!(
+        rinfo.flags & uapi::REGION_INFO_FLAG_MMAP,
+        0,
+        "mmap is never offered"
+    );
     rinfo.index = 7;
     ioctl(&mut em, dev_fd, uapi::DEVICE_GET_REGION_INFO, &mut rinfo).unwrap();
     assert_eq!(rinfo.offset, 7 << 40);
@@ -322,7 +356,10 @@ fn qemu_vfio_pci_sequence() {
     };
     ioctl(&mut em, dev_fd, uapi::DEVICE_SET_IRQS, &mut set).unwrap();
     let mut truncated = IrqSetOne {
-        head: uapi::IrqSet { argsz: 20, ..set.head },
+        head: uapi::IrqSet {
+            argsz: 20,
+            ..set.head
+        },
         fd: -1,
     };
     assert_eq!(
@@ -337,7 +374,10 @@ fn qemu_vfio_pci_sequence() {
     let mut v = [0u8; 4];
     assert_eq!(em.pread(dev_fd, &mut v, 0x8), Some(Ok(4)));
     assert_eq!(u32::from_le_bytes(v), 0x8008_0783);
-    assert_eq!(em.pwrite(dev_fd, &0x1234u32.to_le_bytes(), 0x10), Some(Ok(4)));
+    assert_eq!(
+        em.pwrite(dev_fd, &0x1234u32.to_le_bytes(), 0x10),
+        Some(Ok(4))
+    );
     // The recorded MSI after that write reached our eventfd; the recorded DMA write reached RAM.
     let mut count = 0u64;
     // SAFETY: reading 8 bytes into a u64 from our eventfd.

@@ -104,7 +104,12 @@ print(json.dumps({"ral": ral, "rah": rah, "cfg": cfg.hex(), "unsupported": unsup
 
 #[test]
 fn preloaded_shim_serves_vfio_to_an_unmodified_process() {
-    if Command::new("python3").arg("-c").arg("pass").status().is_err() {
+    if Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_err()
+    {
         eprintln!("SKIPPED: python3 is not installed");
         return;
     }
