@@ -9,8 +9,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn guest_driver_probes_replayed_e1000e_inside_unmodified_qemu() {
+/// Runs the script with `envs`; panics on failure, prints a skip notice on exit code 77.
+fn run_script(envs: &[(&str, &str)]) {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("crate inside the workspace")
@@ -23,6 +23,7 @@ fn guest_driver_probes_replayed_e1000e_inside_unmodified_qemu() {
         .arg("all")
         .env("WORK", &work)
         .env("OUT", out.path())
+        .envs(envs.iter().copied())
         .status()
         .expect("run interposer-replay.sh");
     match status.code() {
@@ -34,4 +35,18 @@ fn guest_driver_probes_replayed_e1000e_inside_unmodified_qemu() {
         ),
         other => panic!("interposer-replay.sh failed: {other:?}"),
     }
+}
+
+#[test]
+fn guest_driver_probes_replayed_e1000e_inside_unmodified_qemu() {
+    // The probe alone: every register access the driver makes must match the capture.
+    run_script(&[("MAX_SKIPS", "16")]);
+}
+
+#[test]
+fn guest_brings_replayed_e1000e_link_up_with_msix_interrupts() {
+    // Link up: rings, MSI-X vectors through QEMU's vfio-pci MSI-X emulation, the link interrupt.
+    // The driver's watchdog timer interleaves differently at replay: resync skips a few dozen of
+    // about 4,400 recorded accesses (46-75 observed), bounded here.
+    run_script(&[("UP", "1"), ("MAX_SKIPS", "256")]);
 }
