@@ -52,7 +52,7 @@ macro_rules! next_symbols {
             #[doc = concat!("The next `", $sym, "`.")]
             pub fn $fn_name() -> Option<unsafe extern "C" fn($($arg),*) -> $ret> {
                 static SYM: NextSymbol = NextSymbol::new(
-                    // SAFETY-free: a literal with a trailing NUL.
+                    // A literal with the trailing NUL added here: the check cannot fail.
                     match CStr::from_bytes_with_nul(concat!($sym, "\0").as_bytes()) {
                         Ok(c) => c,
                         Err(_) => panic!("symbol name"),

@@ -50,5 +50,10 @@ rm -rf "$stage"
 grep -aE '^(STEP|CHECK|RECORD)' "$OUT/console.txt" >&2 || true
 [ -s "$OUT/rec.hwrr" ] || die "no trace written (probe rc=$rc; see $OUT/console.txt, $OUT/shim.log)"
 "$HWRR" info "$OUT/rec.hwrr" >&2
-"$HWRR" info "$OUT/rec.hwrr" | grep -q 'config_read' || die "the trace has no config reads"
+info=$("$HWRR" info "$OUT/rec.hwrr")
+for k in config_read mmio_read mmio_write irq irq_setup dma_map; do
+  echo "$info" | grep -qE "^ +$k " || die "the trace has no $k events"
+done
+grep -aqE '^(STEP|CHECK) [^ ]+ FAIL' "$OUT/console.txt" && die "vfio-probe failed a step under the shim"
+[ "$rc" = 0 ] || die "vfio-probe exited $rc under the shim"
 echo "PASS: record mode wrote $OUT/rec.hwrr (probe rc=$rc)"
