@@ -68,9 +68,11 @@ pub struct Emulator {
     slots: Vec<Slot>,
     containers: Vec<Container>,
     fds: HashMap<RawFd, FdKind>,
-    /// The group opened last: the next `/dev/vfio/vfio` open belongs to it (QEMU opens the group,
-    /// then a container for it), so a real device's container is never emulated.
-    last_group_fake: bool,
+    /// Whether the group opened last was emulated (`None`: no group opened yet). The next
+    /// `/dev/vfio/vfio` open belongs to it (QEMU opens the group, then a container for it), so a
+    /// real device's container stays real; a program that opens the container first (rust-vmm's
+    /// vfio-ioctls) gets an emulated one.
+    last_group_fake: Option<bool>,
     log: Arc<Logger>,
 }
 
@@ -200,7 +202,7 @@ impl Emulator {
             slots,
             containers: Vec::new(),
             fds: HashMap::new(),
-            last_group_fake: false,
+            last_group_fake: None,
             log,
         }
     }
@@ -280,7 +282,7 @@ impl Emulator {
     /// `open` of `/dev/vfio/vfio` or `/dev/vfio/<group>`: `None` when the path is not emulated.
     pub fn open(&mut self, path: &str) -> Option<Result<RawFd, Errno>> {
         if path == "/dev/vfio/vfio" {
-            if !self.last_group_fake {
+            if self.slots.is_empty() || self.last_group_fake == Some(false) {
                 return None;
             }
             let fd = match placeholder_fd(c"hwrr-vfio-container") {
@@ -300,7 +302,9 @@ impl Emulator {
         }
         let group = path.strip_prefix("/dev/vfio/")?;
         let Some(slot) = self.slots.iter().position(|s| s.group.to_string() == group) else {
-            self.last_group_fake = false;
+            if group.parse::<u32>().is_ok() {
+                self.last_group_fake = Some(false);
+            }
             return None;
         };
         if self.fds.values().any(|k| *k == FdKind::Group(slot)) {
@@ -312,7 +316,7 @@ impl Emulator {
             Err(e) => return Some(Err(e)),
         };
         self.fds.insert(fd, FdKind::Group(slot));
-        self.last_group_fake = true;
+        self.last_group_fake = Some(true);
         self.log
             .debug(|| format!("open {path} -> emulated group fd {fd}"));
         Some(Ok(fd))

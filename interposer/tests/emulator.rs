@@ -164,9 +164,9 @@ fn qemu_vfio_pci_sequence() {
     );
     assert_eq!(em.path("/sys/bus/pci/devices/0000:00:02.0"), None);
 
-    // A container opened before any emulated group belongs to the real kernel.
-    assert!(em.open("/dev/vfio/vfio").is_none());
+    // After a real group, the next container belongs to the real kernel.
     assert!(em.open("/dev/vfio/7").is_none());
+    assert!(em.open("/dev/vfio/vfio").is_none());
     let group_fd = em.open(&format!("/dev/vfio/{group}")).unwrap().unwrap();
     assert_eq!(
         em.open(&format!("/dev/vfio/{group}")),
@@ -442,4 +442,18 @@ fn missing_trace_answers_for_nothing() {
     assert!(em.devices().is_empty());
     assert_eq!(em.path(&format!("/sys/bus/pci/devices/{BDF}")), None);
     assert!(em.open("/dev/vfio/vfio").is_none());
+}
+
+#[test]
+fn container_opened_first_is_emulated() {
+    // rust-vmm's vfio-ioctls opens /dev/vfio/vfio before any group.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.hwrr");
+    write_trace(&trace);
+    let mut em = emulator(&trace);
+    let fd = em.open("/dev/vfio/vfio").unwrap().unwrap();
+    assert_eq!(em.kind(fd), Some(FdKind::Container(0)));
+    assert!(em.close(fd));
+    // SAFETY: closing the placeholder fd the emulator created.
+    unsafe { libc::close(fd) };
 }
