@@ -207,6 +207,12 @@ impl Emulator {
         }
     }
 
+    /// Whether this process ever opened an emulated group (helper processes QEMU spawns inherit
+    /// `LD_PRELOAD` and the environment, but never touch the device: they write no report).
+    pub fn was_used(&self) -> bool {
+        self.last_group_fake.is_some() || !self.fds.is_empty() || !self.containers.is_empty()
+    }
+
     /// The BDFs and invented groups the emulator answers for.
     pub fn devices(&self) -> Vec<(String, u32)> {
         self.slots

@@ -46,6 +46,13 @@ pub fn qemu_args(trace: &Path, bdf: &str, lib: &Path) -> String {
     )
 }
 
+/// Where `hwrr replay --print-qemu-args` expects the interposer: next to the running executable
+/// (`target/release/hwrr` and `target/release/libhwrr_vfio.so` are built side by side).
+pub fn library_next_to_current_exe() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.with_file_name("libhwrr_vfio.so"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,6 +135,9 @@ fn finish() {
     };
     if let Some(em) = &shim.replay {
         let em = em.lock().unwrap_or_else(|p| p.into_inner());
+        if !em.was_used() {
+            return;
+        }
         let reports = em.reports();
         for (bdf, _, sessions) in &reports {
             if let Some(last) = sessions.last() {

@@ -144,3 +144,42 @@ fn preloaded_shim_serves_vfio_to_an_unmodified_process() {
     assert_eq!(r["accesses"], 2);
     assert_eq!(r["diverged"], false);
 }
+
+#[test]
+fn helper_process_that_never_opens_the_device_writes_no_report() {
+    if Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_err()
+    {
+        eprintln!("SKIPPED: python3 is not installed");
+        return;
+    }
+    let lib = build_cdylib();
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.hwrr");
+    write_trace(&trace);
+    let report = dir.path().join("report.json");
+    // QEMU's helpers (guestfwd commands, bridge helper) inherit LD_PRELOAD and HWRR_*; they must
+    // not clobber QEMU's report. Stat-ing an unrelated /sys path goes through the shim's path filter.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import os; os.stat('/sys'); print(open(os.devnull).read() == '')")
+        .env("LD_PRELOAD", &lib)
+        .env("HWRR_MODE", "replay")
+        .env("HWRR_TRACE", &trace)
+        .env("HWRR_REPORT", &report)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "True");
+    assert!(
+        !report.exists(),
+        "a process that never opened the device wrote a report"
+    );
+}
