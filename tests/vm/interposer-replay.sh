@@ -5,7 +5,7 @@
 #   1. capture: boot the Debian kernel with QEMU's EMULATED e1000e (non-default MAC, emulated VT-d
 #      as in vtdbox.sh) and a tiny initramfs whose /init loads e1000e and prints the MAC; QEMU
 #      trace events log every device access; `hwrr import qemu-trace` turns the log into a trace.
-#   2. replay: boot the same kernel and initramfs with `-device vfio-pci,host=0000:00:02.0,x-no-mmap=on`
+#   2. replay: boot the same kernel and initramfs with `-device vfio-pci,host=0000:00:19.0,x-no-mmap=on`
 #      under the shim in replay mode (no intel-iommu): the guest's e1000e driver probes the
 #      replayed device. Checks: the console shows the recorded MAC; the JSON report's counts.
 #
@@ -26,6 +26,9 @@ NIC_MAC=${NIC_MAC:-52:54:00:ab:cd:ef}
 POLICY=${POLICY:-resync}
 MAX_SKIPS=${MAX_SKIPS:-64}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-120}
+# The host address QEMU is told to open: the seed's NIC address, not the capture's 00:02.0, so the
+# shim's BDF mapping is exercised (the guest-side address stays addr=0x2).
+HOST_BDF=${HOST_BDF:-0000:00:19.0}
 GUEST_ARGS="console=ttyS0 panic=-1 probe_up=${UP:-0}"
 log() { echo "[interposer $(date +%H:%M:%S)] $*" >&2; }
 skip() { echo "SKIP: $*" >&2; exit 77; }
@@ -115,12 +118,12 @@ replay() {
   local trace=${TRACE:-$OUT/e1000e-probe.hwrr} con=$OUT/replay-console.log report=$OUT/replay-report.json shimlog=$OUT/shim.log
   [ -s "$trace" ] || die "no trace at $trace (run capture first)"
   rm -f "$con" "$report" "$shimlog"
-  log "replay: $trace under $LIB (policy $POLICY), vfio-pci host=0000:00:02.0, no IOMMU"
+  log "replay: $trace under $LIB (policy $POLICY), vfio-pci host=$HOST_BDF, no IOMMU"
   local rc=0
   # shellcheck disable=SC2046
   LD_PRELOAD="$LIB" HWRR_MODE=replay HWRR_TRACE="$trace" HWRR_POLICY="$POLICY" HWRR_REPORT="$report" HWRR_LOG="$shimlog" \
     timeout "$QEMU_TIMEOUT" "$QEMU" $(qemu_common) -append "$GUEST_ARGS" -serial "file:$con" \
-    -device vfio-pci,host=0000:00:02.0,x-no-mmap=on,bus=pcie.0,addr=0x2 || rc=$?
+    -device "vfio-pci,host=$HOST_BDF,x-no-mmap=on,bus=pcie.0,addr=0x2" || rc=$?
   log "replay QEMU exit $rc"
   tr -d '\r' < "$con" | grep -aE 'e1000e|PROBE|vfio' >&2 || true
   [ -s "$report" ] || die "no JSON report at $report (shim log: $shimlog)"
