@@ -367,8 +367,19 @@ fn qemu_vfio_pci_sequence() {
         Err(libc::EINVAL)
     );
 
-    // Config space and BAR0 through the device fd.
+    // QEMU's machine-reset VFIO_DEVICE_RESET, before any register access: absorbed, not a divergence.
     let mut word = [0u8; 2];
+    assert_eq!(em.pwrite(dev_fd, &[0x06, 0x00], (7 << 40) + 4), Some(Ok(2)));
+    assert_eq!(ioctl_int(&mut em, dev_fd, uapi::DEVICE_RESET, 0), Ok(0));
+    assert_eq!(em.power_on_resets(), vec![1]);
+    assert_eq!(em.pread(dev_fd, &mut word, (7 << 40) + 4), Some(Ok(2)));
+    assert_eq!(
+        u16::from_le_bytes(word),
+        0,
+        "the reset restored the captured COMMAND register"
+    );
+
+    // Config space and BAR0 through the device fd.
     assert_eq!(em.pread(dev_fd, &mut word, 7 << 40), Some(Ok(2)));
     assert_eq!(u16::from_le_bytes(word), 0x8086);
     let mut v = [0u8; 4];
@@ -427,6 +438,12 @@ fn qemu_vfio_pci_sequence() {
     let json = report_json(&reports);
     assert_eq!(json["matched"], 3);
     assert_eq!(json["sessions"], 1);
+
+    // A reset after register accesses is the guest's business: the trace has none, strict diverges.
+    assert_eq!(ioctl_int(&mut em, dev_fd, uapi::DEVICE_RESET, 0), Ok(0));
+    assert_eq!(em.power_on_resets(), vec![1]);
+    let after = em.reports();
+    assert!(after[0].2.last().unwrap().first_divergence.is_some());
 
     for fd in [dev_fd, group_fd, container] {
         assert!(em.close(fd));
