@@ -77,7 +77,26 @@ fn watched(fd: c_int) -> bool {
     }
 }
 
+/// Whether this code runs from a shared object (the preloaded `libhwrr_vfio.so`). A program that
+/// links the rlib (the `hwrr` CLI for `qemu_args`, the crate's own tests) also defines these
+/// symbols and so interposes its own libc calls: there the shim stays inert.
+fn loaded_as_shared_object() -> bool {
+    // SAFETY: an all-zero Dl_info is a valid value for dladdr to fill.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let addr = loaded_as_shared_object as *const c_void;
+    // SAFETY: dladdr reads the address and fills `info`; it returns 0 when it finds nothing.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: dli_fname is a NUL-terminated path owned by the dynamic linker.
+    let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+    name.windows(3).any(|w| w == b".so")
+}
+
 fn init() -> Option<Shim> {
+    if !loaded_as_shared_object() {
+        return None;
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
