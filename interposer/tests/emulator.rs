@@ -474,3 +474,77 @@ fn container_opened_first_is_emulated() {
     // SAFETY: closing the placeholder fd the emulator created.
     unsafe { libc::close(fd) };
 }
+
+#[test]
+fn two_devices_share_a_container_like_qemu_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.hwrr"), dir.path().join("b.hwrr"));
+    write_trace(&a);
+    write_trace(&b);
+    let config = Config {
+        mode: Mode::Replay,
+        devices: vec![
+            DeviceSpec {
+                bdf: Some("0000:00:19.0".into()),
+                trace: a,
+            },
+            DeviceSpec {
+                bdf: Some("0000:03:00.0".into()),
+                trace: b,
+            },
+        ],
+        policy: hwrr_replayer::Policy::Strict,
+        report: None,
+        log: LogTarget::Quiet,
+    };
+    let mut em = Emulator::new(&config, &[], Arc::new(Logger::new(&LogTarget::Quiet)));
+    let devs = em.devices();
+    assert_eq!(devs.len(), 2);
+    assert_ne!(
+        devs[0].1, devs[1].1,
+        "each device has its own invented group"
+    );
+    let ga = em
+        .open(&format!("/dev/vfio/{}", devs[0].1))
+        .unwrap()
+        .unwrap();
+    let container = em.open("/dev/vfio/vfio").unwrap().unwrap();
+    let mut cfd = container;
+    ioctl(&mut em, ga, uapi::GROUP_SET_CONTAINER, &mut cfd).unwrap();
+    ioctl_int(&mut em, container, uapi::SET_IOMMU, uapi::TYPE1V2_IOMMU).unwrap();
+    // QEMU maps guest RAM once, then offers the existing container to the second group.
+    let ram = MappedMemory::anonymous(0x2000).unwrap();
+    let mut map = uapi::DmaMap {
+        argsz: 32,
+        flags: 3,
+        vaddr: ram.as_ptr() as u64,
+        iova: 0,
+        size: 0x2000,
+    };
+    ioctl(&mut em, container, uapi::IOMMU_MAP_DMA, &mut map).unwrap();
+    let gb = em
+        .open(&format!("/dev/vfio/{}", devs[1].1))
+        .unwrap()
+        .unwrap();
+    ioctl(&mut em, gb, uapi::GROUP_SET_CONTAINER, &mut cfd).unwrap();
+    let name = c"0000:03:00.0";
+    // SAFETY: a NUL-terminated name.
+    let db = unsafe { em.ioctl(gb, uapi::GROUP_GET_DEVICE_FD, name.as_ptr() as *mut c_void) }
+        .unwrap()
+        .unwrap();
+    // The second device sees the mapping made before it joined: its recorded DMA write lands.
+    let mut v = [0u8; 4];
+    assert_eq!(em.pread(db, &mut v, 0x8), Some(Ok(4)));
+    assert_eq!(em.pwrite(db, &0x1234u32.to_le_bytes(), 0x10), Some(Ok(4)));
+    let mut dma = [0u8; 4];
+    ram.read(0x1000, &mut dma).unwrap();
+    assert_eq!(dma, [1, 2, 3, 4]);
+    let json = report_json(&em.reports());
+    assert_eq!(json["devices"]["0000:03:00.0"]["matched"], 2);
+    assert_eq!(json["devices"]["0000:00:19.0"]["accesses"], 0);
+    for fd in [db, gb, ga, container] {
+        em.close(fd);
+        // SAFETY: closing the placeholder fds the emulator created.
+        unsafe { libc::close(fd) };
+    }
+}
