@@ -90,6 +90,7 @@ impl<'a> Rd<'a> {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn varint_u32(&mut self) -> Result<u32, String> {
         let v = self.varint()?;
         u32::try_from(v).map_err(|_| format!("{} stream: {v} does not fit in 32 bits", self.name))
@@ -700,12 +701,26 @@ pub(crate) fn decode_columns(
             tags.len()
         ));
     }
+    // Four interleaved histograms: runs of one kind would otherwise serialize on one counter.
+    let mut lanes = [[0u32; 256]; 4];
+    let mut quads = tags.chunks_exact(4);
+    for q in &mut quads {
+        lanes[0][q[0] as usize] += 1;
+        lanes[1][q[1] as usize] += 1;
+        lanes[2][q[2] as usize] += 1;
+        lanes[3][q[3] as usize] += 1;
+    }
+    for &t in quads.remainder() {
+        lanes[0][t as usize] += 1;
+    }
     let mut counts = [0u32; KindTag::COUNT];
-    for &t in tags {
-        if t as usize >= KindTag::COUNT {
+    for t in 0..256 {
+        let c: u32 = lanes.iter().map(|l| l[t]).sum();
+        if t < KindTag::COUNT {
+            counts[t] = c;
+        } else if c != 0 {
             return Err(format!("unknown kind tag {t}"));
         }
-        counts[t as usize] += 1;
     }
     if counts != shape.counts {
         return Err("kind counts differ from the chunk header".into());
