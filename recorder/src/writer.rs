@@ -143,11 +143,11 @@ impl Recorder {
                 loop {
                     match rx.recv_timeout(tick) {
                         Ok(ev) => {
-                            dq.fetch_add(1, Ordering::Relaxed);
+                            dq.fetch_add(1, Ordering::SeqCst);
                             reorder.push(ev, &mut writer)?;
                             // Drain what is already queued before looking at the clock again.
                             while let Ok(ev) = rx.try_recv() {
-                                dq.fetch_add(1, Ordering::Relaxed);
+                                dq.fetch_add(1, Ordering::SeqCst);
                                 reorder.push(ev, &mut writer)?;
                             }
                             writer.tick()?;
@@ -283,18 +283,21 @@ impl RecorderHandle {
         else {
             return;
         };
-        match sender.try_send(ev) {
-            Ok(()) => {}
+        // Counted before it is sent, so the writer's count of received events never passes it.
+        let enqueued = shared.enqueued.fetch_add(1, Ordering::SeqCst) + 1;
+        let sent = match sender.try_send(ev) {
+            Ok(()) => true,
             Err(TrySendError::Full(ev)) => {
                 shared.stalls.fetch_add(1, Ordering::Relaxed);
-                if sender.send(ev).is_err() {
-                    return;
-                }
+                sender.send(ev).is_ok()
             }
-            Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Disconnected(_)) => false,
+        };
+        if !sent {
+            shared.enqueued.fetch_sub(1, Ordering::SeqCst);
+            return;
         }
-        let queued = shared.enqueued.fetch_add(1, Ordering::Relaxed) + 1
-            - shared.dequeued.load(Ordering::Relaxed);
+        let queued = enqueued.saturating_sub(shared.dequeued.load(Ordering::SeqCst));
         shared.high_water.fetch_max(queued, Ordering::Relaxed);
     }
 

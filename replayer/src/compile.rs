@@ -54,6 +54,8 @@ pub(crate) struct Op {
     pub size: u8,
     /// What the op does.
     pub kind: OpKind,
+    /// The recorded call failed (its event has a nonzero status): replaying it fails the same way.
+    pub failed: bool,
 }
 
 impl Op {
@@ -83,6 +85,8 @@ pub(crate) struct CompiledChunk {
     pub seqs: Vec<u64>,
     /// Timestamp of each op's event.
     pub t_ns: Vec<u64>,
+    /// (op index, errno) of recorded calls that failed, in op order.
+    pub statuses: Vec<(u32, u32)>,
     /// Payloads of byte accesses.
     pub bytes: Vec<Vec<u8>>,
     /// Payloads of DMA writes.
@@ -97,6 +101,14 @@ pub(crate) struct CompiledChunk {
 }
 
 impl CompiledChunk {
+    /// The errno the recorded call at op `index` failed with (EIO when the table lacks it).
+    pub fn status_of(&self, index: usize) -> u32 {
+        match self.statuses.binary_search_by_key(&(index as u32), |e| e.0) {
+            Ok(i) => self.statuses[i].1,
+            Err(_) => 5,
+        }
+    }
+
     /// The last value seen per register by the end of the chunk: (op index, value).
     pub fn last_values(&self) -> &HashMap<RegKey, (u32, u64)> {
         self.last_values.get_or_init(|| {
@@ -175,6 +187,7 @@ impl CompileContext {
                         region,
                         size,
                         kind: if is_read { OpKind::Read } else { OpKind::Write },
+                        failed: e.status != 0,
                     }
                 }
                 EventKind::Irq(i) => Op {
@@ -184,6 +197,7 @@ impl CompileContext {
                     region: 0,
                     size: 0,
                     kind: OpKind::Irq,
+                    failed: false,
                 },
                 EventKind::DmaWrite(w) => {
                     add_pages(&mut c.dma_pages, w.iova, w.data.len() as u64);
@@ -198,6 +212,7 @@ impl CompileContext {
                         region: 0,
                         size: 0,
                         kind: OpKind::DmaWrite,
+                        failed: false,
                     }
                 }
                 EventKind::DmaRead(r) => {
@@ -210,6 +225,7 @@ impl CompileContext {
                         region: 0,
                         size: 0,
                         kind: OpKind::DmaRead,
+                        failed: false,
                     }
                 }
                 EventKind::DmaMap(m) | EventKind::DmaUnmap(m) => Op {
@@ -223,6 +239,7 @@ impl CompileContext {
                     } else {
                         OpKind::DmaUnmap
                     },
+                    failed: false,
                 },
                 EventKind::Reset => Op {
                     offset: 0,
@@ -231,6 +248,7 @@ impl CompileContext {
                     region: 0,
                     size: 0,
                     kind: OpKind::Reset,
+                    failed: false,
                 },
                 // Config space and the MSI-X table are modelled, IRQ wiring is what the original VMM
                 // asked, markers are annotations: none of them is sequenced.
@@ -240,6 +258,9 @@ impl CompileContext {
                 | EventKind::Marker(_) => continue,
             };
             c.ops.push(op);
+            if op.failed {
+                c.statuses.push((c.seqs.len() as u32, e.status));
+            }
             c.seqs.push(e.seq);
             c.t_ns.push(e.t_ns);
         }
@@ -248,12 +269,17 @@ impl CompileContext {
         while i > 0 {
             i -= 1;
             let op = c.ops[i];
-            if op.kind != OpKind::Read || op.size == 0 {
+            if op.kind != OpKind::Read || op.size == 0 || op.failed {
                 continue;
             }
             let next = c.ops.get(i + 1);
             let run = match next {
-                Some(n) if n.kind == OpKind::Read && n.same_key(&op) && n.value == op.value => {
+                Some(n)
+                    if n.kind == OpKind::Read
+                        && !n.failed
+                        && n.same_key(&op)
+                        && n.value == op.value =>
+                {
                     n.aux.saturating_add(1)
                 }
                 _ => 1,

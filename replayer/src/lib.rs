@@ -27,6 +27,8 @@
 //!   values, pairs of 32-bit halves, register-map `address` registers) and from pointers in
 //!   recorded descriptor reads; the map applies to DMA re-application and to write checks.
 //!
+//! [`open`] serves a trace file (the format's memory-mapped reader implements
+//! [`EventSource`]); [`Replayer::new`] takes any source, e.g. a [`MemorySource`] built in a test.
 //! Traces are read chunk by chunk through an [`EventSource`] and compiled into 24-byte ops; a few
 //! compiled chunks are cached and shared (`Arc`) between an engine and its [`Replayer::fork`]s, so
 //! [`ReplayState`] (cursor, models, relocation map, counters, divergence) stays small: save it with

@@ -64,7 +64,7 @@ pub struct Counters {
     pub poll_shortened: u64,
     /// Interrupts written to a VMM eventfd.
     pub irqs_delivered: u64,
-    /// Interrupts that found their vector masked (left pending).
+    /// Interrupts that found their vector masked (left pending), or INTx held by INTx Disable.
     pub irqs_pending: u64,
     /// Interrupts with no eventfd registered for their vector.
     pub irqs_no_listener: u64,
@@ -107,8 +107,8 @@ pub struct DivergenceReport {
     pub t_ns: u64,
     /// The recorded event in `hwrr dump --json` form, or `null` when the trace had ended.
     pub expected: serde_json::Value,
-    /// The guest's access, in the same form (`kind`, `region`, `offset`, `size`, `value` for writes, `name`
-    /// with a register map).
+    /// The guest's access, in the same form (`kind`, `region`, `offset`, `size`, `value` for
+    /// writes, `name` with a register map).
     pub actual: serde_json::Value,
     /// Why it did not match.
     pub reason: String,

@@ -386,3 +386,86 @@ fn forks_share_the_trace_and_diverge_independently() {
     assert_eq!(hwrr_device::eventfd::drain(&fork_fds[0]).unwrap(), 0);
     assert_eq!(vmm.irqs(0), 1);
 }
+
+#[test]
+fn a_trace_file_opens_and_replays_chunk_by_chunk() {
+    use hwrr_formats::{TraceWriter, WriterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let mut t = Trace::new();
+    for i in 0..1000u32 {
+        t.write(0x0, i);
+        t.read(0x8, i * 3);
+        if i % 100 == 0 {
+            t.irq(2, 1);
+        }
+    }
+    let opts = WriterOptions {
+        chunk_events: 64,
+        ..Default::default()
+    };
+    let mut w = TraceWriter::create(&path, &header(), opts).unwrap();
+    for e in &t.events {
+        w.append(e).unwrap();
+    }
+    w.finish().unwrap();
+
+    let mut dev = hwrr_replayer::open(&path, ReplayOptions::default()).unwrap();
+    dev.attach_memory(Arc::new(SparseMemory::new()));
+    let fds = wire_msix(&mut dev);
+    let mut b = [0u8; 4];
+    for i in 0..1000u32 {
+        dev.region_write(0, 0x0, &i.to_le_bytes()).unwrap();
+        dev.region_read(0, 0x8, &mut b).unwrap();
+        assert_eq!(u32::from_le_bytes(b), i * 3);
+    }
+    assert_eq!(hwrr_device::eventfd::drain(&fds[1]).unwrap(), 10);
+    let r = dev.report();
+    assert!(!r.diverged && r.trace_finished);
+    assert_eq!(r.trace_events, t.events.len() as u64);
+    // A divergence report reads its context back from the file.
+    dev.region_write(0, 0x0, &1u32.to_le_bytes()).unwrap();
+    let d = dev.report().first_divergence.unwrap();
+    assert_eq!(d.seq, t.events.len() as u64);
+    assert_eq!(d.context.len(), 16);
+    assert!(hwrr_replayer::open(&dir.path().join("missing"), ReplayOptions::default()).is_err());
+}
+
+#[test]
+fn intx_disable_holds_the_interrupt_until_enabled() {
+    let mut t = Trace::new();
+    t.write(0x0, 1);
+    t.irq(0, 0);
+    t.read(0x8, 2);
+    let mut dev = Replayer::new(t.source(16), ReplayOptions::default()).unwrap();
+    dev.attach_memory(Arc::new(SparseMemory::new()));
+    let fd = hwrr_device::eventfd::create().unwrap();
+    dev.set_irqs(hwrr_device::IrqSetRequest {
+        setup: hwrr_formats::IrqSetup {
+            index: 0,
+            start: 0,
+            count: 1,
+            action: hwrr_formats::IrqAction::Trigger,
+            data: hwrr_formats::IrqData::Eventfd(vec![true]),
+        },
+        fds: vec![Some(fd.try_clone().unwrap())],
+    })
+    .unwrap();
+    put16(&mut dev, 0x04, 0x0406); // memory, bus master, INTx disabled
+    dev.region_write(0, 0x0, &1u32.to_le_bytes()).unwrap();
+    assert_eq!(hwrr_device::eventfd::drain(&fd).unwrap(), 0);
+    assert_eq!(
+        cfg16(&mut dev, 0x06) & 0x8,
+        0x8,
+        "Interrupt Status shows the held INTx"
+    );
+    put16(&mut dev, 0x04, 0x0006);
+    assert_eq!(
+        hwrr_device::eventfd::drain(&fd).unwrap(),
+        1,
+        "fires when INTx is enabled"
+    );
+    assert_eq!(cfg16(&mut dev, 0x06) & 0x8, 0);
+    let r = dev.report();
+    assert_eq!((r.counters.irqs_pending, r.counters.irqs_delivered), (1, 1));
+}

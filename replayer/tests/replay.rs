@@ -601,3 +601,64 @@ fn a_ring_base_in_a_small_mapping_relocates_without_dma_evidence() {
     assert_eq!(r.relocations[0].recorded, RING);
     assert_eq!(r.relocations[0].replay, 0x80_0000);
 }
+
+#[test]
+fn a_relocated_ring_base_reads_back_as_the_guest_wrote_it() {
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x10_0000);
+    t.write(RDBAL, RING as u32);
+    t.write(RDBAH, 0);
+    t.read(RDBAL, RING as u32); // the driver checks what it programmed
+    t.read(STATUS, RING as u32); // an unrelated register with the same value is not rewritten
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(RDBAL, 0x80_0000);
+    vmm.write(RDBAH, 0);
+    assert_eq!(vmm.read(RDBAL), 0x80_0000);
+    assert_eq!(vmm.read(STATUS), RING as u32);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+}
+
+#[test]
+fn a_recorded_failed_access_fails_the_same_way() {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    let seq = t.read(STATUS, 0) as usize;
+    t.events[seq].status = 19; // ENODEV
+    t.read(STATUS, 0);
+    t.read(STATUS, 0);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(CTRL, 1);
+    let mut b = [0u8; 4];
+    let err = vmm.dev.region_read(0, STATUS, &mut b).unwrap_err();
+    assert_eq!(err.errno(), 19);
+    assert_eq!(
+        vmm.read(STATUS),
+        0,
+        "the failed read is not part of the run after it"
+    );
+    assert_eq!(vmm.read(STATUS), 0);
+    let r = vmm.dev.report();
+    assert!(!r.diverged);
+    assert_eq!(r.counters.matched, 4);
+    assert!(r.trace_finished);
+}
+
+#[test]
+fn a_32bit_ring_base_next_to_another_register_relocates() {
+    // 0x28 holds a ring size, 0x2c a 32-bit ring base: not a lo/hi pair, although adjacent.
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x10_0000);
+    t.write(0x28, 16);
+    t.write(0x2c, (RING + 0x8000) as u32);
+    t.dma_write(RING + 0x8000, &[9; 4], None);
+    t.irq(2, 0);
+    t.read(ICR, 1);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.write(0x28, 16);
+    vmm.write(0x2c, 0x80_8000);
+    assert_eq!(vmm.read(ICR), 1);
+    assert_eq!(vmm.mem_bytes(0x80_8000, 4), vec![9; 4]);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+}

@@ -4,25 +4,29 @@
 # Builds vfio-backend/examples/e1000e_exercise.rs statically (musl when rustup has or gets the
 # target, else glibc +crt-static), boots the box (tests/vm/vtdbox.sh exec: q35 + intel-iommu, the
 # e1000e at 00:02.0 bound to vfio-pci), runs the exercise in the guest (once with pread/pwrite
-# BAR access, once with --mmap), and keeps everything under $OUT:
+# BAR access, once with --mmap, both in-process with the recorder's tap; once as a vfio-user client
+# of `hwrr record --vfio`, built statically too), and keeps everything under $OUT:
 #   exercise-<mode>.log   the exercise's OBS/CHECK/WATCH lines from the guest console
 #   console.log           the whole guest console
 #   timings.txt           build, boot and run times; versions of the kernel and QEMU
 #   e1000e.hwrr           (fileio run) the trace recorded through hwrr-recorder's Tap, with the
 #                         exercise's watch findings logged as dma_write (--log-watch)
 #   e1000e-mmap.hwrr      (mmap run) the same without --log-watch: no dma_write at all
+#   e1000e-record.hwrr    (record-cli run) written by `hwrr record --vfio BDF --listen SOCK --once`
+#                         while the exercise drives the NIC through the socket; hwrr-record.log
 #   check-*.log           the host-side check of each trace (check_e1000e_trace)
 # Exit 0 iff every run and every trace check passed.
 #
 # Environment: OUT (default /tmp/vtdbox-record), WORK (vtdbox scratch, default /tmp/vtdbox),
-# MODES ("fileio mmap"), TARGET (auto|musl|gnu), RECORD (1; 0 runs the exercise without the tap).
+# MODES ("fileio mmap record-cli"), TARGET (auto|musl|gnu), RECORD (1; 0 runs the exercise without the tap),
+# BENCH (2000: STATUS and config reads timed on the bare backend per mode; 0 skips).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-/tmp/vtdbox-record}
 export WORK=${WORK:-/tmp/vtdbox}
-MODES=${MODES:-fileio mmap}
+MODES=${MODES:-fileio mmap record-cli}
 VTDBOX="$HERE/vtdbox.sh"
 
 log() { echo "[vtdbox-record $(date +%H:%M:%S)] $*" >&2; }
@@ -49,6 +53,13 @@ record=${RECORD:-1}
 log "cargo build --example e1000e_exercise --example check_e1000e_trace --target $tgt"
 (cd "$REPO" && RUSTFLAGS="$rf" cargo build -q --release -p hwrr-vfio-backend \
    --example e1000e_exercise --example check_e1000e_trace --target "$tgt")
+hwrr_bin=""
+case " $MODES " in *" record-cli "*)
+  log "cargo build --bin hwrr --target $tgt"
+  (cd "$REPO" && RUSTFLAGS="$rf" cargo build -q --release -p hwrr --bin hwrr --target "$tgt")
+  hwrr_bin="$WORK/hwrr"
+  objcopy --strip-debug "$REPO/target/$tgt/release/hwrr" "$hwrr_bin";;
+esac
 echo "build_s=$(since "$t") target=$tgt record=$record" >> "$OUT/timings.txt"
 # Without debug info (the release profile keeps some): a smaller initramfs boots faster.
 bin="$WORK/e1000e_exercise"
@@ -67,11 +78,22 @@ cat > "$script" <<GUEST
 #!/bin/sh
 rc=0
 for mode in $MODES; do
+  if [ "\$mode" = record-cli ]; then
+    echo "VTDBOX-RECORD run mode=\$mode bdf=\$VTDBOX_BDF uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    /bin/hwrr record --vfio "\$VTDBOX_BDF" --listen /tmp/hwrr.sock --once -o /host/e1000e-record.hwrr > /host/hwrr-record.log 2>&1 &
+    pid=\$!
+    i=0; while [ ! -S /tmp/hwrr.sock ] && [ \$i -lt 200 ]; do sleep 0.05; i=\$((i+1)); done
+    /bin/e1000e_exercise --vfio-user /tmp/hwrr.sock > /host/exercise-\$mode.log 2>&1 || rc=1
+    wait \$pid || { echo "hwrr record failed"; rc=1; }
+    cat /host/exercise-\$mode.log /host/hwrr-record.log
+    echo "VTDBOX-RECORD done mode=\$mode uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    continue
+  fi
   flag=""; trace=/host/e1000e.hwrr
   [ "\$mode" = mmap ] && { flag="--mmap"; trace=/host/e1000e-mmap.hwrr; }
   [ $record = 1 ] && { flag="\$flag --trace \$trace"; [ "\$mode" = mmap ] || flag="\$flag --log-watch"; }
   echo "VTDBOX-RECORD run mode=\$mode bdf=\$VTDBOX_BDF uptime=\$(cut -d' ' -f1 /proc/uptime)"
-  /bin/e1000e_exercise --bdf "\$VTDBOX_BDF" \$flag > /host/exercise-\$mode.log 2>&1 || rc=1
+  /bin/e1000e_exercise --bdf "\$VTDBOX_BDF" --bench ${BENCH:-2000} \$flag > /host/exercise-\$mode.log 2>&1 || rc=1
   cat /host/exercise-\$mode.log
   echo "VTDBOX-RECORD done mode=\$mode uptime=\$(cut -d' ' -f1 /proc/uptime)"
 done
@@ -85,7 +107,7 @@ export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
 t=$(now)
 for attempt in 1 2 3; do
   rc=0
-  VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "$bin" > "$OUT/console.log" 2>"$OUT/vtdbox.stderr" || rc=$?
+  VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "$bin" $hwrr_bin > "$OUT/console.log" 2>"$OUT/vtdbox.stderr" || rc=$?
   grep -aq '^VTDBOX init' "$WORK/exec-console.log" && break
   log "guest died before /init (attempt $attempt): $(grep -a -m1 'Kernel panic' "$WORK/exec-console.log" || echo 'no panic line')"
   echo "boot_failed_attempt=$attempt" >> "$OUT/timings.txt"
@@ -98,7 +120,7 @@ grep -a 'boot-to-init' "$OUT/vtdbox.stderr" | sed 's/^.*guest exit/guest exit/' 
   echo "qemu=$(qemu-system-x86_64 --version | head -1)"
   grep -a '^VTDBOX-RECORD' "$OUT/console.log" | tr -d '\r'
 } >> "$OUT/timings.txt"
-grep -aE '^(CHECK|OBS|WATCH|e1000e_exercise|OPEN|IOMMU|MMAPPED)' "$OUT/console.log" | tr -d '\r' || true
+grep -aE '^(CHECK|OBS|WATCH|e1000e_exercise|OPEN|IOMMU|MMAPPED|BENCH)' "$OUT/console.log" | tr -d '\r' || true
 cat "$OUT/timings.txt"
 for mode in $MODES; do
   grep -q ' 0 failed' "$OUT/exercise-$mode.log" 2>/dev/null || { log "mode $mode failed"; rc=1; }

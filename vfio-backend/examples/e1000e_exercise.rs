@@ -22,7 +22,12 @@
 //! trace as `dma_write` events (with before bytes); the header's `dma_write_source` label says they
 //! come from this exercise's watch, not from the recorder.
 //!
-//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]`
+//! With `--vfio-user SOCKET` the exercise is a vfio-user client (`RemoteDevice`) of a server such
+//! as `hwrr record --vfio BDF --listen SOCKET`: the same driver steps reach the NIC through the
+//! socket, the recorder's tap and this backend, and DMA memory is a memfd the server maps.
+//!
+//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]
+//! [--bench N]` or `e1000e_exercise --vfio-user SOCKET`
 //! (BDF defaults to `$VTDBOX_BDF`, then `0000:00:02.0`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -93,6 +98,8 @@ const TX_BUF: u64 = 0x2000;
 const RX_BUFS: u64 = 0x4000;
 const RX_BUF_SIZE: u64 = 2048;
 const NDESC: u32 = 8;
+/// x86's MSI address window: never usable as an IOVA.
+const MSI_WINDOW_IOVA: u64 = 0xfee0_0000;
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -213,6 +220,25 @@ impl DmaWatch {
         }
         Ok(found)
     }
+}
+
+/// DMA memory backed by a memfd, so that a vfio-user server can map it too (`DMA_MAP` with the fd);
+/// the kernel backend maps the same pages into the IOMMU.
+fn shared_memory(len: usize) -> std::io::Result<MappedMemory> {
+    // SAFETY: a fresh memfd; the name is a NUL-terminated literal; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"hwrr-dma".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let size =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: ftruncate on a descriptor we own.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    MappedMemory::map_fd(fd, 0, len, true)
 }
 
 /// Collects `CHECK` results.
@@ -378,7 +404,7 @@ fn exercise<D: Device>(
     checks.check("mac_valid", rah & 0x8000_0000 != 0, format!("mac={mac_s}"));
 
     // DMA memory, mapped into the IOMMU.
-    let memory = Arc::new(MappedMemory::anonymous(DMA_SIZE)?);
+    let memory = Arc::new(shared_memory(DMA_SIZE)?);
     let rw = dma_flags::READ | dma_flags::WRITE;
     nic.dev.dma_map(DmaRegion {
         mapping: DmaMapping {
@@ -389,6 +415,26 @@ fn exercise<D: Device>(
         memory: Some(memory.clone()),
     })?;
     println!("OBS dma_map iova={IOVA_BASE:#x} len={DMA_SIZE:#x}");
+
+    // The kernel refuses a mapping over the interrupt window (0xfee00000, outside the IOMMU's
+    // usable IOVA ranges): the error must come back to the caller, with its errno.
+    let page = Arc::new(shared_memory(4096)?);
+    let refused = nic.dev.dma_map(DmaRegion {
+        mapping: DmaMapping {
+            iova: MSI_WINDOW_IOVA,
+            len: 4096,
+            flags: rw,
+        },
+        memory: Some(page),
+    });
+    checks.check(
+        "dma_map_into_msi_window_refused",
+        refused.is_err(),
+        format!(
+            "{:?}",
+            refused.as_ref().map_err(|e| (e.errno(), e.to_string()))
+        ),
+    );
 
     // MSI-X vector 0 on an eventfd; the device routes RX, TX and "other" causes to it.
     let msix = eventfd::create()?;
@@ -568,6 +614,8 @@ struct Args {
     mmap: bool,
     trace: Option<std::path::PathBuf>,
     log_watch: bool,
+    bench: u32,
+    vfio_user: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -577,6 +625,8 @@ fn parse_args() -> Result<Args, BoxError> {
         mmap: false,
         trace: None,
         log_watch: false,
+        bench: 0,
+        vfio_user: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -586,6 +636,10 @@ fn parse_args() -> Result<Args, BoxError> {
             "--mmap" => args.mmap = true,
             "--trace" => args.trace = Some(it.next().ok_or("--trace needs a value")?.into()),
             "--log-watch" => args.log_watch = true,
+            "--vfio-user" => {
+                args.vfio_user = Some(it.next().ok_or("--vfio-user needs a value")?.into())
+            }
+            "--bench" => args.bench = it.next().ok_or("--bench needs a value")?.parse()?,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -613,8 +667,45 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Times `n` STATUS reads and `n` config-space reads on the bare backend (before any tap), for a
+/// per-access cost of this BAR access mode next to the config path (always pread) in the same run.
+fn bench(dev: &mut VfioBackend, n: u32) -> Result<(), BoxError> {
+    let mut b = [0u8; 4];
+    let t0 = Instant::now();
+    for _ in 0..n {
+        dev.region_read(BAR0, STATUS, &mut b)?;
+    }
+    let bar = t0.elapsed();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        dev.config_read(0, &mut b)?;
+    }
+    let cfg = t0.elapsed();
+    println!(
+        "BENCH {n} reads: BAR0 STATUS {:.0} ns/read, config {:.0} ns/read, ratio {:.2}",
+        bar.as_nanos() as f64 / f64::from(n),
+        cfg.as_nanos() as f64 / f64::from(n),
+        bar.as_secs_f64() / cfg.as_secs_f64().max(1e-12)
+    );
+    Ok(())
+}
+
 fn run() -> Result<Checks, BoxError> {
     let args = parse_args()?;
+    if let Some(socket) = &args.vfio_user {
+        let t_open = Instant::now();
+        let client =
+            hwrr_vfio_user::Client::connect(socket, hwrr_vfio_user::ClientOptions::default())?;
+        let mut dev = hwrr_vfio_user::RemoteDevice::new(client)?;
+        println!(
+            "OPEN vfio-user {} in {:?}",
+            socket.display(),
+            t_open.elapsed()
+        );
+        let mut checks = Checks::default();
+        exercise(&mut dev, &mut checks, &mut |_| {})?;
+        return Ok(checks);
+    }
     let options = OpenOptions {
         sysfs_root: args.sysfs_root.into(),
         access: if args.mmap {
@@ -643,6 +734,10 @@ fn run() -> Result<Checks, BoxError> {
         println!("MMAP fallback: {e}");
     }
     println!("MMAPPED {:x?}", backend.mmapped_areas());
+    let mut backend = backend;
+    if args.bench > 0 {
+        bench(&mut backend, args.bench)?;
+    }
     let mut checks = Checks::default();
     match &args.trace {
         None => {

@@ -23,6 +23,25 @@ const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
 const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
 const REGION_FLAG_MMAP: u32 = 1 << 2;
 
+/// `struct vfio_iommu_type1_dma_map`.
+#[repr(C)]
+struct DmaMap {
+    argsz: u32,
+    flags: u32,
+    vaddr: u64,
+    iova: u64,
+    size: u64,
+}
+
+/// `struct vfio_iommu_type1_dma_unmap` without the dirty-bitmap tail (not requested).
+#[repr(C)]
+struct DmaUnmap {
+    argsz: u32,
+    flags: u32,
+    iova: u64,
+    size: u64,
+}
+
 /// Why the kernel device could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -228,15 +247,6 @@ impl VfioSys for KernelVfio {
     }
 
     unsafe fn dma_map(&self, iova: u64, size: u64, vaddr: u64, flags: u32) -> io::Result<()> {
-        // struct vfio_iommu_type1_dma_map { argsz, flags, vaddr, iova, size }
-        #[repr(C)]
-        struct DmaMap {
-            argsz: u32,
-            flags: u32,
-            vaddr: u64,
-            iova: u64,
-            size: u64,
-        }
         let mut arg = DmaMap {
             argsz: std::mem::size_of::<DmaMap>() as u32,
             flags,
@@ -253,14 +263,6 @@ impl VfioSys for KernelVfio {
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> io::Result<u64> {
-        // struct vfio_iommu_type1_dma_unmap { argsz, flags, iova, size } (no dirty bitmap)
-        #[repr(C)]
-        struct DmaUnmap {
-            argsz: u32,
-            flags: u32,
-            iova: u64,
-            size: u64,
-        }
         let mut arg = DmaUnmap {
             argsz: std::mem::size_of::<DmaUnmap>() as u32,
             flags: 0,
@@ -299,5 +301,86 @@ impl VfioSys for KernelVfio {
             std::ptr::copy_nonoverlapping(aligned.as_ptr().cast(), buf.as_mut_ptr(), buf.len())
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::{offset_of, size_of};
+
+    use vfio_bindings::bindings::vfio as uapi;
+
+    use super::*;
+    use crate::{iommu, irqset, sys};
+
+    /// The raw ioctls and structures written by hand here match the kernel's uapi header as
+    /// vfio-bindings generated it.
+    #[test]
+    fn hand_written_abi_matches_the_uapi_bindings() {
+        let io = |n: u32| (u64::from(uapi::VFIO_TYPE) << 8) | u64::from(uapi::VFIO_BASE + n);
+        assert_eq!(VFIO_DEVICE_GET_INFO, io(7));
+        assert_eq!(VFIO_DEVICE_SET_IRQS, io(10));
+        assert_eq!(VFIO_DEVICE_RESET, io(11));
+        assert_eq!(VFIO_IOMMU_GET_INFO, io(12));
+        assert_eq!(VFIO_IOMMU_MAP_DMA, io(13));
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA, io(14));
+
+        assert_eq!(
+            size_of::<DmaMap>(),
+            size_of::<uapi::vfio_iommu_type1_dma_map>()
+        );
+        assert_eq!(
+            offset_of!(DmaMap, vaddr),
+            offset_of!(uapi::vfio_iommu_type1_dma_map, vaddr)
+        );
+        assert_eq!(
+            offset_of!(DmaMap, iova),
+            offset_of!(uapi::vfio_iommu_type1_dma_map, iova)
+        );
+        assert_eq!(
+            offset_of!(DmaMap, size),
+            offset_of!(uapi::vfio_iommu_type1_dma_map, size)
+        );
+        assert_eq!(
+            offset_of!(DmaUnmap, iova),
+            offset_of!(uapi::vfio_iommu_type1_dma_unmap, iova)
+        );
+        assert_eq!(
+            offset_of!(DmaUnmap, size),
+            offset_of!(uapi::vfio_iommu_type1_dma_unmap, size)
+        );
+        assert_eq!(size_of::<uapi::vfio_irq_set>(), irqset::HEADER_LEN);
+        assert_eq!(size_of::<uapi::vfio_iommu_type1_info>(), iommu::INFO_LEN);
+        assert_eq!(
+            size_of::<uapi::vfio_device_info>(),
+            24,
+            "argsz 16 asks for the first four fields"
+        );
+        assert_eq!(offset_of!(uapi::vfio_device_info, num_irqs), 12);
+
+        assert_eq!(irqset::DATA_NONE, uapi::VFIO_IRQ_SET_DATA_NONE);
+        assert_eq!(irqset::DATA_BOOL, uapi::VFIO_IRQ_SET_DATA_BOOL);
+        assert_eq!(irqset::DATA_EVENTFD, uapi::VFIO_IRQ_SET_DATA_EVENTFD);
+        assert_eq!(irqset::ACTION_MASK, uapi::VFIO_IRQ_SET_ACTION_MASK);
+        assert_eq!(irqset::ACTION_UNMASK, uapi::VFIO_IRQ_SET_ACTION_UNMASK);
+        assert_eq!(irqset::ACTION_TRIGGER, uapi::VFIO_IRQ_SET_ACTION_TRIGGER);
+        assert_eq!(sys::DEVICE_FLAG_RESET, uapi::VFIO_DEVICE_FLAGS_RESET);
+        assert_eq!(REGION_FLAG_MMAP, uapi::VFIO_REGION_INFO_FLAG_MMAP);
+        assert_eq!(iommu::INFO_PGSIZES, uapi::VFIO_IOMMU_INFO_PGSIZES);
+        assert_eq!(iommu::INFO_CAPS, uapi::VFIO_IOMMU_INFO_CAPS);
+        assert_eq!(
+            u32::from(iommu::CAP_IOVA_RANGE),
+            uapi::VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
+        );
+        assert_eq!(
+            u32::from(iommu::CAP_MIGRATION),
+            uapi::VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION
+        );
+        assert_eq!(
+            u32::from(iommu::CAP_DMA_AVAIL),
+            uapi::VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
+        );
+        assert_eq!(hwrr_device::dma_flags::READ, uapi::VFIO_DMA_MAP_FLAG_READ);
+        assert_eq!(hwrr_device::dma_flags::WRITE, uapi::VFIO_DMA_MAP_FLAG_WRITE);
     }
 }

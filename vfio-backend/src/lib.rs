@@ -16,6 +16,7 @@
 pub mod iommu;
 pub mod irqset;
 pub mod kernel;
+pub mod preflight;
 pub mod sys;
 
 use std::collections::BTreeMap;
@@ -81,6 +82,10 @@ pub enum VfioBackendError {
     /// The PCI address is not of the form `DDDD:BB:DD.F` (or `BB:DD.F`).
     #[error("{0:?} is not a PCI address like 0000:00:02.0")]
     BadBdf(String),
+    /// Sysfs shows the device cannot be opened (absent, no IOMMU group, not bound to vfio-pci, group
+    /// not viable).
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
     /// The kernel refused to open the container, group or device.
     #[error(transparent)]
     Open(#[from] OpenError),
@@ -148,11 +153,12 @@ fn io_err(e: io::Error) -> DeviceError {
 }
 
 impl VfioBackend<KernelVfio> {
-    /// Opens the device at PCI address `bdf` (bound to `vfio-pci`) in a new VFIO container.
+    /// Opens the device at PCI address `bdf` (bound to `vfio-pci`) in a new VFIO container, after
+    /// the sysfs checks of [`preflight::check`].
     pub fn open(bdf: &str, options: &OpenOptions) -> Result<Self, VfioBackendError> {
         let bdf = normalize_bdf(bdf)?;
-        let path = options.sysfs_root.join("bus/pci/devices").join(&bdf);
-        let sys = KernelVfio::open(&path)?;
+        let found = preflight::check(&options.sysfs_root, &bdf)?;
+        let sys = KernelVfio::open(&found.path)?;
         Self::with_sys(sys, Some(bdf), options.access, options.read_rom)
     }
 

@@ -103,8 +103,9 @@ pub struct ClientOptions {
     pub max_msg_fds: u32,
     /// Offer `REGION_WRITE_MULTI` support.
     pub write_multiple: bool,
-    /// How long to wait for a reply.
-    pub reply_timeout: Duration,
+    /// How long to wait for a reply; `None` waits as long as the server takes (a server that dies
+    /// closes the socket, which ends the wait). A timeout costs a `poll` per request.
+    pub reply_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -114,7 +115,7 @@ impl Default for ClientOptions {
             max_data_xfer_size: protocol::DEFAULT_MAX_DATA_XFER,
             max_msg_fds: protocol::MAX_MSG_FDS,
             write_multiple: true,
-            reply_timeout: Duration::from_secs(5),
+            reply_timeout: None,
         }
     }
 }
@@ -164,13 +165,12 @@ impl Client {
 
     /// Negotiates the version over an already-connected stream.
     pub fn from_stream(stream: UnixStream, options: ClientOptions) -> Result<Client> {
-        let poll = Duration::from_millis(100);
-        stream.set_read_timeout(Some(poll))?;
         let max_msg = options
             .max_data_xfer_size
             .clamp(4096, protocol::MAX_MAX_DATA_XFER) as usize
             + protocol::MESSAGE_OVERHEAD;
-        let reader = MsgReader::new(std::os::fd::AsFd::as_fd(&stream), max_msg);
+        // vfio-user servers send no descriptors to clients.
+        let reader = MsgReader::with_fds(std::os::fd::AsFd::as_fd(&stream), max_msg, false);
         let layout = match options.dma_layout {
             DmaLayout::Qemu => DmaLayout::Qemu,
             _ => DmaLayout::Spec,
@@ -308,12 +308,12 @@ impl Client {
     }
 
     fn wait_any_reply(&mut self, id: u16, cmd: Command) -> Result<()> {
-        let deadline = Instant::now() + self.options.reply_timeout;
+        let deadline = self.options.reply_timeout.map(|t| Instant::now() + t);
         loop {
-            match self.reader.read(&mut self.incoming) {
+            match self.reader.read_until(&mut self.incoming, deadline) {
                 Ok(()) => {}
                 Err(ReadError::TimedOut) => {
-                    if Instant::now() >= deadline {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(ClientError::Timeout(cmd));
                     }
                     continue;
@@ -691,7 +691,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let before = self.dma_served;
         loop {
-            match self.reader.read(&mut self.incoming) {
+            match self.reader.read_until(&mut self.incoming, Some(deadline)) {
                 Ok(()) => {
                     if !self.incoming.header.is_reply() {
                         self.serve_server_request()?;

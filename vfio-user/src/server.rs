@@ -93,7 +93,8 @@ pub struct ServerOptions {
     pub max_dma_maps: u32,
     /// Serve one client, then return.
     pub once: bool,
-    /// Set to stop serving (e.g. from a SIGINT handler); checked every `poll_interval`.
+    /// Set to stop serving (e.g. from a SIGINT handler); noticed within `poll_interval`, also in
+    /// the middle of a connection (the server then shuts the client's socket).
     pub stop: Option<Arc<AtomicBool>>,
     /// How often a blocked server checks `stop`.
     pub poll_interval: Duration,
@@ -414,7 +415,7 @@ impl Shared {
             match self.reader.try_lock() {
                 Ok(mut reader) => {
                     drop(replies);
-                    match reader.read(&mut scratch) {
+                    match reader.read_until(&mut scratch, Some(deadline)) {
                         Ok(()) => {
                             drop(reader);
                             if scratch.header.is_reply() {
@@ -695,9 +696,6 @@ pub fn serve_connection(
     stream
         .set_nonblocking(false)
         .map_err(io_err("setting the client socket blocking"))?;
-    stream
-        .set_read_timeout(Some(options.poll_interval.max(Duration::from_millis(1))))
-        .map_err(io_err("setting the client socket timeout"))?;
     let reader = MsgReader::new(stream.as_fd(), options.max_msg());
     let shared = Arc::new(Shared {
         stream,
@@ -732,7 +730,29 @@ pub fn serve_connection(
         reply: Vec::with_capacity(4096),
         summary: ConnectionSummary::default(),
     };
+    // Reads block without a socket timeout (a timed recvmsg costs a kernel timer per request), so
+    // a watcher turns `stop` into a shutdown that wakes the blocked read.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = options.stop.clone().map(|stop| {
+        let shared = conn.shared.clone();
+        let interval = options.poll_interval.max(Duration::from_millis(1));
+        std::thread::spawn(move || loop {
+            match done_rx.recv_timeout(interval) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if stop.load(Ordering::Relaxed) {
+                        let _ = shared.stream.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        })
+    });
     conn.run();
+    drop(done_tx);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
     conn.shared.closed.store(true, Ordering::Relaxed);
     let _ = conn.shared.stream.shutdown(std::net::Shutdown::Both);
     conn.shared.reply_ready.notify_all();
@@ -759,7 +779,12 @@ impl Connection<'_> {
                         }
                         continue;
                     }
-                    Err(ReadError::Closed) => return,
+                    Err(ReadError::Closed) => {
+                        if self.options.stopped() {
+                            self.summary.closed_because = Some("stopped".into());
+                        }
+                        return;
+                    }
                     Err(ReadError::Framing(e)) => {
                         tracing::warn!("vfio-user: closing connection: {e}");
                         self.summary.closed_because = Some(e.to_string());

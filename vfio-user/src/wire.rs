@@ -54,6 +54,7 @@ pub(crate) enum ReadError {
 #[derive(Debug)]
 pub(crate) struct MsgReader {
     fd: RawFd,
+    accept_fds: bool,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -68,7 +69,15 @@ impl MsgReader {
     /// A reader for `fd` (which the caller keeps open for the reader's life) accepting messages up
     /// to `max_msg` bytes.
     pub fn new(fd: BorrowedFd<'_>, max_msg: usize) -> Self {
+        Self::with_fds(fd, max_msg, true)
+    }
+
+    /// A reader that passes a control buffer only when `accept_fds`: a peer that never sends
+    /// descriptors (a server, to a client) is read with plain `recv`, which the kernel serves a
+    /// little faster than `recvmsg`; descriptors it sends anyway are closed by the kernel.
+    pub fn with_fds(fd: BorrowedFd<'_>, max_msg: usize, accept_fds: bool) -> Self {
         MsgReader {
+            accept_fds,
             fd: fd.as_raw_fd(),
             buf: vec![0; INITIAL_BUF.min(max_msg.max(HEADER_SIZE))],
             start: 0,
@@ -79,8 +88,19 @@ impl MsgReader {
         }
     }
 
-    /// Reads the next whole message into `out` (reusing its buffers).
+    /// Reads the next whole message into `out` (reusing its buffers), blocking until one arrives.
     pub fn read(&mut self, out: &mut Incoming) -> Result<(), ReadError> {
+        self.read_until(out, None)
+    }
+
+    /// Like [`MsgReader::read`], but gives up with [`ReadError::TimedOut`] at `deadline`. The
+    /// blocking path sets no socket timeout: a timed `recvmsg` costs a kernel timer per wait,
+    /// which the request fast path must not pay; timed waits poll first instead.
+    pub fn read_until(
+        &mut self,
+        out: &mut Incoming,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), ReadError> {
         loop {
             let avail = self.end - self.start;
             if avail >= HEADER_SIZE {
@@ -120,8 +140,37 @@ impl MsgReader {
             } else {
                 self.make_room(HEADER_SIZE)?;
             }
+            if let Some(deadline) = deadline {
+                self.wait_readable(deadline)?;
+            }
             self.fill()?;
         }
+    }
+
+    fn wait_readable(&self, deadline: std::time::Instant) -> Result<(), ReadError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::TimedOut);
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Err(ReadError::TimedOut);
+            }
+            return Err(ReadError::Io(e));
+        }
+        if r == 0 {
+            return Err(ReadError::TimedOut);
+        }
+        Ok(())
     }
 
     /// Ensures the buffer can hold a message of `size` bytes starting at `start`.
@@ -148,7 +197,11 @@ impl MsgReader {
             self.buf.resize(grow, 0);
         }
         let mut fds = Vec::new();
-        let n = recv_with_fds(self.fd, &mut self.buf[self.end..], &mut fds);
+        let n = if self.accept_fds {
+            recv_with_fds(self.fd, &mut self.buf[self.end..], &mut fds)
+        } else {
+            recv_plain(self.fd, &mut self.buf[self.end..])
+        };
         match n {
             Ok(0) => Err(ReadError::Closed),
             Ok(n) => {
@@ -168,6 +221,31 @@ impl MsgReader {
             },
         }
     }
+}
+
+fn recv_plain(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reads at most buf.len() bytes into a live, writable buffer.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn send_plain(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: sends from a live buffer of bytes.len() bytes.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
 }
 
 #[repr(C, align(8))]
@@ -216,6 +294,9 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Resul
 
 /// Sends `bytes` with `fds` attached, in one `sendmsg` when the socket takes it all.
 pub(crate) fn send_with_fds(fd: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() {
+        return send_plain(fd, bytes);
+    }
     if fds.len() > RECV_FDS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -544,3 +544,71 @@ fn dma_from_another_thread_while_the_server_waits_for_requests() {
     // The connection still serves requests afterwards.
     c.reset().unwrap();
 }
+
+#[test]
+fn stop_flag_ends_an_idle_connection() {
+    let h = Harness::start(ServerOptions::default());
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    c.reset().unwrap();
+    // The client stays connected and idle; the server must still notice the stop flag.
+    let s = h.finish();
+    assert_eq!(s.last.unwrap().closed_because.as_deref(), Some("stopped"));
+    assert!(matches!(
+        c.reset(),
+        Err(ClientError::Closed) | Err(ClientError::Io(_))
+    ));
+}
+
+#[test]
+fn client_reply_timeout_fires_on_a_silent_server() {
+    let (ours, _silent) = std::os::unix::net::UnixStream::pair().unwrap();
+    let e = Client::from_stream(
+        ours,
+        ClientOptions {
+            reply_timeout: Some(std::time::Duration::from_millis(50)),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e}");
+}
+
+#[test]
+fn dma_spanning_an_fd_mapping_and_a_message_mapping_is_split() {
+    let h = Harness::start(ServerOptions::default());
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    let fd = memfd(0x1000);
+    let view = MappedMemory::map_fd(fd.try_clone().unwrap(), 0, 0x1000, true).unwrap();
+    c.dma_map(0x1000, 0x1000, 3, Some((fd.as_fd(), 0))).unwrap();
+    let mem = Arc::new(SparseMemory::new());
+    mem.add_local(0x2000, 0x1000, 3).unwrap();
+    c.set_memory(mem.clone());
+    c.dma_map(0x2000, 0x1000, 3, None).unwrap();
+    let pattern: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+    c.region_write(0, DMA_BUF, &pattern).unwrap();
+    write_u64(&mut c, REG_DMA_ADDR, 0x1f00);
+    write_u64(&mut c, REG_DMA_LEN, 300);
+    assert_eq!(run_cmd(&mut c, 1), 0);
+    let mut first = vec![0u8; 256];
+    view.read(0xf00, &mut first).unwrap();
+    let mut rest = vec![0u8; 44];
+    mem.read(0x2000, &mut rest).unwrap();
+    assert_eq!(first, pattern[..256]);
+    assert_eq!(rest, pattern[256..]);
+    assert_eq!(
+        c.dma_requests_served(),
+        1,
+        "only the fd-less part travelled as a message"
+    );
+    // Reading it back across the boundary.
+    c.region_write(0, DMA_BUF, &[0u8; 300]).unwrap();
+    assert_eq!(run_cmd(&mut c, 2), 0);
+    let mut back = vec![0u8; 300];
+    c.region_read(0, DMA_BUF, &mut back).unwrap();
+    assert_eq!(back, pattern);
+    // A read-only mapping refuses device writes.
+    c.dma_map(0x5000, 0x1000, 1, None).unwrap();
+    write_u64(&mut c, REG_DMA_ADDR, 0x5000);
+    write_u64(&mut c, REG_DMA_LEN, 4);
+    assert_eq!(run_cmd(&mut c, 1), libc::EFAULT as u32);
+}

@@ -1,0 +1,683 @@
+//! Matching guest accesses against the recorded stream: the access path, polling runs, relocation checks, policies.
+
+use super::*;
+
+impl Replayer {
+    /// Consumes the op at the cursor as matched and settles (interrupts and DMA recorded after it
+    /// happen now). Returns the value a read answers.
+    #[inline]
+    pub(super) fn consume(&mut self, op: Op) -> u64 {
+        self.state.counters.matched += 1;
+        self.pass(op)
+    }
+
+    /// Moves the cursor past the guest call `op` without counting a match (resets, and writes the
+    /// model policy follows), settling afterwards. Returns the value a read answers.
+    pub(super) fn pass(&mut self, op: Op) -> u64 {
+        if op.failed {
+            self.failed_errno = self.cur.status_of(self.state.cursor.op);
+        }
+        if op.kind == OpKind::Read {
+            match self.state.last_read {
+                Some(lr) if lr.same_key(&op) && lr.value == op.value => {
+                    self.state.run_pos += 1;
+                }
+                _ => {
+                    self.state.run_pos = 1;
+                }
+            }
+            self.state.last_read = Some(op);
+            self.state.run_extended = false;
+            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+                if let Some(v) = self.shorten_run(op) {
+                    return v;
+                }
+            }
+        } else {
+            self.state.last_read = None;
+        }
+        self.state.cursor.op += 1;
+        match self.cur.ops.get(self.state.cursor.op) {
+            Some(next) if next.kind.is_guest_call() => {}
+            _ => self.settle(),
+        }
+        if op.kind == OpKind::Read && !self.state.readback.is_empty() {
+            self.read_back(op.region, op.offset, op.size, op.value)
+        } else {
+            op.value
+        }
+    }
+
+    /// The first recorded guest call after the polling run of `lr` that the cursor is in (identical
+    /// reads, possibly across chunks, with device actions between them), without moving the cursor.
+    pub(super) fn after_run(&self, lr: Op) -> Option<(Cursor, Op)> {
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        let mut i = self.state.cursor.op;
+        loop {
+            while let Some(o) = chunk.ops.get(i) {
+                if o.kind.is_guest_call()
+                    && !(o.kind == OpKind::Read && o.same_key(&lr) && o.value == lr.value)
+                {
+                    return Some((
+                        Cursor {
+                            chunk: chunk_idx,
+                            op: i,
+                        },
+                        *o,
+                    ));
+                }
+                i += 1;
+            }
+            chunk_idx += 1;
+            if chunk_idx >= self.shared.chunk_count {
+                return None;
+            }
+            chunk = self.shared.chunk(chunk_idx).ok()?;
+            i = 0;
+        }
+    }
+
+    /// `shorten_polls`: the guest has read this run more than K times; when the run is followed (in
+    /// this chunk) by a read of the same register with another value, jump there and serve it.
+    pub(super) fn shorten_run(&mut self, op: Op) -> Option<u64> {
+        let run_end = self.state.cursor.op + op.aux as usize;
+        let ops = &self.cur.ops;
+        let mut i = run_end;
+        while i < ops.len() && !ops[i].kind.is_guest_call() {
+            i += 1;
+        }
+        let next = ops.get(i)?;
+        if next.kind != OpKind::Read || !next.same_key(&op) || next.value == op.value {
+            return None;
+        }
+        self.state.counters.poll_shortened += 1;
+        self.state.cursor.op = run_end;
+        self.settle();
+        let transition = self.peek()?;
+        self.state.last_read = None;
+        Some(self.pass(transition))
+    }
+
+    /// Whether `op` (a write at the guest's register) accepts the guest's value: equal, equal after
+    /// relocation, or an address the engine can learn a relocation from.
+    pub(super) fn write_accepts(&mut self, op: Op, value: u64) -> bool {
+        if op.value == value {
+            return true;
+        }
+        if let Some(role) = self
+            .shared
+            .address_regs
+            .get(&(op.region, op.offset))
+            .copied()
+        {
+            return self.accepts_as(op, value, role, true);
+        }
+        // Without a register map, a 32-bit register next to another one written nearby may hold
+        // half of an address, or a whole 32-bit address: try the pair first, then the whole.
+        if op.size == 4 {
+            let partner = op.offset ^ 4;
+            if self.nearby_write(op.region, partner).is_some() {
+                let half = if op.offset % 8 == 0 {
+                    AddrRole::Lo { partner }
+                } else {
+                    AddrRole::Hi { partner }
+                };
+                if self.accepts_as(op, value, half, false) {
+                    return true;
+                }
+            }
+        }
+        self.accepts_as(op, value, AddrRole::Full, false)
+    }
+
+    /// Whether the guest's `value` for the recorded write `op` is the recorded address relocated,
+    /// reading the register as `role`; learns the relocation when the recorded value is an address
+    /// (`named` by the register map, or evidently a DMA address of the recording).
+    pub(super) fn accepts_as(&mut self, op: Op, value: u64, role: AddrRole, named: bool) -> bool {
+        let (rec, act) = match role {
+            AddrRole::Full => (op.value, value),
+            AddrRole::Lo { partner } => {
+                let rec_hi = self.recorded_partner(op, partner);
+                let act_hi = self
+                    .model_value((op.region, partner, op.size))
+                    .unwrap_or(rec_hi);
+                (rec_hi << 32 | op.value, act_hi << 32 | value)
+            }
+            AddrRole::Hi { partner } => {
+                let rec_lo = self.recorded_partner(op, partner);
+                let act_lo = self
+                    .model_value((op.region, partner, op.size))
+                    .unwrap_or(rec_lo);
+                (op.value << 32 | rec_lo, value << 32 | act_lo)
+            }
+        };
+        let half_ok = |t: u64| match role {
+            AddrRole::Full => t & hwrr_formats::size_mask(op.size) == value,
+            AddrRole::Lo { .. } => t & 0xFFFF_FFFF == value,
+            AddrRole::Hi { .. } => t >> 32 == value,
+        };
+        if half_ok(self.state.relocations.translate(rec)) {
+            return true;
+        }
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
+            return false;
+        }
+        if self
+            .state
+            .relocations
+            .learn(rec, act, self.shared.options.relocation_span)
+        {
+            self.state.counters.relocations_learned += 1;
+        }
+        half_ok(self.state.relocations.translate(rec))
+    }
+
+    /// A recorded 32-bit write to `offset` within 8 ops of the cursor (address halves are written
+    /// back to back).
+    pub(super) fn nearby_write(&self, region: u8, offset: u64) -> Option<u64> {
+        let at = self.state.cursor.op;
+        let lo = at.saturating_sub(8);
+        let hi = (at + 9).min(self.cur.ops.len());
+        self.cur.ops[lo..hi]
+            .iter()
+            .find(|o| {
+                o.kind == OpKind::Write && o.region == region && o.offset == offset && o.size == 4
+            })
+            .map(|o| o.value)
+    }
+
+    pub(super) fn recorded_partner(&self, op: Op, partner: u64) -> u64 {
+        self.nearby_write(op.region, partner)
+            .or_else(|| {
+                self.shared
+                    .start_registers
+                    .get(&(op.region, partner, op.size))
+                    .copied()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The register model's value for `key`: the most recent of what the guest wrote (when it
+    /// differed from the recording), what the recording read or wrote there before the cursor, and
+    /// the trace's start state.
+    pub(super) fn model_value(&self, key: RegKey) -> Option<u64> {
+        let entry = self.state.model.get(&key).copied();
+        let entry_stamp = entry.map(|e| e.0);
+        let cursor = self.state.cursor;
+        // Back through the current chunk.
+        let chunk_start_stamp = Cursor {
+            chunk: cursor.chunk,
+            op: 0,
+        }
+        .stamp();
+        if entry_stamp.map_or(true, |s| s < cursor.stamp()) {
+            let stop = match entry_stamp {
+                Some(s) if s >= chunk_start_stamp => (s - chunk_start_stamp) as usize,
+                _ => 0,
+            };
+            let end = cursor.op.min(self.cur.ops.len());
+            for i in (stop..end).rev() {
+                let o = &self.cur.ops[i];
+                if matches!(o.kind, OpKind::Read | OpKind::Write)
+                    && o.region == key.0
+                    && o.offset == key.1
+                    && o.size == key.2
+                {
+                    let stamp = Cursor {
+                        chunk: cursor.chunk,
+                        op: i,
+                    }
+                    .stamp();
+                    if entry_stamp.is_some_and(|s| s >= stamp) {
+                        break;
+                    }
+                    return Some(o.value);
+                }
+            }
+        }
+        if let Some((_, v)) = entry {
+            if entry_stamp.is_some_and(|s| s >= chunk_start_stamp) {
+                return Some(v);
+            }
+        }
+        // Earlier chunks, newest first, through their end-of-chunk summaries.
+        let oldest = cursor.chunk.saturating_sub(8);
+        for c in (oldest..cursor.chunk.min(self.shared.chunk_count)).rev() {
+            let chunk_end = Cursor {
+                chunk: c,
+                op: u32::MAX as usize,
+            }
+            .stamp();
+            if entry_stamp.is_some_and(|s| s >= chunk_end) {
+                break;
+            }
+            if let Ok(chunk) = self.shared.chunk(c) {
+                if let Some((i, v)) = chunk.last_values().get(&key) {
+                    let stamp = Cursor {
+                        chunk: c,
+                        op: *i as usize,
+                    }
+                    .stamp();
+                    if entry_stamp.is_some_and(|s| s >= stamp) {
+                        break;
+                    }
+                    return Some(*v);
+                }
+            }
+        }
+        entry
+            .map(|e| e.1)
+            .or_else(|| self.shared.start_registers.get(&key).copied())
+    }
+
+    pub(super) fn set_model(&mut self, key: RegKey, value: u64) {
+        let stamp = self.state.cursor.stamp();
+        self.state.model.insert(key, (stamp, value));
+    }
+
+    /// A register access of 1, 2, 4 or 8 bytes. Returns the value a read answers.
+    ///
+    /// The hot path: compare against the op under the cursor by reference, update the run tracking
+    /// only when a new run starts, advance; no allocation, no lock, no `Op` copy unless needed.
+    #[inline(always)]
+    pub(super) fn access(
+        &mut self,
+        write: bool,
+        region: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> u64 {
+        self.state.counters.accesses += 1;
+        if !self.state.stopped {
+            let i = self.state.cursor.op;
+            let kind = if write { OpKind::Write } else { OpKind::Read };
+            if let Some(op) = self.cur.ops.get(i) {
+                if op.kind == kind
+                    && op.offset == offset
+                    && op.region == region
+                    && op.size == size
+                    && !op.failed
+                {
+                    if write {
+                        if op.value == value {
+                            self.state.last_read = None;
+                            return self.advance_matched(i, value);
+                        }
+                    } else {
+                        let v = op.value;
+                        let in_run = match &self.state.last_read {
+                            Some(lr) => {
+                                lr.offset == offset
+                                    && lr.value == v
+                                    && lr.region == region
+                                    && lr.size == size
+                            }
+                            None => false,
+                        };
+                        if in_run {
+                            self.state.run_pos += 1;
+                            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+                                return self.access_slow(write, region, offset, size, value);
+                            }
+                        } else {
+                            self.state.run_pos = 1;
+                            self.state.last_read = Some(*op);
+                        }
+                        self.state.run_extended = false;
+                        let answer = if self.state.readback.is_empty() {
+                            v
+                        } else {
+                            self.read_back(region, offset, size, v)
+                        };
+                        return self.advance_matched(i, answer);
+                    }
+                }
+            }
+        }
+        self.access_slow(write, region, offset, size, value)
+    }
+
+    /// Remembers that the guest programmed register `key` with `guest` where the recording wrote
+    /// `recorded` (a relocated address).
+    pub(super) fn note_readback(&mut self, key: RegKey, recorded: u64, guest: u64) {
+        if let Some(e) = self.state.readback.iter_mut().find(|e| e.0 == key) {
+            *e = (key, recorded, guest);
+        } else if self.state.readback.len() < 64 {
+            self.state.readback.push((key, recorded, guest));
+        }
+    }
+
+    /// A recorded read of a relocated address register that returns what the recording wrote
+    /// there answers what the guest wrote (drivers read ring bases back to check them).
+    #[cold]
+    pub(super) fn read_back(&self, region: u8, offset: u64, size: u8, recorded: u64) -> u64 {
+        match self
+            .state
+            .readback
+            .iter()
+            .find(|e| e.0 == (region, offset, size) && e.1 == recorded)
+        {
+            Some(e) => e.2,
+            None => recorded,
+        }
+    }
+
+    /// Counts a match of the op at `i` and moves past it, settling when the next op is a device
+    /// action.
+    #[inline(always)]
+    pub(super) fn advance_matched(&mut self, i: usize, answer: u64) -> u64 {
+        self.state.counters.matched += 1;
+        self.state.cursor.op = i + 1;
+        match self.cur.ops.get(i + 1) {
+            Some(next) if next.kind.is_guest_call() => {}
+            _ => self.settle(),
+        }
+        answer
+    }
+
+    #[cold]
+    pub(super) fn access_slow(
+        &mut self,
+        write: bool,
+        region: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+    ) -> u64 {
+        let key = (region, offset, size);
+        let kind = if write { OpKind::Write } else { OpKind::Read };
+        if self.state.stopped {
+            return self.answer_from_model(write, key, value, false);
+        }
+        let op = self.peek();
+        // The fast path found a polling run to shorten (`shorten_polls`).
+        if let Some(o) = op {
+            if !write
+                && o.kind == OpKind::Read
+                && o.region == region
+                && o.offset == offset
+                && o.size == size
+                && self.state.run_pos > self.shorten_after
+                && self
+                    .state
+                    .last_read
+                    .is_some_and(|lr| lr.same_key(&o) && lr.value == o.value)
+            {
+                if let Some(v) = self.shorten_run(o) {
+                    self.state.counters.matched += 1;
+                    return v;
+                }
+                self.state.run_extended = false;
+                return self.advance_matched(self.state.cursor.op, o.value);
+            }
+        }
+        // Same register, written with another value: relocation?
+        if let Some(o) = op {
+            if o.kind == kind && o.region == region && o.offset == offset && o.size == size {
+                if !write {
+                    return self.consume(o);
+                }
+                if self.write_accepts(o, value) {
+                    if o.value != value {
+                        self.set_model(key, value);
+                        self.note_readback(key, o.value, value);
+                    }
+                    return self.consume(o);
+                }
+            }
+        }
+        // The guest left a polling run early: when its access matches what follows the run, skip
+        // the rest of the run (device actions in between still happen). An access that does not
+        // match there either leaves the cursor in the run.
+        if let (Some(lr), Some(o)) = (self.state.last_read, op) {
+            if o.kind == OpKind::Read && lr.same_key(&o) && lr.value == o.value {
+                if let Some((target, after)) = self.after_run(lr) {
+                    let same_register = after.kind == kind
+                        && after.region == region
+                        && after.offset == offset
+                        && after.size == size;
+                    let accepted = same_register
+                        && (!write
+                            || after.value == value
+                            || self.state.relocations.translate(after.value) == value);
+                    if accepted {
+                        self.skip_to(target);
+                        self.state.counters.poll_shortened += 1;
+                        if write && after.value != value {
+                            self.set_model(key, value);
+                        }
+                        return self.consume(after);
+                    }
+                }
+            }
+        }
+        // The guest polls longer than recorded: the run's value again.
+        if !write {
+            if let Some(lr) = self.state.last_read {
+                if lr.region == region && lr.offset == offset && lr.size == size {
+                    if !self.state.run_extended {
+                        self.state.run_extended = true;
+                        self.state.counters.poll_extended += 1;
+                    }
+                    self.state.counters.matched += 1;
+                    return lr.value;
+                }
+            }
+        }
+        // A real mismatch.
+        let actual = GuestCall::Access {
+            write,
+            region: region as u32,
+            offset,
+            data: AccessData::Value {
+                size,
+                value: if write { value } else { 0 },
+            },
+        };
+        let reason = match op {
+            None => "the trace has no more guest accesses",
+            Some(o) if o.kind == OpKind::Reset => "the trace expects a device reset",
+            Some(o) if o.kind != kind => "the trace expects the other access direction",
+            Some(o) if o.region != region || o.offset != offset || o.size != size => {
+                "the trace expects another register"
+            }
+            Some(_) => "the trace expects another written value",
+        };
+        self.note_mismatch(actual, reason);
+        match self.shared.options.policy {
+            Policy::Strict => {
+                self.state.stopped = true;
+                self.answer_from_model(write, key, value, false)
+            }
+            Policy::Resync { window } => {
+                if let Some(target) = self.lookahead(kind, region, offset, size, value, window) {
+                    let skipped = self.skip_to(target);
+                    self.state.counters.skipped += skipped;
+                    if let Some(o) = self.peek() {
+                        if write && o.value != value {
+                            self.set_model(key, value);
+                        }
+                        return self.consume(o);
+                    }
+                }
+                self.state.counters.inserted += 1;
+                self.state.last_read = None;
+                self.answer_from_model(write, key, value, true)
+            }
+            Policy::Model => {
+                if let Some(o) = op {
+                    if write
+                        && o.kind == OpKind::Write
+                        && o.same_key(&Op {
+                            region,
+                            offset,
+                            size,
+                            ..o
+                        })
+                    {
+                        // The same register written with another value: follow the stream.
+                        self.state.counters.fallbacks += 1;
+                        self.set_model(key, value);
+                        self.pass(o);
+                        return value;
+                    }
+                }
+                self.state.last_read = None;
+                self.answer_from_model(write, key, value, false)
+            }
+        }
+    }
+
+    pub(super) fn answer_from_model(
+        &mut self,
+        write: bool,
+        key: RegKey,
+        value: u64,
+        inserted: bool,
+    ) -> u64 {
+        if !inserted {
+            self.state.counters.fallbacks += 1;
+        }
+        if write {
+            self.set_model(key, value);
+            value
+        } else {
+            let v = self.model_value(key).unwrap_or(0);
+            // Remember the answer so repeated reads do not rescan the chunk.
+            self.set_model(key, v);
+            v
+        }
+    }
+
+    pub(super) fn note_mismatch(&mut self, actual: GuestCall, reason: &'static str) {
+        if self.state.mismatch.is_none() {
+            self.state.mismatch = Some(Box::new(Mismatch {
+                seq: self.current_seq(),
+                actual,
+                reason,
+            }));
+        }
+    }
+
+    /// Finds the guest's access within `window` recorded guest calls after the cursor.
+    pub(super) fn lookahead(
+        &mut self,
+        kind: OpKind,
+        region: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+        window: u32,
+    ) -> Option<Cursor> {
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        let mut i = self.state.cursor.op;
+        let mut seen = 0u32;
+        loop {
+            while i < chunk.ops.len() {
+                let o = chunk.ops[i];
+                if o.kind.is_guest_call() {
+                    if seen > window {
+                        return None;
+                    }
+                    if seen > 0
+                        && o.kind == kind
+                        && o.region == region
+                        && o.offset == offset
+                        && o.size == size
+                        && (kind != OpKind::Write
+                            || o.value == value
+                            || self.state.relocations.translate(o.value) == value)
+                    {
+                        return Some(Cursor {
+                            chunk: chunk_idx,
+                            op: i,
+                        });
+                    }
+                    seen += 1;
+                }
+                i += 1;
+            }
+            chunk_idx += 1;
+            if chunk_idx >= self.shared.chunk_count {
+                return None;
+            }
+            chunk = self.shared.chunk(chunk_idx).ok()?;
+            i = 0;
+        }
+    }
+
+    /// Moves the cursor to `target`, performing device actions on the way; returns how many
+    /// recorded guest calls were skipped.
+    pub(super) fn skip_to(&mut self, target: Cursor) -> u64 {
+        let mut skipped = 0;
+        while self.state.cursor != target {
+            match self.cur.ops.get(self.state.cursor.op).copied() {
+                Some(op) => {
+                    self.state.cursor.op += 1;
+                    if op.kind.is_guest_call() {
+                        skipped += 1;
+                    } else {
+                        self.execute(op);
+                    }
+                }
+                None => {
+                    if !self.next_chunk() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.state.last_read = None;
+        skipped
+    }
+
+    /// A byte access (length other than 1, 2, 4, 8): matched only exactly at the cursor.
+    pub(super) fn access_bytes(&mut self, write: bool, region: u8, offset: u64, data: &mut [u8]) {
+        self.state.counters.accesses += 1;
+        if !self.state.stopped {
+            if let Some(op) = self.peek() {
+                let kind = if write { OpKind::Write } else { OpKind::Read };
+                let payload = self.cur.bytes.get(op.aux as usize);
+                if op.kind == kind
+                    && op.region == region
+                    && op.offset == offset
+                    && op.size == 0
+                    && payload.is_some_and(|p| p.len() == data.len() && (!write || p == data))
+                {
+                    if let (false, Some(p)) = (write, payload) {
+                        data.copy_from_slice(p);
+                    }
+                    self.consume(op);
+                    return;
+                }
+            }
+        }
+        if !self.state.stopped {
+            let actual = GuestCall::Access {
+                write,
+                region: region as u32,
+                offset,
+                data: AccessData::Bytes(if write {
+                    data.to_vec()
+                } else {
+                    vec![0; data.len()]
+                }),
+            };
+            self.note_mismatch(actual, "a byte access that does not match the trace");
+            match self.shared.options.policy {
+                Policy::Strict => self.state.stopped = true,
+                Policy::Resync { .. } => self.state.counters.inserted += 1,
+                Policy::Model => {}
+            }
+        }
+        if !matches!(self.shared.options.policy, Policy::Resync { .. }) || self.state.stopped {
+            self.state.counters.fallbacks += 1;
+        }
+        if !write {
+            data.fill(0);
+        }
+    }
+}

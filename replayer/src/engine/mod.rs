@@ -1,0 +1,792 @@
+//! The replay engine: a trace served as a [`Device`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use hwrr_device::irq::Delivery;
+use hwrr_device::{
+    Device, DeviceDescription, DeviceError, DmaMapping, DmaRegion, GuestMemory, IrqRouter,
+    IrqSetRequest,
+};
+use hwrr_formats::json::{event_to_json, JsonOptions};
+use hwrr_formats::regmap::{AddressPart, RegisterMap};
+use hwrr_formats::{irq_index, region_flags, region_index, AccessData, Event, RegionInfo};
+use hwrr_formats::{RegionKind, TraceHeader};
+use serde_json::json;
+
+use crate::compile::{canonical_regions, CompileContext, CompiledChunk, Op, OpKind, RegKey};
+use crate::config::{ConfigRules, MsixLayout, MsixModel, MSIX_FUNCTION_MASK};
+use crate::reloc::{RelocationMap, PAGE};
+use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
+use crate::source::{EventSource, SourceError};
+
+mod device;
+mod matching;
+mod render;
+
+/// Largest recorded DMA mapping whose addresses count as evidence of a DMA address (256 MiB).
+const SMALL_MAPPING: u64 = 256 << 20;
+
+/// Longest recorded DMA read searched for pointers (one page: descriptors, NVMe PRP lists).
+const MAX_POINTER_READ: usize = 4096;
+
+/// Command register: INTx Disable.
+const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Status register: Interrupt Status (an INTx is held).
+const STATUS_INTERRUPT: u16 = 1 << 3;
+
+/// Errors creating a replayer.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The trace could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The trace header cannot describe a device.
+    #[error("invalid trace header: {0}")]
+    Header(String),
+}
+
+/// How to replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// Mismatch policy.
+    pub policy: Policy,
+    /// Register names for the report, and which registers hold DMA addresses.
+    pub regmap: Option<RegisterMap>,
+    /// Serve a polling run's post-transition value after this many reads of the run (never
+    /// lengthens a run). `None` (the default) keeps recorded run lengths.
+    pub shorten_polls: Option<u32>,
+    /// Events of context in the divergence report (default 16).
+    pub context_events: usize,
+    /// Compiled chunks kept in memory (default 4).
+    pub chunk_cache: usize,
+    /// Honour recorded delays: before delivering an interrupt, wait as long as the recording
+    /// waited after the access that preceded it (at most `max_delay_ns`). The wait happens in the
+    /// access that triggers delivery, so it also delays that access's reply. Off by default.
+    pub honor_delays: bool,
+    /// Longest single wait with `honor_delays` (default 100 ms).
+    pub max_delay_ns: u64,
+    /// Bytes a relocation learned from a register write covers (default 64 KiB: a descriptor ring
+    /// and its neighbours). Pointers learned from descriptors cover one page and take precedence.
+    pub relocation_span: u64,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            policy: Policy::Strict,
+            regmap: None,
+            shorten_polls: None,
+            context_events: 16,
+            chunk_cache: 4,
+            relocation_span: 64 * 1024,
+            honor_delays: false,
+            max_delay_ns: 100_000_000,
+        }
+    }
+}
+
+/// The guest call that did not match (kept in the state; rendered in the report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mismatch {
+    /// Sequence number of the expected recorded event, `None` at the end of the trace.
+    seq: Option<u64>,
+    /// The guest's call.
+    actual: GuestCall,
+    reason: &'static str,
+}
+
+/// A guest call as the engine saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum GuestCall {
+    Access {
+        write: bool,
+        region: u32,
+        offset: u64,
+        data: AccessData,
+    },
+    Reset,
+}
+
+/// Where the cursor is: an op in a chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    chunk: usize,
+    op: usize,
+}
+
+impl Cursor {
+    fn stamp(self) -> u64 {
+        ((self.chunk as u64) << 32) | self.op as u64
+    }
+}
+
+/// The engine's complete mutable state: cursor, register/config/MSI-X models, relocation map,
+/// counters and divergence. A small `Clone` value: save it with [`Replayer::state`] and go back to
+/// it with [`Replayer::restore`] (S2E forks states, fuzzers reset).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayState {
+    cursor: Cursor,
+    /// The last consumed guest call when it was a read (polling runs), how many reads of the run the
+    /// guest made, and whether the guest has read past the run's end.
+    last_read: Option<Op>,
+    run_pos: u32,
+    run_extended: bool,
+    /// Register values the guest wrote that differ from the recording, and model answers: stamp
+    /// (cursor position) and value.
+    model: BTreeMap<RegKey, (u64, u64)>,
+    config: Vec<u8>,
+    msix: Option<MsixModel>,
+    relocations: RelocationMap,
+    recorded_mappings: Vec<(u64, u64)>,
+    /// Registers the guest programmed with a relocated address: (key, recorded value, guest
+    /// value). A recorded read-back of the recorded value answers the guest's value.
+    readback: Vec<(RegKey, u64, u64)>,
+    counters: Counters,
+    mismatch: Option<Box<Mismatch>>,
+    stopped: bool,
+    source_error: Option<String>,
+}
+
+impl ReplayState {
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The learned relocation map.
+    pub fn relocations(&self) -> &RelocationMap {
+        &self.relocations
+    }
+
+    /// Whether a guest call has failed to match the stream.
+    pub fn diverged(&self) -> bool {
+        self.mismatch.is_some()
+    }
+
+    /// The configuration space as the guest sees it now.
+    pub fn config_space(&self) -> &[u8] {
+        &self.config
+    }
+}
+
+/// Which half of a DMA address a register holds, and where its other half is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AddrRole {
+    Full,
+    Lo { partner: u64 },
+    Hi { partner: u64 },
+}
+
+/// Immutable facts shared by every engine replaying the same trace.
+struct Shared {
+    source: Arc<dyn EventSource>,
+    ctx: CompileContext,
+    rules: ConfigRules,
+    description: DeviceDescription,
+    /// Size of each region index 0..=8 (0 = absent).
+    region_sizes: [u64; 9],
+    options: ReplayOptions,
+    address_regs: HashMap<(u8, u64), AddrRole>,
+    start_registers: HashMap<RegKey, u64>,
+    start_mappings: Vec<(u64, u64)>,
+    cache: Mutex<Vec<(usize, Arc<CompiledChunk>)>>,
+    chunk_count: usize,
+}
+
+impl Shared {
+    fn chunk(&self, index: usize) -> Result<Arc<CompiledChunk>, SourceError> {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(pos) = cache.iter().position(|(i, _)| *i == index) {
+                let entry = cache.remove(pos);
+                let chunk = Arc::clone(&entry.1);
+                cache.push(entry);
+                return Ok(chunk);
+            }
+        }
+        let events = self.source.load_chunk(index)?;
+        let compiled = Arc::new(self.ctx.compile(&events));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.options.chunk_cache.max(2) {
+            cache.remove(0);
+        }
+        cache.push((index, Arc::clone(&compiled)));
+        Ok(compiled)
+    }
+
+    fn fresh_state(&self) -> ReplayState {
+        ReplayState {
+            cursor: Cursor::default(),
+            last_read: None,
+            run_pos: 0,
+            run_extended: false,
+            model: BTreeMap::new(),
+            config: self.rules.snapshot.clone(),
+            msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
+            relocations: RelocationMap::new(),
+            recorded_mappings: self.start_mappings.clone(),
+            readback: Vec::new(),
+            counters: Counters::default(),
+            mismatch: None,
+            stopped: false,
+            source_error: None,
+        }
+    }
+}
+
+/// A trace served as a PCI device. Drive it through [`Device`]; read the outcome with
+/// [`Replayer::report`].
+pub struct Replayer {
+    shared: Arc<Shared>,
+    state: ReplayState,
+    /// The compiled chunk under the cursor.
+    cur: Arc<CompiledChunk>,
+    memory: Option<Arc<dyn GuestMemory>>,
+    irqs: IrqRouter,
+    needs_restart: bool,
+    past_sessions: Vec<ReplayReport>,
+    scratch: Vec<u8>,
+    scratch2: Vec<u8>,
+    /// `shorten_polls` K, or `u32::MAX` (never).
+    shorten_after: u32,
+    /// Copies of the shared per-region tables, kept next to the state for the access path.
+    region_sizes: [u64; 9],
+    canonical: [Option<u8>; 9],
+    msix_layout: Option<MsixLayout>,
+    /// A fork waiting for its frontend's first `attach_memory`, which must not restart the trace.
+    fork_pending: bool,
+    /// The errno of the recorded call just matched when it failed (0 otherwise): the access fails
+    /// the same way.
+    failed_errno: u32,
+}
+
+fn access_size_ok(len: usize) -> bool {
+    matches!(len, 1 | 2 | 4 | 8)
+}
+
+fn le_value(data: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    buf[..data.len()].copy_from_slice(data);
+    u64::from_le_bytes(buf)
+}
+
+impl Replayer {
+    /// A replayer for `source`, positioned at the start of the trace.
+    pub fn new(source: Arc<dyn EventSource>, options: ReplayOptions) -> Result<Self, ReplayError> {
+        let header = source.header().clone();
+        if header.config_space.len() < 0x40 {
+            return Err(ReplayError::Header(format!(
+                "config-space snapshot has {} bytes, a PCI header needs 64",
+                header.config_space.len()
+            )));
+        }
+        let rules = ConfigRules::new(&header);
+        let ctx = CompileContext {
+            canonical: canonical_regions(&header),
+            msix: rules.msix,
+        };
+        let description = device::describe_header(&header, rules.snapshot.len());
+        let mut region_sizes = [0u64; 9];
+        for r in &description.regions {
+            if let Some(s) = region_sizes.get_mut(r.index as usize) {
+                *s = r.size;
+            }
+        }
+        let address_regs = options
+            .regmap
+            .as_ref()
+            .map(address_roles)
+            .unwrap_or_default();
+        let mut start_registers = HashMap::new();
+        let mut start_mappings = Vec::new();
+        if let Some(s) = &header.start_state {
+            for r in &s.registers {
+                if let (AccessData::Value { size, value }, Some(region)) =
+                    (&r.data, ctx.canonical(r.region))
+                {
+                    start_registers.insert((region, r.offset, *size), *value);
+                }
+            }
+            start_mappings = s.dma_mappings.iter().map(|m| (m.iova, m.len)).collect();
+        }
+        let chunk_count = source.chunk_count();
+        let irqs = IrqRouter::new(&header.irqs);
+        let shared = Arc::new(Shared {
+            source,
+            ctx,
+            rules,
+            description,
+            region_sizes,
+            options,
+            address_regs,
+            start_registers,
+            start_mappings,
+            cache: Mutex::new(Vec::new()),
+            chunk_count,
+        });
+        let cur = if chunk_count > 0 {
+            shared.chunk(0)?
+        } else {
+            Arc::new(CompiledChunk::default())
+        };
+        let state = shared.fresh_state();
+        Ok(Replayer {
+            state,
+            cur,
+            memory: None,
+            irqs,
+            needs_restart: false,
+            past_sessions: Vec::new(),
+            scratch: Vec::new(),
+            scratch2: Vec::new(),
+            shorten_after: shared.options.shorten_polls.unwrap_or(u32::MAX),
+            region_sizes: shared.region_sizes,
+            canonical: shared.ctx.canonical,
+            msix_layout: shared.rules.msix,
+            fork_pending: false,
+            failed_errno: 0,
+            shared,
+        })
+    }
+
+    /// A copy of the engine state (cursor, models, relocation map, counters, divergence).
+    pub fn state(&self) -> ReplayState {
+        self.state.clone()
+    }
+
+    /// The engine state, borrowed.
+    pub fn state_ref(&self) -> &ReplayState {
+        &self.state
+    }
+
+    /// Goes back to a state taken from this trace with [`Replayer::state`]. Interrupt wiring and
+    /// attached memory are the frontend's and stay as they are.
+    pub fn restore(&mut self, state: ReplayState) -> Result<(), ReplayError> {
+        let chunk = state.cursor.chunk;
+        self.cur = if chunk < self.shared.chunk_count {
+            self.shared.chunk(chunk)?
+        } else {
+            Arc::new(CompiledChunk::default())
+        };
+        self.state = state;
+        Ok(())
+    }
+
+    /// A second engine over the same compiled trace (shared, not copied) starting from this one's
+    /// state, with no interrupt wiring and no memory attached: the frontend of the fork attaches
+    /// its own. Its first `attach_memory` does not restart the trace.
+    pub fn fork(&self) -> Replayer {
+        Replayer {
+            shared: Arc::clone(&self.shared),
+            state: self.state.clone(),
+            cur: Arc::clone(&self.cur),
+            memory: None,
+            irqs: IrqRouter::new(&self.shared.description.irqs),
+            needs_restart: false,
+            past_sessions: Vec::new(),
+            scratch: Vec::new(),
+            scratch2: Vec::new(),
+            shorten_after: self.shorten_after,
+            region_sizes: self.region_sizes,
+            canonical: self.canonical,
+            msix_layout: self.msix_layout,
+            fork_pending: true,
+            failed_errno: 0,
+        }
+    }
+
+    /// The options this replayer runs with.
+    pub fn options(&self) -> &ReplayOptions {
+        &self.shared.options
+    }
+
+    /// Reports of earlier client sessions (each new connection restarts the trace).
+    pub fn past_sessions(&self) -> &[ReplayReport] {
+        &self.past_sessions
+    }
+
+    /// The interrupt router (which eventfds the VMM registered).
+    pub fn irq_router(&self) -> &IrqRouter {
+        &self.irqs
+    }
+
+    // ---------------------------------------------------------------- cursor and device actions
+
+    /// Moves the cursor to the next recorded guest call, performing the device's own actions
+    /// (interrupts, DMA) on the way.
+    fn settle(&mut self) {
+        loop {
+            if let Some(op) = self.cur.ops.get(self.state.cursor.op).copied() {
+                if op.kind.is_guest_call() {
+                    return;
+                }
+                self.state.cursor.op += 1;
+                self.execute(op);
+            } else if !self.next_chunk() {
+                return;
+            }
+        }
+    }
+
+    fn next_chunk(&mut self) -> bool {
+        let next = self.state.cursor.chunk + 1;
+        if self.state.cursor.chunk >= self.shared.chunk_count {
+            return false;
+        }
+        if next >= self.shared.chunk_count {
+            self.state.cursor = Cursor { chunk: next, op: 0 };
+            self.cur = Arc::new(CompiledChunk::default());
+            return false;
+        }
+        match self.shared.chunk(next) {
+            Ok(c) => {
+                self.cur = c;
+                self.state.cursor = Cursor { chunk: next, op: 0 };
+                true
+            }
+            Err(e) => {
+                self.state.source_error = Some(e.to_string());
+                self.state.cursor = Cursor {
+                    chunk: self.shared.chunk_count,
+                    op: 0,
+                };
+                self.cur = Arc::new(CompiledChunk::default());
+                false
+            }
+        }
+    }
+
+    /// The recorded guest call at the cursor (after settling), or `None` at the end of the trace.
+    #[inline]
+    fn peek(&mut self) -> Option<Op> {
+        match self.cur.ops.get(self.state.cursor.op) {
+            Some(op) if op.kind.is_guest_call() => Some(*op),
+            _ => {
+                self.settle();
+                self.cur.ops.get(self.state.cursor.op).copied()
+            }
+        }
+    }
+
+    fn current_seq(&self) -> Option<u64> {
+        self.cur.seqs.get(self.state.cursor.op).copied()
+    }
+
+    fn execute(&mut self, op: Op) {
+        match op.kind {
+            OpKind::Irq => {
+                if self.shared.options.honor_delays {
+                    self.wait_recorded_delay();
+                }
+                self.deliver_irq(op.offset as u32, op.value as u32)
+            }
+            OpKind::DmaWrite => self.apply_dma_write(op),
+            OpKind::DmaRead => self.learn_from_dma_read(op),
+            OpKind::DmaMap => self.state.recorded_mappings.push((op.value, op.offset)),
+            OpKind::DmaUnmap => {
+                if op.aux & hwrr_device::dma_flags::UNMAP_ALL != 0 {
+                    self.state.recorded_mappings.clear();
+                } else {
+                    let (start, end) = (op.value, op.value.saturating_add(op.offset));
+                    self.state
+                        .recorded_mappings
+                        .retain(|(s, l)| *s >= end || s.saturating_add(*l) <= start);
+                }
+            }
+            OpKind::Read | OpKind::Write | OpKind::Reset => {}
+        }
+    }
+
+    /// Sleeps for the recorded gap between the op just passed (the cursor is one past it) and the
+    /// guest call before it in the same chunk.
+    fn wait_recorded_delay(&mut self) {
+        let Some(j) = self.state.cursor.op.checked_sub(1) else {
+            return;
+        };
+        let ops = &self.cur.ops;
+        let lo = j.saturating_sub(256);
+        let Some(g) = (lo..j).rev().find(|&i| ops[i].kind.is_guest_call()) else {
+            return;
+        };
+        let (Some(&t_op), Some(&t_call)) = (self.cur.t_ns.get(j), self.cur.t_ns.get(g)) else {
+            return;
+        };
+        let wait = t_op
+            .saturating_sub(t_call)
+            .min(self.shared.options.max_delay_ns);
+        if wait > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(wait));
+            self.state.counters.delay_ns_waited += wait;
+        }
+    }
+
+    fn deliver_irq(&mut self, index: u32, vector: u32) {
+        if index == irq_index::MSIX {
+            let control = self.msix_control();
+            if let Some(msix) = self.state.msix.as_mut() {
+                if control & MSIX_FUNCTION_MASK != 0 || msix.vector_masked(vector) {
+                    msix.set_pending(vector, true);
+                    self.state.counters.irqs_pending += 1;
+                    return;
+                }
+            }
+        }
+        if index == irq_index::INTX && self.config_u16(0x04) & COMMAND_INTX_DISABLE != 0 {
+            // PCI: with INTx disabled the device only sets Interrupt Status; the interrupt is
+            // asserted when the guest enables INTx again.
+            let status = self.config_u16(0x06) | STATUS_INTERRUPT;
+            self.set_config_u16(0x06, status);
+            self.state.counters.irqs_pending += 1;
+            return;
+        }
+        self.raise(index, vector);
+    }
+
+    /// Raises a held INTx once the guest clears INTx Disable.
+    fn fire_enabled_intx(&mut self) {
+        let status = self.config_u16(0x06);
+        if status & STATUS_INTERRUPT != 0 && self.config_u16(0x04) & COMMAND_INTX_DISABLE == 0 {
+            self.set_config_u16(0x06, status & !STATUS_INTERRUPT);
+            self.raise(irq_index::INTX, 0);
+        }
+    }
+
+    fn config_u16(&self, offset: usize) -> u16 {
+        match self.state.config.get(offset..offset + 2) {
+            Some(b) => u16::from_le_bytes([b[0], b[1]]),
+            None => 0,
+        }
+    }
+
+    fn set_config_u16(&mut self, offset: usize, value: u16) {
+        if let Some(b) = self.state.config.get_mut(offset..offset + 2) {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn raise(&mut self, index: u32, vector: u32) {
+        match self.irqs.raise(index, vector) {
+            Ok(Delivery::Delivered) => self.state.counters.irqs_delivered += 1,
+            Ok(Delivery::Pending) => self.state.counters.irqs_pending += 1,
+            Ok(Delivery::NoListener) | Err(_) => self.state.counters.irqs_no_listener += 1,
+        }
+    }
+
+    /// The MSI-X message control word as the guest set it (0 without MSI-X).
+    fn msix_control(&self) -> u16 {
+        let Some(layout) = self.shared.rules.msix else {
+            return 0;
+        };
+        match self.state.config.get(layout.cap + 2..layout.cap + 4) {
+            Some(b) => u16::from_le_bytes([b[0], b[1]]),
+            None => 0,
+        }
+    }
+
+    /// Fires MSI-X vectors that are pending and no longer masked.
+    fn fire_unmasked_msix(&mut self) {
+        let Some(layout) = self.shared.rules.msix else {
+            return;
+        };
+        if self.msix_control() & MSIX_FUNCTION_MASK != 0 {
+            return;
+        }
+        let mut ready = Vec::new();
+        if let Some(msix) = self.state.msix.as_mut() {
+            for v in 0..layout.entries {
+                if msix.is_pending(v) && !msix.vector_masked(v) {
+                    msix.set_pending(v, false);
+                    ready.push(v);
+                }
+            }
+        }
+        for v in ready {
+            self.raise(irq_index::MSIX, v);
+        }
+    }
+
+    fn apply_dma_write(&mut self, op: Op) {
+        let chunk = Arc::clone(&self.cur);
+        let Some(payload) = chunk.dma_writes.get(op.aux as usize) else {
+            return;
+        };
+        let Some(memory) = self.memory.clone() else {
+            self.state.counters.dma_writes_not_applied += 1;
+            return;
+        };
+        let total = payload.data.len();
+        let mut done = 0usize;
+        let mut written = 0usize;
+        let mut fault = false;
+        while done < total {
+            let rec = op.value.wrapping_add(done as u64);
+            let (target, span) = self.state.relocations.translate_span(rec);
+            let n = (span.min((total - done) as u64) as usize)
+                .max(1)
+                .min(total - done);
+            let data = &payload.data[done..done + n];
+            match &payload.before {
+                None => {
+                    if memory.write(target, data).is_ok() {
+                        written += n;
+                    } else {
+                        fault = true;
+                    }
+                }
+                Some(before) => {
+                    let before = &before[done..done + n];
+                    self.scratch.resize(n, 0);
+                    if memory.read(target, &mut self.scratch).is_err() {
+                        fault = true;
+                    } else {
+                        // Apply maximal runs where the guest still holds the recorded "before".
+                        let mut i = 0;
+                        while i < n {
+                            if self.scratch[i] != before[i] {
+                                i += 1;
+                                continue;
+                            }
+                            let start = i;
+                            while i < n && self.scratch[i] == before[i] {
+                                i += 1;
+                            }
+                            if memory
+                                .write(target.wrapping_add(start as u64), &data[start..i])
+                                .is_ok()
+                            {
+                                written += i - start;
+                            } else {
+                                fault = true;
+                            }
+                        }
+                    }
+                }
+            }
+            done += n;
+        }
+        let c = &mut self.state.counters;
+        if fault {
+            c.dma_write_faults += 1;
+        }
+        if written == total {
+            c.dma_writes_applied += 1;
+        } else if written > 0 {
+            c.dma_writes_partial += 1;
+        } else {
+            c.dma_writes_not_applied += 1;
+        }
+    }
+
+    /// Pointers in a recorded descriptor read, compared with what the replay guest's memory holds at
+    /// the translated address: a recorded DMA address where the guest has another readable address
+    /// is a relocation (64-bit little-endian words at 8-byte aligned addresses).
+    fn learn_from_dma_read(&mut self, op: Op) {
+        let chunk = Arc::clone(&self.cur);
+        // Descriptors, queue entries and pointer lists fit in a page; longer reads are payload.
+        let Some(data) = chunk
+            .dma_reads
+            .get(op.aux as usize)
+            .filter(|d| d.len() <= MAX_POINTER_READ)
+        else {
+            return;
+        };
+        let Some(memory) = self.memory.clone() else {
+            return;
+        };
+        let target = self.state.relocations.translate(op.value);
+        let mut guest = std::mem::take(&mut self.scratch2);
+        guest.resize(data.len(), 0);
+        if memory.read(target, &mut guest).is_ok() {
+            self.state.counters.dma_reads_checked += 1;
+            let first = ((8 - (op.value % 8)) % 8) as usize;
+            let mut k = first;
+            while k + 8 <= data.len() {
+                let rec = le_value(&data[k..k + 8]);
+                let now = le_value(&guest[k..k + 8]);
+                k += 8;
+                if rec == now || rec == 0 || now == 0 {
+                    continue;
+                }
+                // Only pointers to pages the recorded device went on to use by DMA: a descriptor's
+                // buffer is, a payload word that merely looks like an address rarely is.
+                if self.state.relocations.translate(rec) == now || !self.is_recorded_dma_page(rec) {
+                    continue;
+                }
+                let mut probe = [0u8; 1];
+                if memory.read(now, &mut probe).is_ok()
+                    && self.state.relocations.learn(rec, now, PAGE)
+                {
+                    self.state.counters.relocations_learned += 1;
+                }
+            }
+        }
+        self.scratch2 = guest;
+    }
+
+    /// Whether a written value `rec` (the guest wrote `act` instead) is a DMA address of the
+    /// recording: a page the recorded device went on to use by DMA, or an address inside a recorded
+    /// DMA mapping of at most [`SMALL_MAPPING`] bytes while `act` is readable guest memory. A VMM
+    /// that maps all guest RAM makes every small number "inside a mapping"; such mappings say
+    /// nothing, and a changed control value must stay a divergence.
+    fn looks_like_recorded_address(&self, rec: u64, act: u64) -> bool {
+        if self.is_recorded_dma_page(rec) {
+            return true;
+        }
+        let in_small_mapping = self
+            .state
+            .recorded_mappings
+            .iter()
+            .any(|(s, l)| *l <= SMALL_MAPPING && rec >= *s && rec - *s < *l);
+        if !in_small_mapping {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        self.memory
+            .as_ref()
+            .is_some_and(|m| m.read(act, &mut probe).is_ok())
+    }
+
+    /// Whether the recorded device touched `addr`'s page by DMA in the current or the next chunk.
+    fn is_recorded_dma_page(&self, addr: u64) -> bool {
+        let page = addr / PAGE;
+        if self.cur.dma_pages.binary_search(&page).is_ok() {
+            return true;
+        }
+        let next = self.state.cursor.chunk + 1;
+        next < self.shared.chunk_count
+            && self
+                .shared
+                .chunk(next)
+                .is_ok_and(|c| c.dma_pages.binary_search(&page).is_ok())
+    }
+}
+
+/// The regmap's address registers by (region, offset).
+fn address_roles(map: &RegisterMap) -> HashMap<(u8, u64), AddrRole> {
+    let mut roles = HashMap::new();
+    for r in map.registers() {
+        let Some(part) = r.address else { continue };
+        let Ok(region) = u8::try_from(r.region) else {
+            continue;
+        };
+        let partner = r
+            .pair
+            .as_deref()
+            .and_then(|p| map.by_name(p))
+            .map(|p| p.offset);
+        let role = match (part, partner) {
+            (AddressPart::Lo, Some(p)) => AddrRole::Lo { partner: p },
+            (AddressPart::Lo, None) => AddrRole::Lo {
+                partner: r.offset + 4,
+            },
+            (AddressPart::Hi, Some(p)) => AddrRole::Hi { partner: p },
+            (AddressPart::Hi, None) => AddrRole::Hi {
+                partner: r.offset.wrapping_sub(4),
+            },
+            (AddressPart::Full, _) => AddrRole::Full,
+        };
+        roles.insert((region, r.offset), role);
+    }
+    roles
+}
