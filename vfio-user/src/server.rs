@@ -100,6 +100,11 @@ pub struct ServerOptions {
     pub poll_interval: Duration,
     /// How long a server-initiated DMA waits for the client's reply.
     pub dma_timeout: Duration,
+    /// Send `DMA_WRITE` with the no-reply flag instead of waiting for the client's answer.
+    /// `None`: post to QEMU (its client handles server requests on its main loop, which cannot
+    /// run while a vCPU waits for a reply from us, so a waited-for DMA_WRITE inside a request
+    /// deadlocks until QEMU's timeout), wait for everyone else.
+    pub post_dma_writes: Option<bool>,
 }
 
 impl Default for ServerOptions {
@@ -113,6 +118,7 @@ impl Default for ServerOptions {
             stop: None,
             poll_interval: Duration::from_millis(100),
             dma_timeout: Duration::from_secs(5),
+            post_dma_writes: None,
         }
     }
 }
@@ -335,6 +341,7 @@ struct Shared {
     client_max_xfer: AtomicU32,
     closed: AtomicBool,
     dma_timeout: Duration,
+    post_dma_writes: AtomicBool,
     dma_messages: std::sync::atomic::AtomicU64,
 }
 
@@ -550,7 +557,9 @@ impl ConnectionMemory {
         for (i, piece) in data.chunks(chunk).enumerate() {
             let addr = iova + (i * chunk) as u64;
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut m = MessageBuilder::new(&mut msg, id, Command::DmaWrite as u16, 0, 0);
+            let post = self.shared.post_dma_writes.load(Ordering::Relaxed);
+            let fl = if post { flags::NO_REPLY } else { 0 };
+            let mut m = MessageBuilder::new(&mut msg, id, Command::DmaWrite as u16, fl, 0);
             DmaAccess {
                 address: addr,
                 count: piece.len() as u64,
@@ -558,6 +567,17 @@ impl ConnectionMemory {
             }
             .encode_body(layout, &mut m);
             let n = m.finish();
+            if post {
+                if self.shared.closed.load(Ordering::Relaxed) {
+                    return Err(DeviceError::Io(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the vfio-user client is gone",
+                    )));
+                }
+                self.shared.send(&msg[..n])?;
+                self.shared.dma_messages.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let reply = self.shared.transact(&msg[..n], id)?;
             check_dma_reply(&reply, addr, piece.len())?;
             // QEMU answers with a bare header; the spec echoes address and count.
@@ -709,6 +729,7 @@ pub fn serve_connection(
         client_max_xfer: AtomicU32::new(protocol::DEFAULT_MAX_DATA_XFER),
         closed: AtomicBool::new(false),
         dma_timeout: options.dma_timeout,
+        post_dma_writes: AtomicBool::new(false),
         dma_messages: Default::default(),
     });
     let memory = Arc::new(ConnectionMemory {
@@ -1128,6 +1149,12 @@ impl Connection<'_> {
             Ordering::Relaxed,
         );
         self.summary.dma_layout = Some(layout);
+        self.shared.post_dma_writes.store(
+            self.options
+                .post_dma_writes
+                .unwrap_or(layout == DmaLayout::Qemu),
+            Ordering::Relaxed,
+        );
         self.shared.client_max_xfer.store(
             client
                 .max_data_xfer_size
