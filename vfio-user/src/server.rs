@@ -14,6 +14,12 @@
 //! rust-vmm propose 0.1; nothing before QEMU 10.1 sent `write_multiple`) — and the spec layout for
 //! everyone else.
 //!
+//! QEMU's client handles server requests on its main loop, which cannot run while a vCPU waits
+//! for a reply from us. So `DMA_WRITE`s to QEMU are posted (no reply awaited; see
+//! [`ServerOptions::post_dma_writes`]), and a `DMA_READ` issued while QEMU waits on a request
+//! stalls until QEMU's `x-msg-timeout`: give QEMU shared guest RAM (`memory-backend-memfd`,
+//! `share=on`) so its DMA maps carry fds and device reads need no messages.
+//!
 //! ## Bad input
 //! A message whose header frames it (size between 16 bytes and the maximum, type command or reply)
 //! is consumed whole; if its body is bad, its command unknown, its region or offset out of range, a
