@@ -102,6 +102,9 @@ impl Replayer {
     /// Whether `op` (a write at the guest's register) accepts the guest's value: equal, equal after
     /// relocation, or an address the engine can learn a relocation from.
     pub(super) fn write_accepts(&mut self, op: Op, value: u64) -> bool {
+        if let Some(accepted) = self.complete_pair(op, value) {
+            return accepted;
+        }
         if op.value == value {
             return true;
         }
@@ -114,15 +117,9 @@ impl Replayer {
             return self.accepts_as(op, value, role, true);
         }
         // Without a register map, a 32-bit register next to another one written nearby may hold
-        // half of an address, or a whole 32-bit address: try the pair first, then the whole.
+        // half of an address, or a whole 32-bit address: try the pairs first, then the whole.
         if op.size == 4 {
-            let partner = op.offset ^ 4;
-            if self.nearby_write(op.region, partner).is_some() {
-                let half = if op.offset % 8 == 0 {
-                    AddrRole::Lo { partner }
-                } else {
-                    AddrRole::Hi { partner }
-                };
+            for half in self.half_roles(op).into_iter().flatten() {
                 if self.accepts_as(op, value, half, false) {
                     return true;
                 }
@@ -131,24 +128,82 @@ impl Replayer {
         self.accepts_as(op, value, AddrRole::Full, false)
     }
 
+    /// The ways a 32-bit register may be half of a 64-bit address: the low half with the register
+    /// above as its partner, or the high half with the one below, when the recording wrote that
+    /// neighbour nearby. Pairs are usually 8-aligned (an 8-aligned register is first tried as the
+    /// low half), but devices also put them at 4-aligned offsets (lo at 8k+4, hi at 8k+8); the
+    /// evidence check in [`Replayer::accepts_as`] tells the two apart.
+    pub(super) fn half_roles(&self, op: Op) -> [Option<AddrRole>; 2] {
+        let lo = op
+            .offset
+            .checked_add(4)
+            .filter(|&p| self.partner_write(op.region, p, true).is_some())
+            .map(|partner| AddrRole::Lo { partner });
+        let hi = op
+            .offset
+            .checked_sub(4)
+            .filter(|&p| self.partner_write(op.region, p, false).is_some())
+            .map(|partner| AddrRole::Hi { partner });
+        if op.offset % 8 == 0 {
+            [lo, hi]
+        } else {
+            [hi, lo]
+        }
+    }
+
+    /// The second half of an address pair whose first half produced a guessed relocation: the
+    /// guess is replaced by the relocation of the whole recorded address to the guest's whole
+    /// address. `None` when `op` is not that second half (or the whole is no address after all,
+    /// and the guess stays).
+    #[cold]
+    pub(super) fn complete_pair(&mut self, op: Op, value: u64) -> Option<bool> {
+        let half = self.state.pending_half?;
+        if half.region != op.region || half.partner != op.offset || op.size != 4 {
+            return None;
+        }
+        self.state.pending_half = None;
+        let (rec, act) = if half.low {
+            (op.value << 32 | half.recorded, value << 32 | half.guest)
+        } else {
+            (half.recorded << 32 | op.value, half.guest << 32 | value)
+        };
+        let named = self
+            .shared
+            .address_regs
+            .contains_key(&(op.region, op.offset));
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
+            return None;
+        }
+        self.state.relocations.forget(&half.range);
+        self.state
+            .relocations
+            .learn(rec, act, self.shared.options.relocation_span);
+        Some(self.state.relocations.translate(rec) == act)
+    }
+
     /// Whether the guest's `value` for the recorded write `op` is the recorded address relocated,
     /// reading the register as `role`; learns the relocation when the recorded value is an address
     /// (`named` by the register map, or evidently a DMA address of the recording).
     pub(super) fn accepts_as(&mut self, op: Op, value: u64, role: AddrRole, named: bool) -> bool {
+        // Whether the recording writes the partner half after this one: then the guest has not
+        // written it yet, its value here is the model's guess, and the relocation is tentative.
+        let mut partner_pending = None;
         let (rec, act) = match role {
             AddrRole::Full => (op.value, value),
             AddrRole::Lo { partner } => {
-                let rec_hi = self.recorded_partner(op, partner);
+                let (rec_hi, pending) = self.recorded_partner(op, partner, true);
                 let act_hi = self
                     .model_value((op.region, partner, op.size))
                     .unwrap_or(rec_hi);
+                partner_pending = pending.then_some(partner);
                 (rec_hi << 32 | op.value, act_hi << 32 | value)
             }
             AddrRole::Hi { partner } => {
-                let rec_lo = self.recorded_partner(op, partner);
+                let (rec_lo, pending) = self.recorded_partner(op, partner, false);
                 let act_lo = self
                     .model_value((op.region, partner, op.size))
                     .unwrap_or(rec_lo);
+                partner_pending = pending.then_some(partner);
                 (op.value << 32 | rec_lo, value << 32 | act_lo)
             }
         };
@@ -163,39 +218,68 @@ impl Replayer {
         if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
             return false;
         }
-        if self
-            .state
-            .relocations
-            .learn(rec, act, self.shared.options.relocation_span)
+        if let Some(range) =
+            self.state
+                .relocations
+                .learn_range(rec, act, self.shared.options.relocation_span)
         {
             self.state.counters.relocations_learned += 1;
+            if let Some(partner) = partner_pending {
+                self.state.pending_half = Some(HalfAddress {
+                    region: op.region,
+                    offset: op.offset,
+                    partner,
+                    low: matches!(role, AddrRole::Lo { .. }),
+                    recorded: op.value,
+                    guest: value,
+                    range,
+                });
+            }
         }
         half_ok(self.state.relocations.translate(rec))
     }
 
-    /// A recorded 32-bit write to `offset` within 8 ops of the cursor (address halves are written
-    /// back to back).
-    pub(super) fn nearby_write(&self, region: u8, offset: u64) -> Option<u64> {
+    /// The recorded 32-bit write to `offset` closest to the cursor, within 8 ops either side
+    /// (address halves are written back to back), and whether it comes after the cursor. At equal
+    /// distance, the one after wins when `prefer_after` (a low half's partner usually follows it).
+    pub(super) fn partner_write(
+        &self,
+        region: u8,
+        offset: u64,
+        prefer_after: bool,
+    ) -> Option<(u64, bool)> {
         let at = self.state.cursor.op;
-        let lo = at.saturating_sub(8);
-        let hi = (at + 9).min(self.cur.ops.len());
-        self.cur.ops[lo..hi]
-            .iter()
-            .find(|o| {
+        let ops = &self.cur.ops;
+        let is_partner = |i: usize| {
+            ops.get(i).is_some_and(|o| {
                 o.kind == OpKind::Write && o.region == region && o.offset == offset && o.size == 4
             })
-            .map(|o| o.value)
+        };
+        for d in 1..=8usize {
+            let after = Some(at + d).filter(|&i| is_partner(i));
+            let before = at.checked_sub(d).filter(|&i| is_partner(i));
+            let found = if prefer_after {
+                after.map(|i| (i, true)).or(before.map(|i| (i, false)))
+            } else {
+                before.map(|i| (i, false)).or(after.map(|i| (i, true)))
+            };
+            if let Some((i, pending)) = found {
+                return Some((ops[i].value, pending));
+            }
+        }
+        None
     }
 
-    pub(super) fn recorded_partner(&self, op: Op, partner: u64) -> u64 {
-        self.nearby_write(op.region, partner)
+    /// The recorded value of `op`'s partner half, and whether the recording writes it after `op`.
+    pub(super) fn recorded_partner(&self, op: Op, partner: u64, prefer_after: bool) -> (u64, bool) {
+        self.partner_write(op.region, partner, prefer_after)
             .or_else(|| {
                 self.shared
                     .start_registers
                     .get(&(op.region, partner, op.size))
-                    .copied()
+                    .map(|v| (*v, false))
             })
-            .unwrap_or(0)
+            .unwrap_or((0, false))
     }
 
     /// The register model's value for `key`: the most recent of what the guest wrote (when it
@@ -303,6 +387,10 @@ impl Replayer {
                     if write {
                         if op.value == value {
                             self.state.last_read = None;
+                            if self.state.pending_half.is_some() {
+                                let o = *op;
+                                self.complete_pair(o, value);
+                            }
                             return self.advance_matched(i, value);
                         }
                     } else {

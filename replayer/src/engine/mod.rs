@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::compile::{canonical_regions, CompileContext, CompiledChunk, Op, OpKind, RegKey};
 use crate::config::{ConfigRules, MsixLayout, MsixModel, MSIX_FUNCTION_MASK};
-use crate::reloc::{RelocationMap, PAGE};
+use crate::reloc::{Relocation, RelocationMap, PAGE};
 use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
 use crate::source::{EventSource, SourceError};
 
@@ -121,6 +121,25 @@ impl Cursor {
     }
 }
 
+/// A relocation guessed from one half of a 64-bit address written as two 32-bit registers, before
+/// the guest wrote the other half: the other half was taken from the register model, so the guess
+/// is replaced (not added to) when the other half arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HalfAddress {
+    region: u8,
+    /// The register whose write produced the guess.
+    offset: u64,
+    /// The other half, still to be written.
+    partner: u64,
+    /// Whether `offset` holds the low half.
+    low: bool,
+    /// The recorded and the guest's value of the half written.
+    recorded: u64,
+    guest: u64,
+    /// The range learned from the guess.
+    range: Relocation,
+}
+
 /// The engine's complete mutable state: cursor, register/config/MSI-X models, relocation map,
 /// counters and divergence. A small `Clone` value: save it with [`Replayer::state`] and go back to
 /// it with [`Replayer::restore`] (S2E forks states, fuzzers reset).
@@ -138,6 +157,8 @@ pub struct ReplayState {
     config: Vec<u8>,
     msix: Option<MsixModel>,
     relocations: RelocationMap,
+    /// The relocation guessed from the first half of an address pair, awaiting the second half.
+    pending_half: Option<HalfAddress>,
     recorded_mappings: Vec<(u64, u64)>,
     /// Registers the guest programmed with a relocated address: (key, recorded value, guest
     /// value). A recorded read-back of the recorded value answers the guest's value.
@@ -225,6 +246,7 @@ impl Shared {
             config: self.rules.snapshot.clone(),
             msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
             relocations: RelocationMap::new(),
+            pending_half: None,
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
             counters: Counters::default(),
