@@ -27,7 +27,18 @@ fn vmm_with_high_memory(t: Trace, chunk: usize, policy: Policy) -> Vmm {
 /// A trace that programs `BUF` into the pair (`lo`, `lo + 4`) in the given order, after which the
 /// device writes the buffer and raises vector 0; the driver then reads ICR.
 fn pair_trace(lo: u64, hi_first: bool) -> Trace {
+    pair_trace_after(Trace::new(), lo, hi_first)
+}
+
+/// `pair_trace` whose recording first mapped `BUF`'s page for DMA (a small mapping is evidence of
+/// an address however far away the DMA is).
+fn mapped_pair_trace(lo: u64, hi_first: bool) -> Trace {
     let mut t = Trace::new();
+    t.dma_map(BUF & !0xFFF, 0x1000);
+    pair_trace_after(t, lo, hi_first)
+}
+
+fn pair_trace_after(mut t: Trace, lo: u64, hi_first: bool) -> Trace {
     t.write(0x0, 1);
     if hi_first {
         t.write(lo + 4, (BUF >> 32) as u32);
@@ -86,12 +97,21 @@ fn assert_relocated_once(vmm: &Vmm, addr: u64, what: &str) {
 #[test]
 fn both_halves_changing_relocate_in_either_order_at_8_and_4_aligned_offsets() {
     // 0x2800: an 8-aligned pair (lo at 8k); 0x2c: a 4-aligned pair (lo at 8k+4, hi at 8k+8).
-    for lo in [0x2800u64, 0x2c] {
-        for hi_first in [false, true] {
-            let what = format!("pair at {lo:#x}, hi first: {hi_first}");
-            let mut vmm = vmm_with_high_memory(pair_trace(lo, hi_first), 4096, Policy::Strict);
-            pair_driver(&mut vmm, lo, hi_first, HIGH);
-            assert_relocated_once(&vmm, HIGH, &what);
+    // Chunks of 1 and 3 events put the two halves in different chunks (the mapping is the
+    // evidence there: the DMA is chunks away).
+    for chunk in [1, 3, 4096] {
+        for lo in [0x2800u64, 0x2c] {
+            for hi_first in [false, true] {
+                let what = format!("pair at {lo:#x}, hi first: {hi_first}, chunk {chunk}");
+                let t = if chunk == 4096 {
+                    pair_trace(lo, hi_first)
+                } else {
+                    mapped_pair_trace(lo, hi_first)
+                };
+                let mut vmm = vmm_with_high_memory(t, chunk, Policy::Strict);
+                pair_driver(&mut vmm, lo, hi_first, HIGH);
+                assert_relocated_once(&vmm, HIGH, &what);
+            }
         }
     }
 }
@@ -124,10 +144,15 @@ fn only_the_high_half_changing_relocates() {
     // Same low 32 bits, another 4 GiB window: the low half matches as recorded, the high half
     // alone carries the change.
     let addr = 0x4_0000_0000 | BUF;
-    for lo in [0x2800u64, 0x2c] {
+    for (lo, chunk) in [(0x2800u64, 4096), (0x2c, 4096), (0x2800, 3), (0x2c, 1)] {
         for hi_first in [false, true] {
-            let what = format!("pair at {lo:#x}, hi first: {hi_first}");
-            let mut vmm = Vmm::new(pair_trace(lo, hi_first), 4096, opts(Policy::Strict));
+            let what = format!("pair at {lo:#x}, hi first: {hi_first}, chunk {chunk}");
+            let t = if chunk == 4096 {
+                pair_trace(lo, hi_first)
+            } else {
+                mapped_pair_trace(lo, hi_first)
+            };
+            let mut vmm = Vmm::new(t, chunk, opts(Policy::Strict));
             vmm.mem
                 .add_local(addr & !0xF_FFFF, 0x10_0000, 3)
                 .expect("map");
@@ -194,5 +219,27 @@ fn a_value_that_only_looks_like_an_address_stays_a_divergence_under_strict() {
         let d = r.first_divergence.expect("divergence");
         assert_eq!(d.seq, if hi == 0 { 1 } else { 2 });
         assert_eq!(d.reason, "the trace expects another written value");
+    }
+}
+
+#[test]
+fn a_half_guess_whose_whole_address_is_not_guest_memory_is_dropped() {
+    // The recording mapped the buffer (no DMA to it yet), so the high half written first is
+    // accepted as a guess; the whole guest address then turns out to be no guest memory: the
+    // second half diverges and the guess does not stay in the map.
+    for lo in [0x2800u64, 0x2c] {
+        let mut t = Trace::new();
+        t.dma_map(BUF & !0xFFF, 0x1000);
+        t.write(lo + 4, 0);
+        t.write(lo, BUF as u32);
+        t.read(STATUS, 1);
+        let mut vmm = vmm_with_high_memory(t, 4096, Policy::Strict);
+        vmm.write(lo + 4, 7); // 0x7_xxxx_xxxx: nothing mapped there
+        assert!(!vmm.dev.report().diverged, "the high half alone is a guess");
+        vmm.write(lo, 0x3000_0000);
+        let r = vmm.dev.report();
+        assert!(r.diverged, "pair at {lo:#x}");
+        assert_eq!(r.first_divergence.expect("divergence").seq, 2);
+        assert!(r.relocations.is_empty(), "{:?}", r.relocations);
     }
 }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How far (in recorded ops) the two halves of an address pair may be apart.
+const PAIR_DISTANCE: usize = 8;
+
 impl Replayer {
     /// Consumes the op at the cursor as matched and settles (interrupts and DMA recorded after it
     /// happen now). Returns the value a read answers.
@@ -171,10 +174,13 @@ impl Replayer {
             .shared
             .address_regs
             .contains_key(&(op.region, op.offset));
-        if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
+        // The guess was accepted on the recording's side alone; the whole guest address is
+        // known now. When it is no address after all, the guess goes and the write is judged
+        // on its own.
+        self.state.relocations.forget(&half.range);
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, Some(act))) {
             return None;
         }
-        self.state.relocations.forget(&half.range);
         self.state
             .relocations
             .learn(rec, act, self.shared.options.relocation_span);
@@ -215,7 +221,10 @@ impl Replayer {
         if half_ok(self.state.relocations.translate(rec)) {
             return true;
         }
-        if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
+        // With the partner still to come, the guest's address is half a guess: judge the
+        // recorded address alone now, the whole when the partner arrives (`complete_pair`).
+        let guest_known = partner_pending.is_none().then_some(act);
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, guest_known)) {
             return false;
         }
         if let Some(range) =
@@ -239,35 +248,84 @@ impl Replayer {
         half_ok(self.state.relocations.translate(rec))
     }
 
-    /// The recorded 32-bit write to `offset` closest to the cursor, within 8 ops either side
-    /// (address halves are written back to back), and whether it comes after the cursor. At equal
-    /// distance, the one after wins when `prefer_after` (a low half's partner usually follows it).
+    /// The recorded 32-bit write to `offset` closest to the cursor, within
+    /// [`PAIR_DISTANCE`] ops either side (address halves are written back to back; the pair may
+    /// straddle a chunk boundary), and whether it comes after the cursor. At equal distance, the
+    /// one after wins when `prefer_after` (a low half's partner usually follows it).
     pub(super) fn partner_write(
         &self,
         region: u8,
         offset: u64,
         prefer_after: bool,
     ) -> Option<(u64, bool)> {
-        let at = self.state.cursor.op;
-        let ops = &self.cur.ops;
-        let is_partner = |i: usize| {
-            ops.get(i).is_some_and(|o| {
-                o.kind == OpKind::Write && o.region == region && o.offset == offset && o.size == 4
-            })
+        let is_partner = |o: &Op| {
+            o.kind == OpKind::Write && o.region == region && o.offset == offset && o.size == 4
         };
-        for d in 1..=8usize {
-            let after = Some(at + d).filter(|&i| is_partner(i));
-            let before = at.checked_sub(d).filter(|&i| is_partner(i));
-            let found = if prefer_after {
-                after.map(|i| (i, true)).or(before.map(|i| (i, false)))
-            } else {
-                before.map(|i| (i, false)).or(after.map(|i| (i, true)))
-            };
-            if let Some((i, pending)) = found {
-                return Some((ops[i].value, pending));
+        let before = self.ops_around(false);
+        let after = self.ops_around(true);
+        for d in 0..PAIR_DISTANCE {
+            let a = after
+                .get(d)
+                .filter(|o| is_partner(o))
+                .map(|o| (o.value, true));
+            let b = before
+                .get(d)
+                .filter(|o| is_partner(o))
+                .map(|o| (o.value, false));
+            let found = if prefer_after { a.or(b) } else { b.or(a) };
+            if found.is_some() {
+                return found;
             }
         }
         None
+    }
+
+    /// Up to [`PAIR_DISTANCE`] recorded ops after the cursor (`forward`), or before it, nearest
+    /// first, crossing chunk boundaries.
+    fn ops_around(&self, forward: bool) -> Vec<Op> {
+        let mut out = Vec::with_capacity(PAIR_DISTANCE);
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        // Index of the next op to take, one past it when walking backwards.
+        let mut i = if forward {
+            self.state.cursor.op + 1
+        } else {
+            self.state.cursor.op.min(chunk.ops.len())
+        };
+        while out.len() < PAIR_DISTANCE {
+            if forward {
+                if let Some(o) = chunk.ops.get(i) {
+                    out.push(*o);
+                    i += 1;
+                    continue;
+                }
+                chunk_idx += 1;
+                if chunk_idx >= self.shared.chunk_count {
+                    break;
+                }
+                let Ok(c) = self.shared.chunk(chunk_idx) else {
+                    break;
+                };
+                chunk = c;
+                i = 0;
+            } else {
+                if i > 0 {
+                    i -= 1;
+                    out.push(chunk.ops[i]);
+                    continue;
+                }
+                if chunk_idx == 0 || chunk_idx > self.shared.chunk_count {
+                    break;
+                }
+                chunk_idx -= 1;
+                let Ok(c) = self.shared.chunk(chunk_idx) else {
+                    break;
+                };
+                chunk = c;
+                i = chunk.ops.len();
+            }
+        }
+        out
     }
 
     /// The recorded value of `op`'s partner half, and whether the recording writes it after `op`.

@@ -750,8 +750,9 @@ impl Replayer {
     /// recording: a page the recorded device went on to use by DMA, or an address inside a recorded
     /// DMA mapping of at most [`SMALL_MAPPING`] bytes while `act` is readable guest memory. A VMM
     /// that maps all guest RAM makes every small number "inside a mapping"; such mappings say
-    /// nothing, and a changed control value must stay a divergence.
-    fn looks_like_recorded_address(&self, rec: u64, act: u64) -> bool {
+    /// nothing, and a changed control value must stay a divergence. `act: None` is a guest address
+    /// not known yet (half of it is a guess): only the recording's side is checked.
+    fn looks_like_recorded_address(&self, rec: u64, act: Option<u64>) -> bool {
         if self.is_recorded_dma_page(rec) {
             return true;
         }
@@ -763,6 +764,9 @@ impl Replayer {
         if !in_small_mapping {
             return false;
         }
+        let Some(act) = act else {
+            return true;
+        };
         let mut probe = [0u8; 1];
         self.memory
             .as_ref()
