@@ -269,6 +269,7 @@ impl Device for Replayer {
         }
         self.state.counters.config_writes += 1;
         self.fire_unmasked_msix();
+        self.fire_unmasked_msi();
         self.fire_enabled_intx();
         Ok(())
     }

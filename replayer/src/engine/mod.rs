@@ -554,6 +554,18 @@ impl Replayer {
                 }
             }
         }
+        if index == irq_index::MSI && vector < 32 {
+            if let Some(mask_at) = self.shared.rules.msi_mask {
+                if self.config_u32(mask_at) & (1 << vector) != 0 {
+                    // PCI: a masked MSI vector sets its pending bit; the message is sent when
+                    // the guest unmasks it.
+                    let pending = self.config_u32(mask_at + 4) | (1 << vector);
+                    self.set_config_u32(mask_at + 4, pending);
+                    self.state.counters.irqs_pending += 1;
+                    return;
+                }
+            }
+        }
         if index == irq_index::INTX && self.config_u16(0x04) & COMMAND_INTX_DISABLE != 0 {
             // PCI: with INTx disabled the device only sets Interrupt Status; the interrupt is
             // asserted when the guest enables INTx again.
@@ -571,6 +583,37 @@ impl Replayer {
         if status & STATUS_INTERRUPT != 0 && self.config_u16(0x04) & COMMAND_INTX_DISABLE == 0 {
             self.set_config_u16(0x06, status & !STATUS_INTERRUPT);
             self.raise(irq_index::INTX, 0);
+        }
+    }
+
+    /// Sends pending MSI vectors the guest has unmasked (per-vector masking).
+    fn fire_unmasked_msi(&mut self) {
+        let Some(mask_at) = self.shared.rules.msi_mask else {
+            return;
+        };
+        let pending = self.config_u32(mask_at + 4);
+        let ready = pending & !self.config_u32(mask_at);
+        if ready == 0 {
+            return;
+        }
+        self.set_config_u32(mask_at + 4, pending & !ready);
+        for vector in 0..32 {
+            if ready & (1 << vector) != 0 {
+                self.raise(irq_index::MSI, vector);
+            }
+        }
+    }
+
+    fn config_u32(&self, offset: usize) -> u32 {
+        match self.state.config.get(offset..offset + 4) {
+            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => 0,
+        }
+    }
+
+    fn set_config_u32(&mut self, offset: usize, value: u32) {
+        if let Some(b) = self.state.config.get_mut(offset..offset + 4) {
+            b.copy_from_slice(&value.to_le_bytes());
         }
     }
 
