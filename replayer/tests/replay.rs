@@ -662,3 +662,55 @@ fn a_32bit_ring_base_next_to_another_register_relocates() {
     let r = vmm.dev.report();
     assert!(!r.diverged, "{:?}", r.first_divergence);
 }
+
+#[test]
+fn byte_accesses_away_from_the_cursor_resync() {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    t.bytes(false, 0x100, &[1, 2, 3]);
+    t.bytes(true, 0x200, &[9, 9, 9]);
+    t.irq(2, 0);
+    t.read(STATUS, 5);
+
+    // The guest skips the recorded byte read and does the byte write: found ahead.
+    let mut vmm = Vmm::new(
+        Trace {
+            events: t.events.clone(),
+        },
+        2,
+        opts(Policy::resync()),
+    );
+    vmm.write(CTRL, 1);
+    vmm.dev.region_write(0, 0x200, &[9, 9, 9]).unwrap();
+    assert_eq!(vmm.irqs(0), 1, "the interrupt after the byte write");
+    assert_eq!(vmm.read(STATUS), 5);
+    let r = vmm.dev.report();
+    assert_eq!((r.counters.skipped, r.counters.inserted), (1, 0));
+    assert_eq!(r.counters.matched, 3);
+    assert_eq!(r.first_divergence.expect("divergence").seq, 1);
+
+    // The guest skips the CTRL write and reads the bytes: answered from the recording.
+    let mut vmm = Vmm::new(
+        Trace {
+            events: t.events.clone(),
+        },
+        4096,
+        opts(Policy::resync()),
+    );
+    let mut b = [0u8; 3];
+    vmm.dev.region_read(0, 0x100, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3]);
+    // Other bytes than recorded are not the recorded write: inserted, the cursor stays.
+    vmm.dev.region_write(0, 0x200, &[9, 9, 8]).unwrap();
+    vmm.dev.region_write(0, 0x200, &[9, 9, 9]).unwrap();
+    let r = vmm.dev.report();
+    assert_eq!((r.counters.skipped, r.counters.inserted), (1, 1));
+    assert_eq!(vmm.irqs(0), 1);
+
+    // Under strict the same access is the divergence.
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.dev.region_write(0, 0x200, &[9, 9, 9]).unwrap();
+    let r = vmm.dev.report();
+    assert!(r.stopped_following);
+    assert_eq!(vmm.irqs(0), 0);
+}

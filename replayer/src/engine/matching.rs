@@ -755,6 +755,55 @@ impl Replayer {
         }
     }
 
+    /// Finds the guest's byte access (a read of as many bytes, or a write of the same bytes) within
+    /// `window` recorded guest calls after the cursor.
+    pub(super) fn lookahead_bytes(
+        &self,
+        write: bool,
+        region: u8,
+        offset: u64,
+        data: &[u8],
+        window: u32,
+    ) -> Option<Cursor> {
+        let kind = if write { OpKind::Write } else { OpKind::Read };
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        let mut i = self.state.cursor.op;
+        let mut seen = 0u32;
+        loop {
+            while let Some(o) = chunk.ops.get(i) {
+                if o.kind.is_guest_call() {
+                    if seen > window {
+                        return None;
+                    }
+                    let same = seen > 0
+                        && o.kind == kind
+                        && o.region == region
+                        && o.offset == offset
+                        && o.size == 0
+                        && chunk
+                            .bytes
+                            .get(o.aux as usize)
+                            .is_some_and(|p| p.len() == data.len() && (!write || p == data));
+                    if same {
+                        return Some(Cursor {
+                            chunk: chunk_idx,
+                            op: i,
+                        });
+                    }
+                    seen += 1;
+                }
+                i += 1;
+            }
+            chunk_idx += 1;
+            if chunk_idx >= self.shared.chunk_count {
+                return None;
+            }
+            chunk = self.shared.chunk(chunk_idx).ok()?;
+            i = 0;
+        }
+    }
+
     /// Moves the cursor to `target`, performing device actions on the way; returns how many
     /// recorded guest calls were skipped.
     pub(super) fn skip_to(&mut self, target: Cursor) -> u64 {
@@ -780,7 +829,8 @@ impl Replayer {
         skipped
     }
 
-    /// A byte access (length other than 1, 2, 4, 8): matched only exactly at the cursor.
+    /// A byte access (length other than 1, 2, 4, 8): matched at the cursor (a read of as many
+    /// bytes, a write of the same bytes), or under `resync` within the window ahead.
     pub(super) fn access_bytes(&mut self, write: bool, region: u8, offset: u64, data: &mut [u8]) {
         self.state.counters.accesses += 1;
         if !self.state.stopped {
@@ -815,7 +865,23 @@ impl Replayer {
             self.note_mismatch(actual, "a byte access that does not match the trace");
             match self.shared.options.policy {
                 Policy::Strict => self.state.stopped = true,
-                Policy::Resync { .. } => self.state.counters.inserted += 1,
+                Policy::Resync { window } => {
+                    if let Some(target) = self.lookahead_bytes(write, region, offset, data, window)
+                    {
+                        let skipped = self.skip_to(target);
+                        self.state.counters.skipped += skipped;
+                        if let Some(op) = self.peek() {
+                            if !write {
+                                if let Some(p) = self.cur.bytes.get(op.aux as usize) {
+                                    data.copy_from_slice(p);
+                                }
+                            }
+                            self.consume(op);
+                            return;
+                        }
+                    }
+                    self.state.counters.inserted += 1;
+                }
                 Policy::Model => {}
             }
         }
