@@ -271,14 +271,21 @@ fn shorten_polls_serves_the_transition_early_and_never_lengthens() {
     t.irq(2, 2);
     t.read(STATUS, 2);
     t.write(CTRL, 9);
-    for k in [Some(3), None] {
+    // Chunks of 1 and 4 events put the run and its transition in different chunks.
+    for (k, chunk) in [
+        (Some(3), 4096),
+        (Some(3), 4),
+        (Some(3), 1),
+        (None, 4096),
+        (None, 1),
+    ] {
         let options = ReplayOptions {
             shorten_polls: k,
             ..Default::default()
         };
         let mut t2 = Trace::new();
         t2.events = t.events.clone();
-        let mut vmm = Vmm::new(t2, 4096, options);
+        let mut vmm = Vmm::new(t2, chunk, options);
         let mut reads = 0;
         while vmm.read(STATUS) != 2 {
             reads += 1;
@@ -299,7 +306,7 @@ fn shorten_polls_serves_the_transition_early_and_never_lengthens() {
         assert!(r.trace_finished);
         match k {
             Some(k) => {
-                assert_eq!(reads, k as usize);
+                assert_eq!(reads, k as usize, "chunk {chunk}");
                 assert_eq!(r.counters.poll_shortened, 1);
             }
             None => {
@@ -713,4 +720,46 @@ fn byte_accesses_away_from_the_cursor_resync() {
     let r = vmm.dev.report();
     assert!(r.stopped_following);
     assert_eq!(vmm.irqs(0), 0);
+}
+
+#[test]
+fn shorten_polls_keeps_a_run_without_transition_and_shortens_the_next() {
+    let mut t = Trace::new();
+    for _ in 0..6 {
+        t.read(STATUS, 1);
+    }
+    t.write(CTRL, 9); // the first run ends in a write: nothing to serve early
+    for _ in 0..6 {
+        t.read(STATUS, 1);
+    }
+    t.read(STATUS, 2);
+    for chunk in [3, 4096] {
+        let options = ReplayOptions {
+            shorten_polls: Some(2),
+            ..Default::default()
+        };
+        let mut vmm = Vmm::new(
+            Trace {
+                events: t.events.clone(),
+            },
+            chunk,
+            options,
+        );
+        for _ in 0..6 {
+            assert_eq!(vmm.read(STATUS), 1, "chunk {chunk}: the run as recorded");
+        }
+        vmm.write(CTRL, 9);
+        assert_eq!(vmm.read(STATUS), 1);
+        assert_eq!(vmm.read(STATUS), 1);
+        assert_eq!(
+            vmm.read(STATUS),
+            2,
+            "chunk {chunk}: the second run is shortened"
+        );
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{:?}", r.first_divergence);
+        assert_eq!(r.counters.poll_shortened, 1);
+        assert_eq!(r.counters.matched, r.counters.accesses);
+        assert!(r.trace_finished);
+    }
 }

@@ -27,11 +27,12 @@ impl Replayer {
                 }
                 _ => {
                     self.state.run_pos = 1;
+                    self.state.shorten_tried = false;
                 }
             }
             self.state.last_read = Some(op);
             self.state.run_extended = false;
-            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+            if self.state.run_pos > self.shorten_after && !self.state.shorten_tried {
                 if let Some(v) = self.shorten_run(op) {
                     return v;
                 }
@@ -81,23 +82,20 @@ impl Replayer {
         }
     }
 
-    /// `shorten_polls`: the guest has read this run more than K times; when the run is followed (in
-    /// this chunk) by a read of the same register with another value, jump there and serve it.
+    /// `shorten_polls`: the guest has read this run (the read at the cursor) more than K times;
+    /// when the run is followed by a read of the same register with another value, possibly in a
+    /// later chunk, jump there (device actions on the way still happen) and serve it. Looked for
+    /// once per run: a run not ending in a transition is served as recorded.
     pub(super) fn shorten_run(&mut self, op: Op) -> Option<u64> {
-        let run_end = self.state.cursor.op + op.aux as usize;
-        let ops = &self.cur.ops;
-        let mut i = run_end;
-        while i < ops.len() && !ops[i].kind.is_guest_call() {
-            i += 1;
-        }
-        let next = ops.get(i)?;
-        if next.kind != OpKind::Read || !next.same_key(&op) || next.value == op.value {
+        if self.state.shorten_tried {
             return None;
         }
+        self.state.shorten_tried = true;
+        let (target, transition) = self.after_run(op).filter(|(_, next)| {
+            next.kind == OpKind::Read && next.same_key(&op) && next.value != op.value
+        })?;
         self.state.counters.poll_shortened += 1;
-        self.state.cursor.op = run_end;
-        self.settle();
-        let transition = self.peek()?;
+        self.skip_to(target);
         self.state.last_read = None;
         Some(self.pass(transition))
     }
@@ -464,11 +462,13 @@ impl Replayer {
                         };
                         if in_run {
                             self.state.run_pos += 1;
-                            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+                            if self.state.run_pos > self.shorten_after && !self.state.shorten_tried
+                            {
                                 return self.access_slow(write, region, offset, size, value);
                             }
                         } else {
                             self.state.run_pos = 1;
+                            self.state.shorten_tried = false;
                             self.state.last_read = Some(*op);
                         }
                         self.state.run_extended = false;

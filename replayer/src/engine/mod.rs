@@ -151,6 +151,8 @@ pub struct ReplayState {
     last_read: Option<Op>,
     run_pos: u32,
     run_extended: bool,
+    /// Whether `shorten_polls` looked for the end of the current run already.
+    shorten_tried: bool,
     /// Register values the guest wrote that differ from the recording, and model answers: stamp
     /// (cursor position) and value.
     model: BTreeMap<RegKey, (u64, u64)>,
@@ -242,6 +244,7 @@ impl Shared {
             last_read: None,
             run_pos: 0,
             run_extended: false,
+            shorten_tried: false,
             model: BTreeMap::new(),
             config: self.rules.snapshot.clone(),
             msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
