@@ -243,3 +243,39 @@ fn a_half_guess_whose_whole_address_is_not_guest_memory_is_dropped() {
         assert!(r.relocations.is_empty(), "{:?}", r.relocations);
     }
 }
+
+#[test]
+fn a_guess_whose_partner_was_skipped_does_not_pair_with_a_later_write() {
+    // Under resync the guest programs only the low half of the first pair (the recorded high
+    // half is skipped), then a second pair with the recorded low half and another high half: that
+    // high half belongs to the second pair, not to the first guess.
+    let other = 0x10_8000u64;
+    let other_replay = 0x4_0000_0000 | other;
+    let mut t = Trace::new();
+    t.dma_map(BUF & !0xFFF, 0x1000);
+    t.dma_map(other & !0xFFF, 0x1000);
+    t.write(0x2800, BUF as u32);
+    t.write(0x2804, 0);
+    t.write(0x0, 1);
+    t.write(0x2800, other as u32);
+    t.write(0x2804, 0);
+    t.read(STATUS, 3);
+    let mut vmm = vmm_with_high_memory(t, 4096, Policy::resync());
+    vmm.mem
+        .add_local(other_replay & !0xF_FFFF, 0x10_0000, 3)
+        .expect("map");
+    vmm.write(0x2800, HIGH as u32); // the high half is guessed from the model: 0
+    vmm.write(0x0, 1); // the recorded high half is skipped
+    vmm.write(0x2800, other as u32);
+    vmm.write(0x2804, (other_replay >> 32) as u32);
+    assert_eq!(vmm.read(STATUS), 3);
+    let relocations = vmm.dev.state_ref().relocations();
+    assert_eq!(relocations.translate(other), other_replay);
+    assert_eq!(
+        relocations.translate(BUF),
+        HIGH & 0xFFFF_FFFF,
+        "the first guess is not completed by the second pair: {:?}",
+        relocations.ranges()
+    );
+    assert_eq!(vmm.dev.report().counters.skipped, 1);
+}

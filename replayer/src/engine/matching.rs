@@ -163,6 +163,14 @@ impl Replayer {
             return None;
         }
         self.state.pending_half = None;
+        // The recording must have written the guessed half just before this one (a guess whose
+        // partner was skipped must not pair with a later, unrelated write of the partner).
+        let recorded_first = self
+            .partner_write(op.region, half.offset, false)
+            .is_some_and(|(v, pending)| v == half.recorded && !pending);
+        if !recorded_first {
+            return None;
+        }
         let (rec, act) = if half.low {
             (op.value << 32 | half.recorded, value << 32 | half.guest)
         } else {
