@@ -279,3 +279,26 @@ fn a_guess_whose_partner_was_skipped_does_not_pair_with_a_later_write() {
     );
     assert_eq!(vmm.dev.report().counters.skipped, 1);
 }
+
+#[test]
+fn resync_finds_a_relocated_half_ahead() {
+    // The pair is programmed twice; the second time the guest leaves out the write before it, so
+    // resync must recognise the relocated low half ahead of the cursor.
+    let mut t = Trace::new();
+    t.write(0x2800, BUF as u32);
+    t.write(0x2804, 0);
+    t.dma_write(BUF, &[1; 8], None);
+    t.write(0x0, 1);
+    t.write(0x2800, BUF as u32);
+    t.write(0x2804, 0);
+    t.read(STATUS, 3);
+    let mut vmm = vmm_with_high_memory(t, 4096, Policy::resync());
+    vmm.write(0x2800, HIGH as u32);
+    vmm.write(0x2804, (HIGH >> 32) as u32);
+    vmm.write(0x2800, HIGH as u32);
+    vmm.write(0x2804, (HIGH >> 32) as u32);
+    assert_eq!(vmm.read(STATUS), 3);
+    let r = vmm.dev.report();
+    assert_eq!((r.counters.skipped, r.counters.inserted), (1, 0));
+    assert_eq!(vmm.mem_bytes(HIGH, 8), vec![1; 8]);
+}

@@ -593,9 +593,7 @@ impl Replayer {
                         && after.offset == offset
                         && after.size == size;
                     let accepted = same_register
-                        && (!write
-                            || after.value == value
-                            || self.state.relocations.translate(after.value) == value);
+                        && (!write || after.value == value || self.is_relocated(&after, value));
                     if accepted {
                         self.skip_to(target);
                         self.state.counters.poll_shortened += 1;
@@ -743,7 +741,7 @@ impl Replayer {
                         && o.size == size
                         && (kind != OpKind::Write
                             || o.value == value
-                            || self.state.relocations.translate(o.value) == value)
+                            || self.is_relocated(&o, value))
                     {
                         return Some(Cursor {
                             chunk: chunk_idx,
@@ -761,6 +759,29 @@ impl Replayer {
             chunk = self.shared.chunk(chunk_idx).ok()?;
             i = 0;
         }
+    }
+
+    /// Whether the guest's `value` is the recorded write `o` under a learned relocation, as a whole
+    /// address or (for a 32-bit register) as the low or high half of one: used away from the
+    /// cursor (resync, leaving a polling run), where the partner half is not known.
+    pub(super) fn is_relocated(&self, o: &Op, value: u64) -> bool {
+        let map = &self.state.relocations;
+        if map.translate(o.value) == value {
+            return true;
+        }
+        if o.size != 4 {
+            return false;
+        }
+        map.ranges().iter().any(|r| {
+            let (start, end) = (r.recorded, r.recorded.saturating_add(r.len));
+            // The low half within a range (with the range's high half).
+            let as_lo = (start & !0xFFFF_FFFF) | o.value;
+            let lo_ok =
+                as_lo >= start && as_lo < end && map.translate(as_lo) & 0xFFFF_FFFF == value;
+            // The high half of a range's start.
+            let hi_ok = start >> 32 == o.value && map.translate(start) >> 32 == value;
+            lo_ok || hi_ok
+        })
     }
 
     /// Finds the guest's byte access (a read of as many bytes, or a write of the same bytes) within
