@@ -154,8 +154,9 @@ impl Replayer {
 
     /// The second half of an address pair whose first half produced a guessed relocation: the
     /// guess is replaced by the relocation of the whole recorded address to the guest's whole
-    /// address. `None` when `op` is not that second half (or the whole is no address after all,
-    /// and the guess stays).
+    /// address. `None` when `op` is not that second half; also when the recording did not write
+    /// the two halves together, or the whole is no address after all (then the guess is dropped
+    /// and the write is judged on its own).
     #[cold]
     pub(super) fn complete_pair(&mut self, op: Op, value: u64) -> Option<bool> {
         let half = self.state.pending_half?;
