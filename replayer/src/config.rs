@@ -78,6 +78,9 @@ pub(crate) struct ConfigRules {
     pub w1c: Vec<u8>,
     /// MSI capability offset and its message-control word at capture.
     pub msi: Option<usize>,
+    /// Offset of the MSI per-vector mask bits, when the MSI capability has per-vector masking
+    /// (the pending bits follow 4 bytes later).
+    pub msi_mask: Option<usize>,
     /// MSI-X layout.
     pub msix: Option<MsixLayout>,
 }
@@ -142,6 +145,7 @@ impl ConfigRules {
             writable,
             w1c,
             msi: None,
+            msi_mask: None,
             msix: None,
         };
         rules.capability_rules();
@@ -222,8 +226,9 @@ impl ConfigRules {
                         ptr + 8
                     };
                     set_mask(&mut self.writable, data_at, 0xFFFF, 2);
-                    if per_vector {
+                    if per_vector && data_at + 12 <= self.snapshot.len() {
                         set_mask(&mut self.writable, data_at + 4, 0xFFFF_FFFF, 4);
+                        self.msi_mask = Some(data_at + 4);
                     }
                     self.msi = Some(ptr);
                 }

@@ -91,8 +91,15 @@ impl RelocationMap {
     /// page-aligned buffers relocate as pages), else from `recorded` itself. Returns false when the
     /// map already translated it that way.
     pub fn learn(&mut self, recorded: u64, replay: u64, span: u64) -> bool {
+        self.learn_range(recorded, replay, span).is_some()
+    }
+
+    /// Like [`RelocationMap::learn`], returning the range added (`None` when the map already
+    /// translated `recorded` to `replay`), so that a tentative guess can later be
+    /// [forgotten](RelocationMap::forget).
+    pub fn learn_range(&mut self, recorded: u64, replay: u64, span: u64) -> Option<Relocation> {
         if self.translate(recorded) == replay {
-            return false;
+            return None;
         }
         let in_page = recorded & (PAGE - 1);
         let (start, rep) = if replay & (PAGE - 1) == in_page {
@@ -106,12 +113,25 @@ impl RelocationMap {
         if self.ranges.len() >= MAX_RELOCATIONS {
             self.ranges.remove(0);
         }
-        self.ranges.push(Relocation {
+        let range = Relocation {
             recorded: start,
             replay: rep,
             len,
-        });
-        true
+        };
+        self.ranges.push(range);
+        Some(range)
+    }
+
+    /// Removes exactly `range` (as returned by [`RelocationMap::learn_range`]); returns whether it
+    /// was there.
+    pub fn forget(&mut self, range: &Relocation) -> bool {
+        match self.ranges.iter().rposition(|r| r == range) {
+            Some(i) => {
+                self.ranges.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -131,6 +151,18 @@ mod tests {
         assert_eq!(m.translate(0x10_3008), 0x50_3008);
         assert_eq!(m.translate_span(0x10_1ff0), (0x50_1ff0, 0x10));
         assert_eq!(m.translate(0x20_0000), 0x20_0000);
+    }
+
+    #[test]
+    fn a_forgotten_guess_leaves_the_older_ranges() {
+        let mut m = RelocationMap::new();
+        let wide = m.learn_range(0x10_0000, 0x50_0000, 0x10000).unwrap();
+        let guess = m.learn_range(0x10_2000, 0x90_0000, PAGE).unwrap();
+        assert_eq!(m.translate(0x10_2000), 0x90_0000);
+        assert!(m.forget(&guess));
+        assert!(!m.forget(&guess));
+        assert_eq!(m.translate(0x10_2000), 0x50_2000);
+        assert_eq!(m.ranges(), &[wide]);
     }
 
     #[test]

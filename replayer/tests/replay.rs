@@ -271,14 +271,21 @@ fn shorten_polls_serves_the_transition_early_and_never_lengthens() {
     t.irq(2, 2);
     t.read(STATUS, 2);
     t.write(CTRL, 9);
-    for k in [Some(3), None] {
+    // Chunks of 1 and 4 events put the run and its transition in different chunks.
+    for (k, chunk) in [
+        (Some(3), 4096),
+        (Some(3), 4),
+        (Some(3), 1),
+        (None, 4096),
+        (None, 1),
+    ] {
         let options = ReplayOptions {
             shorten_polls: k,
             ..Default::default()
         };
         let mut t2 = Trace::new();
         t2.events = t.events.clone();
-        let mut vmm = Vmm::new(t2, 4096, options);
+        let mut vmm = Vmm::new(t2, chunk, options);
         let mut reads = 0;
         while vmm.read(STATUS) != 2 {
             reads += 1;
@@ -299,7 +306,7 @@ fn shorten_polls_serves_the_transition_early_and_never_lengthens() {
         assert!(r.trace_finished);
         match k {
             Some(k) => {
-                assert_eq!(reads, k as usize);
+                assert_eq!(reads, k as usize, "chunk {chunk}");
                 assert_eq!(r.counters.poll_shortened, 1);
             }
             None => {
@@ -661,4 +668,98 @@ fn a_32bit_ring_base_next_to_another_register_relocates() {
     assert_eq!(vmm.mem_bytes(0x80_8000, 4), vec![9; 4]);
     let r = vmm.dev.report();
     assert!(!r.diverged, "{:?}", r.first_divergence);
+}
+
+#[test]
+fn byte_accesses_away_from_the_cursor_resync() {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    t.bytes(false, 0x100, &[1, 2, 3]);
+    t.bytes(true, 0x200, &[9, 9, 9]);
+    t.irq(2, 0);
+    t.read(STATUS, 5);
+
+    // The guest skips the recorded byte read and does the byte write: found ahead.
+    let mut vmm = Vmm::new(
+        Trace {
+            events: t.events.clone(),
+        },
+        2,
+        opts(Policy::resync()),
+    );
+    vmm.write(CTRL, 1);
+    vmm.dev.region_write(0, 0x200, &[9, 9, 9]).unwrap();
+    assert_eq!(vmm.irqs(0), 1, "the interrupt after the byte write");
+    assert_eq!(vmm.read(STATUS), 5);
+    let r = vmm.dev.report();
+    assert_eq!((r.counters.skipped, r.counters.inserted), (1, 0));
+    assert_eq!(r.counters.matched, 3);
+    assert_eq!(r.first_divergence.expect("divergence").seq, 1);
+
+    // The guest skips the CTRL write and reads the bytes: answered from the recording.
+    let mut vmm = Vmm::new(
+        Trace {
+            events: t.events.clone(),
+        },
+        4096,
+        opts(Policy::resync()),
+    );
+    let mut b = [0u8; 3];
+    vmm.dev.region_read(0, 0x100, &mut b).unwrap();
+    assert_eq!(b, [1, 2, 3]);
+    // Other bytes than recorded are not the recorded write: inserted, the cursor stays.
+    vmm.dev.region_write(0, 0x200, &[9, 9, 8]).unwrap();
+    vmm.dev.region_write(0, 0x200, &[9, 9, 9]).unwrap();
+    let r = vmm.dev.report();
+    assert_eq!((r.counters.skipped, r.counters.inserted), (1, 1));
+    assert_eq!(vmm.irqs(0), 1);
+
+    // Under strict the same access is the divergence.
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    vmm.dev.region_write(0, 0x200, &[9, 9, 9]).unwrap();
+    let r = vmm.dev.report();
+    assert!(r.stopped_following);
+    assert_eq!(vmm.irqs(0), 0);
+}
+
+#[test]
+fn shorten_polls_keeps_a_run_without_transition_and_shortens_the_next() {
+    let mut t = Trace::new();
+    for _ in 0..6 {
+        t.read(STATUS, 1);
+    }
+    t.write(CTRL, 9); // the first run ends in a write: nothing to serve early
+    for _ in 0..6 {
+        t.read(STATUS, 1);
+    }
+    t.read(STATUS, 2);
+    for chunk in [3, 4096] {
+        let options = ReplayOptions {
+            shorten_polls: Some(2),
+            ..Default::default()
+        };
+        let mut vmm = Vmm::new(
+            Trace {
+                events: t.events.clone(),
+            },
+            chunk,
+            options,
+        );
+        for _ in 0..6 {
+            assert_eq!(vmm.read(STATUS), 1, "chunk {chunk}: the run as recorded");
+        }
+        vmm.write(CTRL, 9);
+        assert_eq!(vmm.read(STATUS), 1);
+        assert_eq!(vmm.read(STATUS), 1);
+        assert_eq!(
+            vmm.read(STATUS),
+            2,
+            "chunk {chunk}: the second run is shortened"
+        );
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{:?}", r.first_divergence);
+        assert_eq!(r.counters.poll_shortened, 1);
+        assert_eq!(r.counters.matched, r.counters.accesses);
+        assert!(r.trace_finished);
+    }
 }

@@ -29,8 +29,9 @@ pub struct DemoArgs {
 
 /// IOVA of the driver's DMA area while recording.
 const RECORD_IOVA: u64 = 0x1000_0000;
-/// IOVA of the driver's DMA area while replaying: elsewhere, so the replay must relocate.
-const REPLAY_IOVA: u64 = 0x2000_0000;
+/// IOVA of the driver's DMA area while replaying: elsewhere, so the replay must relocate; above
+/// 4 GiB, so both 32-bit halves of every address register (DMA source/destination, rings) change.
+const REPLAY_IOVA: u64 = 0x4_2000_0000;
 
 /// Runs the scripted driver as a VMM would: through our vfio-user client, against `socket`.
 fn drive(socket: &Path, iova: u64) -> anyhow::Result<Observations> {

@@ -269,6 +269,7 @@ impl Device for Replayer {
         }
         self.state.counters.config_writes += 1;
         self.fire_unmasked_msix();
+        self.fire_unmasked_msi();
         self.fire_enabled_intx();
         Ok(())
     }
@@ -290,6 +291,9 @@ impl Device for Replayer {
         self.state.config = self.shared.rules.snapshot.clone();
         self.state.msix = self.shared.rules.msix.map(|m| MsixModel::new(m.entries));
         self.state.last_read = None;
+        // The device forgot the half address register written before the reset: its guess stays
+        // as it is, with nothing to complete it.
+        self.state.pending_half = None;
         if self.state.stopped {
             return Ok(());
         }

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How far (in recorded ops) the two halves of an address pair may be apart.
+const PAIR_DISTANCE: usize = 8;
+
 impl Replayer {
     /// Consumes the op at the cursor as matched and settles (interrupts and DMA recorded after it
     /// happen now). Returns the value a read answers.
@@ -24,11 +27,12 @@ impl Replayer {
                 }
                 _ => {
                     self.state.run_pos = 1;
+                    self.state.shorten_tried = false;
                 }
             }
             self.state.last_read = Some(op);
             self.state.run_extended = false;
-            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+            if self.state.run_pos > self.shorten_after && !self.state.shorten_tried {
                 if let Some(v) = self.shorten_run(op) {
                     return v;
                 }
@@ -78,23 +82,20 @@ impl Replayer {
         }
     }
 
-    /// `shorten_polls`: the guest has read this run more than K times; when the run is followed (in
-    /// this chunk) by a read of the same register with another value, jump there and serve it.
+    /// `shorten_polls`: the guest has read this run (the read at the cursor) more than K times;
+    /// when the run is followed by a read of the same register with another value, possibly in a
+    /// later chunk, jump there (device actions on the way still happen) and serve it. Looked for
+    /// once per run: a run not ending in a transition is served as recorded.
     pub(super) fn shorten_run(&mut self, op: Op) -> Option<u64> {
-        let run_end = self.state.cursor.op + op.aux as usize;
-        let ops = &self.cur.ops;
-        let mut i = run_end;
-        while i < ops.len() && !ops[i].kind.is_guest_call() {
-            i += 1;
-        }
-        let next = ops.get(i)?;
-        if next.kind != OpKind::Read || !next.same_key(&op) || next.value == op.value {
+        if self.state.shorten_tried {
             return None;
         }
+        self.state.shorten_tried = true;
+        let (target, transition) = self.after_run(op).filter(|(_, next)| {
+            next.kind == OpKind::Read && next.same_key(&op) && next.value != op.value
+        })?;
         self.state.counters.poll_shortened += 1;
-        self.state.cursor.op = run_end;
-        self.settle();
-        let transition = self.peek()?;
+        self.skip_to(target);
         self.state.last_read = None;
         Some(self.pass(transition))
     }
@@ -102,6 +103,9 @@ impl Replayer {
     /// Whether `op` (a write at the guest's register) accepts the guest's value: equal, equal after
     /// relocation, or an address the engine can learn a relocation from.
     pub(super) fn write_accepts(&mut self, op: Op, value: u64) -> bool {
+        if let Some(accepted) = self.complete_pair(op, value) {
+            return accepted;
+        }
         if op.value == value {
             return true;
         }
@@ -114,15 +118,9 @@ impl Replayer {
             return self.accepts_as(op, value, role, true);
         }
         // Without a register map, a 32-bit register next to another one written nearby may hold
-        // half of an address, or a whole 32-bit address: try the pair first, then the whole.
+        // half of an address, or a whole 32-bit address: try the pairs first, then the whole.
         if op.size == 4 {
-            let partner = op.offset ^ 4;
-            if self.nearby_write(op.region, partner).is_some() {
-                let half = if op.offset % 8 == 0 {
-                    AddrRole::Lo { partner }
-                } else {
-                    AddrRole::Hi { partner }
-                };
+            for half in self.half_roles(op).into_iter().flatten() {
                 if self.accepts_as(op, value, half, false) {
                     return true;
                 }
@@ -131,24 +129,94 @@ impl Replayer {
         self.accepts_as(op, value, AddrRole::Full, false)
     }
 
+    /// The ways a 32-bit register may be half of a 64-bit address: the low half with the register
+    /// above as its partner, or the high half with the one below, when the recording wrote that
+    /// neighbour nearby. Pairs are usually 8-aligned (an 8-aligned register is first tried as the
+    /// low half), but devices also put them at 4-aligned offsets (lo at 8k+4, hi at 8k+8); the
+    /// evidence check in [`Replayer::accepts_as`] tells the two apart.
+    pub(super) fn half_roles(&self, op: Op) -> [Option<AddrRole>; 2] {
+        let lo = op
+            .offset
+            .checked_add(4)
+            .filter(|&p| self.partner_write(op.region, p, true).is_some())
+            .map(|partner| AddrRole::Lo { partner });
+        let hi = op
+            .offset
+            .checked_sub(4)
+            .filter(|&p| self.partner_write(op.region, p, false).is_some())
+            .map(|partner| AddrRole::Hi { partner });
+        if op.offset % 8 == 0 {
+            [lo, hi]
+        } else {
+            [hi, lo]
+        }
+    }
+
+    /// The second half of an address pair whose first half produced a guessed relocation: the
+    /// guess is replaced by the relocation of the whole recorded address to the guest's whole
+    /// address. `None` when `op` is not that second half; also when the recording did not write
+    /// the two halves together, or the whole is no address after all (then the guess is dropped
+    /// and the write is judged on its own).
+    #[cold]
+    pub(super) fn complete_pair(&mut self, op: Op, value: u64) -> Option<bool> {
+        let half = self.state.pending_half?;
+        if half.region != op.region || half.partner != op.offset || op.size != 4 {
+            return None;
+        }
+        self.state.pending_half = None;
+        // The recording must have written the guessed half just before this one (a guess whose
+        // partner was skipped must not pair with a later, unrelated write of the partner).
+        let recorded_first = self
+            .partner_write(op.region, half.offset, false)
+            .is_some_and(|(v, pending)| v == half.recorded && !pending);
+        if !recorded_first {
+            return None;
+        }
+        let (rec, act) = if half.low {
+            (op.value << 32 | half.recorded, value << 32 | half.guest)
+        } else {
+            (half.recorded << 32 | op.value, half.guest << 32 | value)
+        };
+        let named = self
+            .shared
+            .address_regs
+            .contains_key(&(op.region, op.offset));
+        // The guess was accepted on the recording's side alone; the whole guest address is
+        // known now. When it is no address after all, the guess goes and the write is judged
+        // on its own.
+        self.state.relocations.forget(&half.range);
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, Some(act))) {
+            return None;
+        }
+        self.state
+            .relocations
+            .learn(rec, act, self.shared.options.relocation_span);
+        Some(self.state.relocations.translate(rec) == act)
+    }
+
     /// Whether the guest's `value` for the recorded write `op` is the recorded address relocated,
     /// reading the register as `role`; learns the relocation when the recorded value is an address
     /// (`named` by the register map, or evidently a DMA address of the recording).
     pub(super) fn accepts_as(&mut self, op: Op, value: u64, role: AddrRole, named: bool) -> bool {
+        // Whether the recording writes the partner half after this one: then the guest has not
+        // written it yet, its value here is the model's guess, and the relocation is tentative.
+        let mut partner_pending = None;
         let (rec, act) = match role {
             AddrRole::Full => (op.value, value),
             AddrRole::Lo { partner } => {
-                let rec_hi = self.recorded_partner(op, partner);
+                let (rec_hi, pending) = self.recorded_partner(op, partner, true);
                 let act_hi = self
                     .model_value((op.region, partner, op.size))
                     .unwrap_or(rec_hi);
+                partner_pending = pending.then_some(partner);
                 (rec_hi << 32 | op.value, act_hi << 32 | value)
             }
             AddrRole::Hi { partner } => {
-                let rec_lo = self.recorded_partner(op, partner);
+                let (rec_lo, pending) = self.recorded_partner(op, partner, false);
                 let act_lo = self
                     .model_value((op.region, partner, op.size))
                     .unwrap_or(rec_lo);
+                partner_pending = pending.then_some(partner);
                 (op.value << 32 | rec_lo, value << 32 | act_lo)
             }
         };
@@ -160,42 +228,123 @@ impl Replayer {
         if half_ok(self.state.relocations.translate(rec)) {
             return true;
         }
-        if rec == 0 || !(named || self.looks_like_recorded_address(rec, act)) {
+        // With the partner still to come, the guest's address is half a guess: judge the
+        // recorded address alone now, the whole when the partner arrives (`complete_pair`).
+        let guest_known = partner_pending.is_none().then_some(act);
+        if rec == 0 || !(named || self.looks_like_recorded_address(rec, guest_known)) {
             return false;
         }
-        if self
-            .state
-            .relocations
-            .learn(rec, act, self.shared.options.relocation_span)
+        if let Some(range) =
+            self.state
+                .relocations
+                .learn_range(rec, act, self.shared.options.relocation_span)
         {
             self.state.counters.relocations_learned += 1;
+            if let Some(partner) = partner_pending {
+                self.state.pending_half = Some(HalfAddress {
+                    region: op.region,
+                    offset: op.offset,
+                    partner,
+                    low: matches!(role, AddrRole::Lo { .. }),
+                    recorded: op.value,
+                    guest: value,
+                    range,
+                });
+            }
         }
         half_ok(self.state.relocations.translate(rec))
     }
 
-    /// A recorded 32-bit write to `offset` within 8 ops of the cursor (address halves are written
-    /// back to back).
-    pub(super) fn nearby_write(&self, region: u8, offset: u64) -> Option<u64> {
-        let at = self.state.cursor.op;
-        let lo = at.saturating_sub(8);
-        let hi = (at + 9).min(self.cur.ops.len());
-        self.cur.ops[lo..hi]
-            .iter()
-            .find(|o| {
-                o.kind == OpKind::Write && o.region == region && o.offset == offset && o.size == 4
-            })
-            .map(|o| o.value)
+    /// The recorded 32-bit write to `offset` closest to the cursor, within
+    /// [`PAIR_DISTANCE`] ops either side (address halves are written back to back; the pair may
+    /// straddle a chunk boundary), and whether it comes after the cursor. At equal distance, the
+    /// one after wins when `prefer_after` (a low half's partner usually follows it).
+    pub(super) fn partner_write(
+        &self,
+        region: u8,
+        offset: u64,
+        prefer_after: bool,
+    ) -> Option<(u64, bool)> {
+        let is_partner = |o: &Op| {
+            o.kind == OpKind::Write && o.region == region && o.offset == offset && o.size == 4
+        };
+        let before = self.ops_around(false);
+        let after = self.ops_around(true);
+        for d in 0..PAIR_DISTANCE {
+            let a = after
+                .get(d)
+                .filter(|o| is_partner(o))
+                .map(|o| (o.value, true));
+            let b = before
+                .get(d)
+                .filter(|o| is_partner(o))
+                .map(|o| (o.value, false));
+            let found = if prefer_after { a.or(b) } else { b.or(a) };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
     }
 
-    pub(super) fn recorded_partner(&self, op: Op, partner: u64) -> u64 {
-        self.nearby_write(op.region, partner)
+    /// Up to [`PAIR_DISTANCE`] recorded ops after the cursor (`forward`), or before it, nearest
+    /// first, crossing chunk boundaries.
+    fn ops_around(&self, forward: bool) -> Vec<Op> {
+        let mut out = Vec::with_capacity(PAIR_DISTANCE);
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        // Index of the next op to take, one past it when walking backwards.
+        let mut i = if forward {
+            self.state.cursor.op + 1
+        } else {
+            self.state.cursor.op.min(chunk.ops.len())
+        };
+        while out.len() < PAIR_DISTANCE {
+            if forward {
+                if let Some(o) = chunk.ops.get(i) {
+                    out.push(*o);
+                    i += 1;
+                    continue;
+                }
+                chunk_idx += 1;
+                if chunk_idx >= self.shared.chunk_count {
+                    break;
+                }
+                let Ok(c) = self.shared.chunk(chunk_idx) else {
+                    break;
+                };
+                chunk = c;
+                i = 0;
+            } else {
+                if i > 0 {
+                    i -= 1;
+                    out.push(chunk.ops[i]);
+                    continue;
+                }
+                if chunk_idx == 0 || chunk_idx > self.shared.chunk_count {
+                    break;
+                }
+                chunk_idx -= 1;
+                let Ok(c) = self.shared.chunk(chunk_idx) else {
+                    break;
+                };
+                chunk = c;
+                i = chunk.ops.len();
+            }
+        }
+        out
+    }
+
+    /// The recorded value of `op`'s partner half, and whether the recording writes it after `op`.
+    pub(super) fn recorded_partner(&self, op: Op, partner: u64, prefer_after: bool) -> (u64, bool) {
+        self.partner_write(op.region, partner, prefer_after)
             .or_else(|| {
                 self.shared
                     .start_registers
                     .get(&(op.region, partner, op.size))
-                    .copied()
+                    .map(|v| (*v, false))
             })
-            .unwrap_or(0)
+            .unwrap_or((0, false))
     }
 
     /// The register model's value for `key`: the most recent of what the guest wrote (when it
@@ -303,6 +452,10 @@ impl Replayer {
                     if write {
                         if op.value == value {
                             self.state.last_read = None;
+                            if self.state.pending_half.is_some() {
+                                let o = *op;
+                                self.complete_pair(o, value);
+                            }
                             return self.advance_matched(i, value);
                         }
                     } else {
@@ -318,11 +471,13 @@ impl Replayer {
                         };
                         if in_run {
                             self.state.run_pos += 1;
-                            if self.state.run_pos > self.shorten_after && op.aux > 1 {
+                            if self.state.run_pos > self.shorten_after && !self.state.shorten_tried
+                            {
                                 return self.access_slow(write, region, offset, size, value);
                             }
                         } else {
                             self.state.run_pos = 1;
+                            self.state.shorten_tried = false;
                             self.state.last_read = Some(*op);
                         }
                         self.state.run_extended = false;
@@ -439,9 +594,7 @@ impl Replayer {
                         && after.offset == offset
                         && after.size == size;
                     let accepted = same_register
-                        && (!write
-                            || after.value == value
-                            || self.state.relocations.translate(after.value) == value);
+                        && (!write || after.value == value || self.is_relocated(&after, value));
                     if accepted {
                         self.skip_to(target);
                         self.state.counters.poll_shortened += 1;
@@ -589,8 +742,80 @@ impl Replayer {
                         && o.size == size
                         && (kind != OpKind::Write
                             || o.value == value
-                            || self.state.relocations.translate(o.value) == value)
+                            || self.is_relocated(&o, value))
                     {
+                        return Some(Cursor {
+                            chunk: chunk_idx,
+                            op: i,
+                        });
+                    }
+                    seen += 1;
+                }
+                i += 1;
+            }
+            chunk_idx += 1;
+            if chunk_idx >= self.shared.chunk_count {
+                return None;
+            }
+            chunk = self.shared.chunk(chunk_idx).ok()?;
+            i = 0;
+        }
+    }
+
+    /// Whether the guest's `value` is the recorded write `o` under a learned relocation, as a whole
+    /// address or (for a 32-bit register) as the low or high half of one: used away from the
+    /// cursor (resync, leaving a polling run), where the partner half is not known.
+    pub(super) fn is_relocated(&self, o: &Op, value: u64) -> bool {
+        let map = &self.state.relocations;
+        if map.translate(o.value) == value {
+            return true;
+        }
+        if o.size != 4 {
+            return false;
+        }
+        map.ranges().iter().any(|r| {
+            let (start, end) = (r.recorded, r.recorded.saturating_add(r.len));
+            // The low half within a range (with the range's high half).
+            let as_lo = (start & !0xFFFF_FFFF) | o.value;
+            let lo_ok =
+                as_lo >= start && as_lo < end && map.translate(as_lo) & 0xFFFF_FFFF == value;
+            // The high half of a range's start.
+            let hi_ok = start >> 32 == o.value && map.translate(start) >> 32 == value;
+            lo_ok || hi_ok
+        })
+    }
+
+    /// Finds the guest's byte access (a read of as many bytes, or a write of the same bytes) within
+    /// `window` recorded guest calls after the cursor.
+    pub(super) fn lookahead_bytes(
+        &self,
+        write: bool,
+        region: u8,
+        offset: u64,
+        data: &[u8],
+        window: u32,
+    ) -> Option<Cursor> {
+        let kind = if write { OpKind::Write } else { OpKind::Read };
+        let mut chunk_idx = self.state.cursor.chunk;
+        let mut chunk = Arc::clone(&self.cur);
+        let mut i = self.state.cursor.op;
+        let mut seen = 0u32;
+        loop {
+            while let Some(o) = chunk.ops.get(i) {
+                if o.kind.is_guest_call() {
+                    if seen > window {
+                        return None;
+                    }
+                    let same = seen > 0
+                        && o.kind == kind
+                        && o.region == region
+                        && o.offset == offset
+                        && o.size == 0
+                        && chunk
+                            .bytes
+                            .get(o.aux as usize)
+                            .is_some_and(|p| p.len() == data.len() && (!write || p == data));
+                    if same {
                         return Some(Cursor {
                             chunk: chunk_idx,
                             op: i,
@@ -634,7 +859,8 @@ impl Replayer {
         skipped
     }
 
-    /// A byte access (length other than 1, 2, 4, 8): matched only exactly at the cursor.
+    /// A byte access (length other than 1, 2, 4, 8): matched at the cursor (a read of as many
+    /// bytes, a write of the same bytes), or under `resync` within the window ahead.
     pub(super) fn access_bytes(&mut self, write: bool, region: u8, offset: u64, data: &mut [u8]) {
         self.state.counters.accesses += 1;
         if !self.state.stopped {
@@ -669,7 +895,23 @@ impl Replayer {
             self.note_mismatch(actual, "a byte access that does not match the trace");
             match self.shared.options.policy {
                 Policy::Strict => self.state.stopped = true,
-                Policy::Resync { .. } => self.state.counters.inserted += 1,
+                Policy::Resync { window } => {
+                    if let Some(target) = self.lookahead_bytes(write, region, offset, data, window)
+                    {
+                        let skipped = self.skip_to(target);
+                        self.state.counters.skipped += skipped;
+                        if let Some(op) = self.peek() {
+                            if !write {
+                                if let Some(p) = self.cur.bytes.get(op.aux as usize) {
+                                    data.copy_from_slice(p);
+                                }
+                            }
+                            self.consume(op);
+                            return;
+                        }
+                    }
+                    self.state.counters.inserted += 1;
+                }
                 Policy::Model => {}
             }
         }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::compile::{canonical_regions, CompileContext, CompiledChunk, Op, OpKind, RegKey};
 use crate::config::{ConfigRules, MsixLayout, MsixModel, MSIX_FUNCTION_MASK};
-use crate::reloc::{RelocationMap, PAGE};
+use crate::reloc::{Relocation, RelocationMap, PAGE};
 use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
 use crate::source::{EventSource, SourceError};
 
@@ -121,6 +121,25 @@ impl Cursor {
     }
 }
 
+/// A relocation guessed from one half of a 64-bit address written as two 32-bit registers, before
+/// the guest wrote the other half: the other half was taken from the register model, so the guess
+/// is replaced (not added to) when the other half arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HalfAddress {
+    region: u8,
+    /// The register whose write produced the guess.
+    offset: u64,
+    /// The other half, still to be written.
+    partner: u64,
+    /// Whether `offset` holds the low half.
+    low: bool,
+    /// The recorded and the guest's value of the half written.
+    recorded: u64,
+    guest: u64,
+    /// The range learned from the guess.
+    range: Relocation,
+}
+
 /// The engine's complete mutable state: cursor, register/config/MSI-X models, relocation map,
 /// counters and divergence. A small `Clone` value: save it with [`Replayer::state`] and go back to
 /// it with [`Replayer::restore`] (S2E forks states, fuzzers reset).
@@ -132,12 +151,16 @@ pub struct ReplayState {
     last_read: Option<Op>,
     run_pos: u32,
     run_extended: bool,
+    /// Whether `shorten_polls` looked for the end of the current run already.
+    shorten_tried: bool,
     /// Register values the guest wrote that differ from the recording, and model answers: stamp
     /// (cursor position) and value.
     model: BTreeMap<RegKey, (u64, u64)>,
     config: Vec<u8>,
     msix: Option<MsixModel>,
     relocations: RelocationMap,
+    /// The relocation guessed from the first half of an address pair, awaiting the second half.
+    pending_half: Option<HalfAddress>,
     recorded_mappings: Vec<(u64, u64)>,
     /// Registers the guest programmed with a relocated address: (key, recorded value, guest
     /// value). A recorded read-back of the recorded value answers the guest's value.
@@ -221,10 +244,12 @@ impl Shared {
             last_read: None,
             run_pos: 0,
             run_extended: false,
+            shorten_tried: false,
             model: BTreeMap::new(),
             config: self.rules.snapshot.clone(),
             msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
             relocations: RelocationMap::new(),
+            pending_half: None,
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
             counters: Counters::default(),
@@ -532,6 +557,18 @@ impl Replayer {
                 }
             }
         }
+        if index == irq_index::MSI && vector < 32 {
+            if let Some(mask_at) = self.shared.rules.msi_mask {
+                if self.config_u32(mask_at) & (1 << vector) != 0 {
+                    // PCI: a masked MSI vector sets its pending bit; the message is sent when
+                    // the guest unmasks it.
+                    let pending = self.config_u32(mask_at + 4) | (1 << vector);
+                    self.set_config_u32(mask_at + 4, pending);
+                    self.state.counters.irqs_pending += 1;
+                    return;
+                }
+            }
+        }
         if index == irq_index::INTX && self.config_u16(0x04) & COMMAND_INTX_DISABLE != 0 {
             // PCI: with INTx disabled the device only sets Interrupt Status; the interrupt is
             // asserted when the guest enables INTx again.
@@ -549,6 +586,37 @@ impl Replayer {
         if status & STATUS_INTERRUPT != 0 && self.config_u16(0x04) & COMMAND_INTX_DISABLE == 0 {
             self.set_config_u16(0x06, status & !STATUS_INTERRUPT);
             self.raise(irq_index::INTX, 0);
+        }
+    }
+
+    /// Sends pending MSI vectors the guest has unmasked (per-vector masking).
+    fn fire_unmasked_msi(&mut self) {
+        let Some(mask_at) = self.shared.rules.msi_mask else {
+            return;
+        };
+        let pending = self.config_u32(mask_at + 4);
+        let ready = pending & !self.config_u32(mask_at);
+        if ready == 0 {
+            return;
+        }
+        self.set_config_u32(mask_at + 4, pending & !ready);
+        for vector in 0..32 {
+            if ready & (1 << vector) != 0 {
+                self.raise(irq_index::MSI, vector);
+            }
+        }
+    }
+
+    fn config_u32(&self, offset: usize) -> u32 {
+        match self.state.config.get(offset..offset + 4) {
+            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => 0,
+        }
+    }
+
+    fn set_config_u32(&mut self, offset: usize, value: u32) {
+        if let Some(b) = self.state.config.get_mut(offset..offset + 4) {
+            b.copy_from_slice(&value.to_le_bytes());
         }
     }
 
@@ -728,8 +796,9 @@ impl Replayer {
     /// recording: a page the recorded device went on to use by DMA, or an address inside a recorded
     /// DMA mapping of at most [`SMALL_MAPPING`] bytes while `act` is readable guest memory. A VMM
     /// that maps all guest RAM makes every small number "inside a mapping"; such mappings say
-    /// nothing, and a changed control value must stay a divergence.
-    fn looks_like_recorded_address(&self, rec: u64, act: u64) -> bool {
+    /// nothing, and a changed control value must stay a divergence. `act: None` is a guest address
+    /// not known yet (half of it is a guess): only the recording's side is checked.
+    fn looks_like_recorded_address(&self, rec: u64, act: Option<u64>) -> bool {
         if self.is_recorded_dma_page(rec) {
             return true;
         }
@@ -741,6 +810,9 @@ impl Replayer {
         if !in_small_mapping {
             return false;
         }
+        let Some(act) = act else {
+            return true;
+        };
         let mut probe = [0u8; 1];
         self.memory
             .as_ref()

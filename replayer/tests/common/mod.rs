@@ -163,6 +163,20 @@ impl Trace {
         })
     }
 
+    /// A BAR0 access of `data.len()` bytes (not 1, 2, 4 or 8: recorded as bytes).
+    pub fn bytes(&mut self, write: bool, offset: u64, data: &[u8]) -> u64 {
+        let a = RegionAccess {
+            region: 0,
+            offset,
+            data: AccessData::Bytes(data.to_vec()),
+        };
+        self.push(if write {
+            EventKind::MmioWrite(a)
+        } else {
+            EventKind::MmioRead(a)
+        })
+    }
+
     pub fn irq(&mut self, index: u32, vector: u32) -> u64 {
         self.push(EventKind::Irq(Irq { index, vector }))
     }
