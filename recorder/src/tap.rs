@@ -300,7 +300,6 @@ impl LoggingMemory {
             watch: Some(watch),
         }
     }
-
 }
 
 impl GuestMemory for LoggingMemory {

@@ -526,9 +526,9 @@ impl WatchSet {
         if memory.read(offset, &mut shadow).is_err() {
             return;
         }
-        if naming == Naming::Register && self.options.follow_pointers {
-            self.follow_pointers(st, &shadow, iova, 0, shadow.len());
-        }
+        // Scanned after the page is in, so the pages it names count against the cap with it.
+        let scan =
+            (naming == Naming::Register && self.options.follow_pointers).then(|| shadow.clone());
         st.pages.insert(
             key,
             Page {
@@ -551,6 +551,9 @@ impl WatchSet {
             }
         }
         self.page_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(bytes) = scan {
+            self.follow_pointers(st, &bytes, iova, 0, bytes.len());
+        }
     }
 
     /// Watches what the aligned little-endian u64 values in `bytes[from..to]` point at.
