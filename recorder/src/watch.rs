@@ -428,14 +428,11 @@ impl WatchSet {
             return Vec::new();
         };
         st.last_values.insert((region, offset), value);
+        // The other half as last written; a low half alone is a 32-bit address (high half 0), a
+        // high half alone names nothing until its low half is known.
         let other = || {
             let pair = map.by_name(reg.pair.as_deref()?)?;
-            Some(
-                st.last_values
-                    .get(&(pair.region, pair.offset))
-                    .copied()
-                    .unwrap_or(0),
-            )
+            st.last_values.get(&(pair.region, pair.offset)).copied()
         };
         match part {
             AddressPart::Full => vec![value],
