@@ -265,6 +265,28 @@ fn writer_throughput(c: &mut Criterion) {
         })
     };
     let n = 5_000_000u64;
+    // Baseline: the same events appended straight to a trace writer on this thread (sequence and
+    // timestamps made up front), no queue, no second thread.
+    let mut direct = TraceWriter::new(
+        std::io::sink(),
+        &TraceHeader::default(),
+        WriterOptions::default(),
+    )
+    .expect("a trace writer into a sink");
+    let t0 = Instant::now();
+    for i in 0..n {
+        direct
+            .append(&hwrr_formats::Event {
+                seq: i,
+                t_ns: i * 10,
+                status: 0,
+                duration_ns: 0,
+                kind: event(i),
+            })
+            .expect("append");
+    }
+    direct.finish().expect("finish");
+    let baseline = t0.elapsed();
     let recorder = sink_recorder(1 << 16);
     let handle = recorder.handle();
     let t0 = Instant::now();
@@ -274,6 +296,12 @@ fn writer_throughput(c: &mut Criterion) {
     let logged = t0.elapsed();
     let stats = recorder.finish().expect("finish");
     let total = t0.elapsed();
+    eprintln!(
+        "writer baseline (TraceWriter::append on one thread): {:.1} M events/s; through the \
+         recorder: x{:.2} of the baseline's time",
+        n as f64 / baseline.as_secs_f64() / 1e6,
+        total.as_secs_f64() / baseline.as_secs_f64()
+    );
     eprintln!(
         "writer: {n} events logged in {:.3} s ({:.1} M events/s at the producer), written in \
          {:.3} s ({:.1} M events/s end to end), {} stalls, queue high-water {} (target: >= 20 M \

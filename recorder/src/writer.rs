@@ -180,7 +180,9 @@ impl Recorder {
                 loop {
                     let closed = {
                         let mut q = worker.lock();
-                        if q.batch.is_empty() && !q.closed {
+                        // Taking small batches would bounce the lock between cores: wait for
+                        // half a queue (producers signal it) or the tick, whichever comes first.
+                        if q.batch.len() < worker.capacity.div_ceil(2) && !q.closed {
                             q = worker
                                 .work
                                 .wait_timeout(q, tick)
