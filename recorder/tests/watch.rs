@@ -736,3 +736,100 @@ fn the_recorded_trace_replays_the_frame_into_fresh_guest_memory() {
         "replayed guest memory matches the recorded run's"
     );
 }
+
+/// A memfd of `len` bytes: guest RAM a VMM shares with a vfio-user server.
+fn memfd(len: usize) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"hwrr-watch-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as i64) },
+        0
+    );
+    fd
+}
+
+#[test]
+fn over_vfio_user_with_fd_shared_memory_the_frame_is_captured() {
+    use hwrr_vfio_user::{Client, ClientOptions, Server, ServerOptions};
+    use std::os::fd::AsFd;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let sock = dir.path().join("dev.sock");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
+    let mut server = Server::bind(
+        &sock,
+        ServerOptions {
+            once: true,
+            ..ServerOptions::default()
+        },
+    )
+    .unwrap();
+    let serving = std::thread::spawn(move || {
+        let summary = server.serve(&mut tap);
+        (summary.map(|s| s.requests), tap.watch_stats())
+    });
+
+    // The VMM's side: guest RAM in a memfd, shared with the server by DMA_MAP.
+    let mut vmm = Client::connect(&sock, ClientOptions::default()).unwrap();
+    let fd = memfd(GUEST_LEN);
+    let ram = MappedMemory::map_fd(fd.try_clone().unwrap(), 0, GUEST_LEN, true).unwrap();
+    vmm.dma_map(GUEST_BASE, GUEST_LEN as u64, 3, Some((fd.as_fd(), 0)))
+        .unwrap();
+    let irq = eventfd::create().unwrap();
+    vmm.set_irqs(
+        MSIX,
+        0,
+        1,
+        IrqAction::Trigger,
+        &IrqData::Eventfd(vec![true]),
+        &[irq.as_fd()],
+    )
+    .unwrap();
+    for i in 0..DESCS {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&(BUFFERS + i * BUFFER_STRIDE).to_le_bytes());
+        ram.write(RING + i * 16 - GUEST_BASE, &d).unwrap();
+    }
+    let w =
+        |vmm: &mut Client, off: u64, v: u32| vmm.region_write(0, off, &v.to_le_bytes()).unwrap();
+    w(&mut vmm, IMS, 0x80);
+    w(&mut vmm, RDBAL, RING as u32);
+    w(&mut vmm, RDBAH, (RING >> 32) as u32);
+    w(&mut vmm, RDLEN, (DESCS * 16) as u32);
+    w(&mut vmm, RDT, (DESCS - 1) as u32);
+    w(&mut vmm, RX_INJECT, 600);
+    assert_eq!(wait_for_irq(&irq), 1);
+    let mut icr = [0u8; 4];
+    vmm.region_read(0, ICR, &mut icr).unwrap();
+    assert_eq!(u32::from_le_bytes(icr), 0x80);
+    let mut got = vec![0u8; 600];
+    ram.read(BUFFERS - GUEST_BASE, &mut got).unwrap();
+    assert_eq!(
+        got,
+        frame(0, 600),
+        "the device wrote the shared memory directly"
+    );
+    drop(vmm);
+    let (requests, stats) = serving.join().unwrap();
+    assert!(requests.unwrap() > 0);
+    let stats = stats.unwrap();
+    recorder.finish().unwrap();
+    assert_eq!(stats.dma_writes_logged, 2, "{stats:?}");
+    let events = events_of(&path);
+    let writes = dma_writes(&events);
+    assert!(writes.iter().any(|(_, w)| w.iova == BUFFERS
+        && w.data == frame(0, 600)
+        && w.before == Some(vec![0; 600])));
+    let irq_at = events
+        .iter()
+        .position(|e| matches!(e.kind, EventKind::Irq(_)))
+        .unwrap();
+    assert!(writes.iter().all(|(i, _)| *i < irq_at));
+}
