@@ -833,3 +833,55 @@ fn over_vfio_user_with_fd_shared_memory_the_frame_is_captured() {
         .unwrap();
     assert!(writes.iter().all(|(i, _)| *i < irq_at));
 }
+
+#[test]
+fn nearby_changes_merge_and_runs_join_across_pages() {
+    use hwrr_recorder::WatchSet;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let ram = Arc::new(MappedMemory::anonymous(0x4000).unwrap());
+    let watch = WatchSet::new(no_sweep(), recorder.handle());
+    watch.add_mapping(
+        DmaMapping {
+            iova: 0x10_0000,
+            len: 0x4000,
+            flags: 3,
+        },
+        Some(ram.clone()),
+    );
+    // A 64-bit register write names the whole mapping (16 KiB < the ring span).
+    watch.before_register_write(0, 0x100, &0x10_0000u64.to_le_bytes());
+    assert_eq!(watch.stats().pages_watched, 4);
+    ram.write(10, &[1]).unwrap();
+    ram.write(20, &[2]).unwrap(); // 9 bytes after the last change: merged
+    ram.write(100, &[3, 4]).unwrap(); // far: its own write
+    ram.write(0x1ffc, &[5; 8]).unwrap(); // crosses into the next page: one write
+    watch.observe();
+    // Nothing changed since: nothing more is logged.
+    watch.observe();
+    let stats = watch.stats();
+    drop(watch);
+    recorder.finish().unwrap();
+    let events = events_of(&path);
+    let writes: Vec<(u64, Vec<u8>, Vec<u8>)> = dma_writes(&events)
+        .into_iter()
+        .map(|(_, w)| (w.iova, w.data.clone(), w.before.clone().unwrap()))
+        .collect();
+    let mut merged = vec![0u8; 11];
+    merged[0] = 1;
+    merged[10] = 2;
+    assert_eq!(
+        writes,
+        vec![
+            (0x10_000a, merged, vec![0; 11]),
+            (0x10_0064, vec![3, 4], vec![0; 2]),
+            (0x10_1ffc, vec![5; 8], vec![0; 8]),
+        ]
+    );
+    assert_eq!(stats.dma_writes_logged, 3);
+    assert_eq!(stats.dma_bytes_logged, 21);
+    assert_eq!(stats.observations, 2);
+    // The refresh before the register write compared too.
+    assert_eq!(stats.bytes_compared, 3 * 0x4000);
+}
