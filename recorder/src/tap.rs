@@ -141,9 +141,10 @@ impl<D: Device> Device for Tap<D> {
     }
 
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<()> {
-        let t0 = Instant::now();
+        // Two clock reads per access: the end of the call is also the event's stamp.
+        let t0 = self.recorder.now_ns();
         let r = self.inner.region_read(region, offset, data);
-        let dur = elapsed_ns(t0);
+        let t1 = self.recorder.now_ns();
         // The value read may announce DMA the device did: log that DMA first.
         if let Some(w) = &self.watch {
             w.observe();
@@ -154,7 +155,8 @@ impl<D: Device> Device for Tap<D> {
             data: AccessData::from_le_bytes(data),
         };
         let kind = self.region_event(region, false, access);
-        self.recorder.log(kind, status_of(&r), dur);
+        self.recorder
+            .log_at(kind, status_of(&r), t1.saturating_sub(t0), t1);
         r
     }
 
@@ -166,9 +168,8 @@ impl<D: Device> Device for Tap<D> {
         }
         // Reserved before the call: the DMA and interrupts a write triggers come after it.
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.region_write(region, offset, data);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         let access = RegionAccess {
             region,
             offset,

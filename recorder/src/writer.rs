@@ -98,6 +98,13 @@ pub struct Ticket {
     handle: Option<RecorderHandle>,
 }
 
+impl Ticket {
+    /// When the place was reserved (nanoseconds since the recorder started).
+    pub fn t_ns(&self) -> u64 {
+        self.t_ns
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
@@ -270,8 +277,10 @@ impl RecorderHandle {
         self.shared.start.elapsed().as_nanos() as u64
     }
 
-    fn stamp(&self, q: &mut Queue) -> (u64, u64) {
-        let t_ns = self.now_ns().max(q.last_t_ns);
+    /// Hands out the next sequence number, stamped `now` (read before the lock was taken, to keep
+    /// the clock out of the critical section) or the last stamp, whichever is later.
+    fn stamp(q: &mut Queue, now: u64) -> (u64, u64) {
+        let t_ns = now.max(q.last_t_ns);
         let seq = q.next_seq;
         q.next_seq += 1;
         q.last_t_ns = t_ns;
@@ -280,7 +289,8 @@ impl RecorderHandle {
 
     /// Reserves the next place in the stream, stamped now.
     pub fn reserve(&self) -> Ticket {
-        let (seq, t_ns) = self.stamp(&mut self.shared.lock());
+        let now = self.now_ns();
+        let (seq, t_ns) = Self::stamp(&mut self.shared.lock(), now);
         Ticket {
             seq,
             t_ns,
@@ -303,8 +313,14 @@ impl RecorderHandle {
 
     /// Logs one event at the next place in the stream, stamped now.
     pub fn log(&self, kind: EventKind, status: u32, duration_ns: u64) {
+        self.log_at(kind, status, duration_ns, self.now_ns());
+    }
+
+    /// Logs one event at the next place in the stream, stamped `t_ns` (a [`RecorderHandle::now_ns`]
+    /// the caller already read; raised to the last stamp handed out, so stamps never decrease).
+    pub fn log_at(&self, kind: EventKind, status: u32, duration_ns: u64, t_ns: u64) {
         let mut q = self.shared.lock();
-        let (seq, t_ns) = self.stamp(&mut q);
+        let (seq, t_ns) = Self::stamp(&mut q, t_ns);
         let ev = Event {
             seq,
             t_ns,
