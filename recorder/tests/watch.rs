@@ -516,10 +516,8 @@ fn the_sweep_catches_a_write_without_an_interrupt() {
         stats = tap.watch_stats().unwrap();
     }
     assert!(stats.sweeps >= 1);
-    assert_eq!(
-        stats.observations, stats.sweeps,
-        "only sweeps looked: {stats:?}"
-    );
+    // Only sweeps looked (a sweep is counted just before it diffs, so it may be one ahead).
+    assert!(stats.observations <= stats.sweeps, "{stats:?}");
     assert_eq!(eventfd::drain(&guest.irq).unwrap(), 0, "no interrupt");
     drop(tap);
     recorder.finish().unwrap();
