@@ -190,6 +190,9 @@ pub struct WatchSet {
     state: Mutex<State>,
     /// Pages watched; read without the lock so an empty watch set costs one atomic load.
     page_count: AtomicU64,
+    /// Watchable mappings; read without the lock so register writes cost one atomic load until
+    /// the device has memory to write.
+    mapping_count: AtomicU64,
     counters: Counters,
 }
 
@@ -217,6 +220,7 @@ impl WatchSet {
                 scratch: vec![0; WATCH_PAGE_SIZE as usize],
             }),
             page_count: AtomicU64::new(0),
+            mapping_count: AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
@@ -261,6 +265,8 @@ impl WatchSet {
         let len = mapping.len.min(memory.len() as u64);
         let mut st = self.lock();
         st.mappings.insert(mapping.iova, Mapped { len, memory });
+        self.mapping_count
+            .store(st.mappings.len() as u64, Ordering::Relaxed);
     }
 
     /// Mappings were removed: what the device wrote there so far is logged, then their pages are
@@ -293,6 +299,8 @@ impl WatchSet {
                 }
             }
         }
+        self.mapping_count
+            .store(st.mappings.len() as u64, Ordering::Relaxed);
     }
 
     fn forget_page(&self, st: &mut State, key: u64) {
@@ -308,10 +316,10 @@ impl WatchSet {
     /// Called before a register write is forwarded: learns pages from the value, then absorbs
     /// every change seen since the last observation as a guest write.
     pub fn before_register_write(&self, region: u32, offset: u64, data: &[u8]) {
-        let mut st = self.lock();
-        if st.mappings.is_empty() {
+        if self.mapping_count.load(Ordering::Relaxed) == 0 {
             return;
         }
+        let mut st = self.lock();
         for address in self.addresses_named(&mut st, region, offset, data) {
             self.watch_range(&mut st, address, self.options.ring_span, Naming::Register);
         }
@@ -339,11 +347,8 @@ impl WatchSet {
     /// with the watch set held still, then takes the written bytes into the shadows so the watch
     /// set does not report them again.
     pub fn exact_write<R>(&self, iova: u64, len: usize, write: impl FnOnce() -> R) -> R {
-        if self.page_count.load(Ordering::Relaxed) == 0 {
-            // No page watched: nothing can be reported twice. A page named while the write runs
-            // is snapshotted after it, so it starts with the written bytes.
-            return write();
-        }
+        // Held even when no page is watched: a page named while the write runs (a register write
+        // on another thread) must be snapshotted before or after it, never in the middle.
         let mut st = self.lock();
         let r = write();
         let end = iova.saturating_add(len as u64);
