@@ -170,11 +170,17 @@ impl Device for RxNic {
         Ok(())
     }
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
-        let v = match (region, <[u8; 4]>::try_from(data)) {
-            (0, Ok(b)) if offset < 0x4000 => u32::from_le_bytes(b),
-            _ => return Err(DeviceError::Invalid("4-byte BAR0 writes only".into())),
-        };
-        self.regs[(offset / 4) as usize] = v;
+        if region != 0 || offset % 4 != 0 || offset + data.len() as u64 > 0x4000 {
+            return Err(DeviceError::Invalid("aligned BAR0 writes only".into()));
+        }
+        // A 64-bit write sets two registers.
+        let mut v = 0;
+        for (i, word) in data.chunks(4).enumerate() {
+            let b = <[u8; 4]>::try_from(word)
+                .map_err(|_| DeviceError::Invalid("4- or 8-byte writes only".into()))?;
+            v = u32::from_le_bytes(b);
+            self.regs[(offset / 4) as usize + i] = v;
+        }
         if offset == RX_INJECT {
             self.receive(v as usize)?;
         }
@@ -882,4 +888,53 @@ fn nearby_changes_merge_and_runs_join_across_pages() {
     assert_eq!(stats.observations, 2);
     // The refresh before the register write compared too.
     assert_eq!(stats.bytes_compared, 3 * 0x4000);
+}
+
+#[test]
+fn pointers_the_guest_writes_before_a_doorbell_name_new_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
+    let guest = bring_up(&mut tap, true);
+    let named = tap.watch_stats().unwrap().pages_named_by_pointers;
+    // Descriptor 0 gets a buffer in a page nobody named yet; then the tail doorbell.
+    let fresh = GUEST_BASE + 0x8_0000;
+    guest.fill_descriptor(0, fresh);
+    write32(&mut tap, RDT, 0);
+    let stats = tap.watch_stats().unwrap();
+    assert_eq!(stats.pages_named_by_pointers, named + 1, "{stats:?}");
+    write32(&mut tap, RX_INJECT, 700);
+    assert_eq!(wait_for_irq(&guest.irq), 1);
+    drop(tap);
+    recorder.finish().unwrap();
+    let events = events_of(&path);
+    assert!(dma_writes(&events).iter().any(|(_, w)| w.iova == fresh
+        && w.data == frame(0, 700)
+        && w.before == Some(vec![0; 700])));
+}
+
+#[test]
+fn misaligned_or_unmapped_values_name_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
+    let _guest = bring_up_with(&mut tap, true, false);
+    let before = tap.watch_stats().unwrap().pages_named_by_registers;
+    // A 64-bit value inside the mapping but not 16-byte aligned; one outside every mapping; a
+    // pair whose halves are not adjacent.
+    tap.region_write(0, 0x100, &(RING + 0x2_0004).to_le_bytes())
+        .unwrap();
+    tap.region_write(0, 0x108, &(GUEST_BASE + (GUEST_LEN as u64)).to_le_bytes())
+        .unwrap();
+    write32(&mut tap, 0x200, (RING + 0x3_0000) as u32);
+    write32(&mut tap, 0x208, (RING >> 32) as u32);
+    assert_eq!(tap.watch_stats().unwrap().pages_named_by_registers, before);
+    // The same value as an aligned 64-bit write does name its window.
+    tap.region_write(0, 0x100, &(RING + 0x3_0000).to_le_bytes())
+        .unwrap();
+    assert!(tap.watch_stats().unwrap().pages_named_by_registers > before);
+    drop(tap);
+    recorder.finish().unwrap();
 }
