@@ -8,14 +8,19 @@
 //!   replaced by the tap's own, relayed to the consumer's by a thread that logs each interrupt; DMA the
 //!   backend does through the attached guest memory is logged exactly (bytes, and the bytes it
 //!   overwrote).
+//! - [`WatchSet`] infers the DMA of devices that write guest memory directly (real hardware, fd-shared
+//!   vfio-user servers): shadow copies of the pages register writes and descriptors name, diffed at
+//!   every interrupt, register read and periodic sweep.
 
 #![deny(missing_docs)]
 
 mod header;
 mod relay;
 mod tap;
+mod watch;
 mod writer;
 
 pub use header::capture_header;
 pub use tap::{LoggingMemory, Tap};
+pub use watch::{WatchOptions, WatchSet, WatchStats, WATCH_PAGE_SIZE};
 pub use writer::{Recorder, RecorderError, RecorderHandle, RecorderOptions, RecorderStats, Ticket};

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use hwrr_device::eventfd;
 use hwrr_formats::{EventKind, Irq};
 
+use crate::watch::WatchSet;
 use crate::writer::RecorderHandle;
 
 struct Route {
@@ -48,8 +49,9 @@ fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd) -> io::Result<()> {
 }
 
 impl IrqRelay {
-    /// Starts the relay thread.
-    pub fn start(recorder: RecorderHandle) -> io::Result<Self> {
+    /// Starts the relay thread. With a watch set, memory the device wrote is diffed (and logged)
+    /// before each interrupt is logged, so the `dma_write` precedes the `irq` in the stream.
+    pub fn start(recorder: RecorderHandle, watch: Option<Arc<WatchSet>>) -> io::Result<Self> {
         // SAFETY: epoll_create1 takes no pointers; the result is checked before it is owned.
         let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if raw < 0 {
@@ -68,7 +70,7 @@ impl IrqRelay {
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
             .name("hwrr-irq-relay".into())
-            .spawn(move || relay_loop(&worker, &recorder))?;
+            .spawn(move || relay_loop(&worker, &recorder, watch.as_deref()))?;
         Ok(IrqRelay {
             inner,
             thread: Some(thread),
@@ -132,7 +134,7 @@ impl Drop for IrqRelay {
     }
 }
 
-fn relay_loop(inner: &Inner, recorder: &RecorderHandle) {
+fn relay_loop(inner: &Inner, recorder: &RecorderHandle, watch: Option<&WatchSet>) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
     while !inner.stop.load(Ordering::SeqCst) {
         // SAFETY: `events` is a live array of 16 epoll_events; the epoll fd is open.
@@ -165,6 +167,11 @@ fn relay_loop(inner: &Inner, recorder: &RecorderHandle) {
                 continue;
             };
             let count = eventfd::drain(&route.ours).unwrap_or(0);
+            if count > 0 {
+                if let Some(w) = watch {
+                    w.observe();
+                }
+            }
             for _ in 0..count {
                 // Logged before it is forwarded, so the interrupt precedes whatever the guest does
                 // in response.

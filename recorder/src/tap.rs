@@ -11,6 +11,7 @@ use hwrr_formats::{
 };
 
 use crate::relay::IrqRelay;
+use crate::watch::{Sweeper, WatchOptions, WatchSet, WatchStats};
 use crate::writer::RecorderHandle;
 
 fn status_of<T>(r: &Result<T>) -> u32 {
@@ -31,24 +32,58 @@ pub struct Tap<D: Device> {
     relay: IrqRelay,
     /// Region kinds by index, so an access is logged as MMIO or PIO without asking the backend.
     region_kinds: HashMap<u32, RegionKind>,
+    /// Infers DMA into memory the device writes directly; `None` when disabled.
+    watch: Option<Arc<WatchSet>>,
+    /// Stops the periodic sweep when the tap goes away (declared after `relay`, dropped after it).
+    _sweeper: Option<Sweeper>,
 }
 
 impl<D: Device> Tap<D> {
-    /// Wraps `inner`; events go to `recorder`. Starts the interrupt relay thread.
+    /// Wraps `inner`; events go to `recorder`. Starts the interrupt relay thread, and the watch
+    /// set with its default options (see [`Tap::with_options`]).
     pub fn new(inner: D, recorder: RecorderHandle) -> std::io::Result<Self> {
+        Self::with_options(inner, recorder, WatchOptions::default())
+    }
+
+    /// Wraps `inner` with the watch set configured by `watch` (its sweep thread is started here).
+    pub fn with_options(
+        inner: D,
+        recorder: RecorderHandle,
+        watch: WatchOptions,
+    ) -> std::io::Result<Self> {
         let region_kinds = inner
             .describe()
             .regions
             .iter()
             .map(|r| (r.index, r.kind))
             .collect();
-        let relay = IrqRelay::start(recorder.clone())?;
+        let sweep = watch.sweep_interval;
+        let watch = watch
+            .enabled
+            .then(|| Arc::new(WatchSet::new(watch, recorder.clone())));
+        let relay = IrqRelay::start(recorder.clone(), watch.clone())?;
+        let sweeper = match (&watch, sweep) {
+            (Some(w), Some(interval)) => Some(Sweeper::start(w.clone(), interval)?),
+            _ => None,
+        };
         Ok(Tap {
             inner,
             recorder,
             relay,
             region_kinds,
+            watch,
+            _sweeper: sweeper,
         })
+    }
+
+    /// What the watch set did so far (`None` when it is disabled).
+    pub fn watch_stats(&self) -> Option<WatchStats> {
+        self.watch.as_ref().map(|w| w.stats())
+    }
+
+    /// The watch set, when enabled.
+    pub fn watch_set(&self) -> Option<&Arc<WatchSet>> {
+        self.watch.as_ref()
     }
 
     /// The wrapped backend.
@@ -106,25 +141,35 @@ impl<D: Device> Device for Tap<D> {
     }
 
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<()> {
-        let t0 = Instant::now();
+        // Two clock reads per access: the end of the call is also the event's stamp.
+        let t0 = self.recorder.now_ns();
         let r = self.inner.region_read(region, offset, data);
-        let dur = elapsed_ns(t0);
+        let t1 = self.recorder.now_ns();
+        // The value read may announce DMA the device did: log that DMA first.
+        if let Some(w) = &self.watch {
+            w.observe();
+        }
         let access = RegionAccess {
             region,
             offset,
             data: AccessData::from_le_bytes(data),
         };
         let kind = self.region_event(region, false, access);
-        self.recorder.log(kind, status_of(&r), dur);
+        self.recorder
+            .log_at(kind, status_of(&r), t1.saturating_sub(t0), t1);
         r
     }
 
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<()> {
+        // What the guest wrote to memory before this (descriptors, buffers) is absorbed here, so
+        // that only what changes after the device saw the write is attributed to the device.
+        if let Some(w) = &self.watch {
+            w.before_register_write(region, offset, data);
+        }
         // Reserved before the call: the DMA and interrupts a write triggers come after it.
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.region_write(region, offset, data);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         let access = RegionAccess {
             region,
             offset,
@@ -175,16 +220,24 @@ impl<D: Device> Device for Tap<D> {
 
     fn dma_map(&mut self, region: DmaRegion) -> Result<()> {
         let mapping = region.mapping;
+        let memory = region.memory.clone();
         let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.dma_map(region);
         let dur = elapsed_ns(t0);
         self.recorder
             .submit(ticket, EventKind::DmaMap(mapping), status_of(&r), dur);
+        if let (Ok(()), Some(w)) = (&r, &self.watch) {
+            w.add_mapping(mapping, memory);
+        }
         r
     }
 
     fn dma_unmap(&mut self, mapping: DmaMapping) -> Result<()> {
+        // What the device wrote there is logged while the memory is still mapped.
+        if let Some(w) = &self.watch {
+            w.remove_mapping(mapping);
+        }
         let ticket = self.recorder.reserve();
         let t0 = Instant::now();
         let r = self.inner.dma_unmap(mapping);
@@ -208,6 +261,7 @@ impl<D: Device> Device for Tap<D> {
         self.inner.attach_memory(Arc::new(LoggingMemory {
             inner: memory,
             recorder: self.recorder.clone(),
+            watch: self.watch.clone(),
         }));
     }
 
@@ -221,12 +275,31 @@ impl<D: Device> Device for Tap<D> {
 pub struct LoggingMemory {
     inner: Arc<dyn GuestMemory>,
     recorder: RecorderHandle,
+    watch: Option<Arc<WatchSet>>,
 }
 
 impl LoggingMemory {
     /// Wraps `inner`, logging to `recorder`.
     pub fn new(inner: Arc<dyn GuestMemory>, recorder: RecorderHandle) -> Self {
-        LoggingMemory { inner, recorder }
+        LoggingMemory {
+            inner,
+            recorder,
+            watch: None,
+        }
+    }
+
+    /// Wraps `inner`, logging to `recorder`; writes are taken into `watch`'s shadows so the watch
+    /// set does not report them a second time.
+    pub fn with_watch(
+        inner: Arc<dyn GuestMemory>,
+        recorder: RecorderHandle,
+        watch: Arc<WatchSet>,
+    ) -> Self {
+        LoggingMemory {
+            inner,
+            recorder,
+            watch: Some(watch),
+        }
     }
 }
 
@@ -247,6 +320,15 @@ impl GuestMemory for LoggingMemory {
     }
 
     fn write(&self, iova: u64, data: &[u8]) -> Result<()> {
+        match &self.watch {
+            Some(w) => w.exact_write(iova, data.len(), || self.logged_write(iova, data)),
+            None => self.logged_write(iova, data),
+        }
+    }
+}
+
+impl LoggingMemory {
+    fn logged_write(&self, iova: u64, data: &[u8]) -> Result<()> {
         let mut before = vec![0u8; data.len()];
         // The before-bytes are what the replayer compares against; when memory cannot be read
         // first (a write-only mapping), the write is logged without them.

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -54,21 +53,39 @@ pub struct RecorderStats {
     pub stalls: u64,
 }
 
+/// The queue between producers and the writer thread.
+///
+/// One lock hands out sequence numbers and timestamps (so timestamps are non-decreasing in sequence
+/// order, whichever thread logs) and appends to the batch the writer takes whole. Producers wake the
+/// writer only when the batch passes half the capacity; otherwise it wakes on its own tick. An event
+/// therefore costs one uncontended lock and a push, not a channel send and a futex wake.
 struct Shared {
-    /// Sequence numbers and timestamps are handed out under one lock, so timestamps are
-    /// non-decreasing in sequence order, whichever thread logs.
-    sequencer: Mutex<Sequencer>,
-    sender: Mutex<Option<SyncSender<Event>>>,
+    queue: Mutex<Queue>,
+    /// Signalled when the batch passes half the capacity, or when the recorder finishes.
+    work: Condvar,
+    /// Signalled when the writer took the batch, for producers waiting on a full queue.
+    room: Condvar,
+    capacity: usize,
     start: Instant,
-    enqueued: AtomicU64,
-    dequeued: Arc<AtomicU64>,
+    dequeued: AtomicU64,
     high_water: AtomicU64,
     stalls: AtomicU64,
 }
 
-struct Sequencer {
+struct Queue {
     next_seq: u64,
     last_t_ns: u64,
+    batch: Vec<Event>,
+    /// Events ever queued.
+    enqueued: u64,
+    /// Set by [`Recorder::finish`]: later events are dropped.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A place in the event stream, reserved when a call starts so that what the device does during
@@ -81,10 +98,17 @@ pub struct Ticket {
     handle: Option<RecorderHandle>,
 }
 
+impl Ticket {
+    /// When the place was reserved (nanoseconds since the recorder started).
+    pub fn t_ns(&self) -> u64 {
+        self.t_ns
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
-            h.send(Event {
+            let ev = Event {
                 seq: self.seq,
                 t_ns: self.t_ns,
                 status: 0,
@@ -93,7 +117,9 @@ impl Drop for Ticket {
                     label: "hwrr.abandoned".into(),
                     data: None,
                 }),
-            });
+            };
+            let q = h.shared.lock();
+            h.push(q, ev);
         }
     }
 }
@@ -126,34 +152,65 @@ impl Recorder {
         mut writer: TraceWriter<W>,
         opts: RecorderOptions,
     ) -> Result<Self, RecorderError> {
-        let (tx, rx) = mpsc::sync_channel::<Event>(opts.queue_capacity.max(1));
-        let dequeued = Arc::new(AtomicU64::new(0));
-        let dq = dequeued.clone();
+        let capacity = opts.queue_capacity.max(1);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                next_seq: 0,
+                last_t_ns: 0,
+                batch: Vec::with_capacity(capacity),
+                enqueued: 0,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            capacity,
+            start: Instant::now(),
+            dequeued: AtomicU64::new(0),
+            high_water: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+        });
         let tick = opts
             .writer
             .flush_interval
             .map(|d| (d / 2).max(Duration::from_millis(1)))
-            .unwrap_or(Duration::from_millis(50));
+            .unwrap_or(Duration::from_millis(50))
+            // Events wait in the batch at most this long before the writer looks.
+            .min(Duration::from_millis(5));
+        let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("hwrr-writer".into())
             .spawn(move || -> Result<u64, RecorderError> {
                 // Calls that started earlier can finish later: events wait here until every
                 // earlier sequence number has been written.
                 let mut reorder = Reorder::default();
+                let mut taken: Vec<Event> = Vec::with_capacity(capacity);
                 loop {
-                    match rx.recv_timeout(tick) {
-                        Ok(ev) => {
-                            dq.fetch_add(1, Ordering::SeqCst);
-                            reorder.push(ev, &mut writer)?;
-                            // Drain what is already queued before looking at the clock again.
-                            while let Ok(ev) = rx.try_recv() {
-                                dq.fetch_add(1, Ordering::SeqCst);
-                                reorder.push(ev, &mut writer)?;
-                            }
-                            writer.tick()?;
+                    let closed = {
+                        let mut q = worker.lock();
+                        // Taking small batches would bounce the lock between cores: wait for
+                        // half a queue (producers signal it) or the tick, whichever comes first.
+                        if q.batch.len() < worker.capacity.div_ceil(2) && !q.closed {
+                            q = worker
+                                .work
+                                .wait_timeout(q, tick)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
                         }
-                        Err(RecvTimeoutError::Timeout) => writer.tick()?,
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        std::mem::swap(&mut q.batch, &mut taken);
+                        q.closed
+                    };
+                    if !taken.is_empty() {
+                        worker.room.notify_all();
+                        worker
+                            .dequeued
+                            .fetch_add(taken.len() as u64, Ordering::Relaxed);
+                        for ev in taken.drain(..) {
+                            reorder.push(ev, &mut writer)?;
+                        }
+                    }
+                    writer.tick()?;
+                    if closed && worker.lock().batch.is_empty() {
+                        break;
                     }
                 }
                 if !reorder.waiting.is_empty() {
@@ -168,20 +225,7 @@ impl Recorder {
             })
             .map_err(|e| RecorderError::Thread(e.to_string()))?;
         Ok(Recorder {
-            handle: RecorderHandle {
-                shared: Arc::new(Shared {
-                    sequencer: Mutex::new(Sequencer {
-                        next_seq: 0,
-                        last_t_ns: 0,
-                    }),
-                    sender: Mutex::new(Some(tx)),
-                    start: Instant::now(),
-                    enqueued: AtomicU64::new(0),
-                    dequeued,
-                    high_water: AtomicU64::new(0),
-                    stalls: AtomicU64::new(0),
-                }),
-            },
+            handle: RecorderHandle { shared },
             thread: Some(thread),
         })
     }
@@ -199,11 +243,9 @@ impl Recorder {
 
     fn finish_inner(&mut self) -> Result<RecorderStats, RecorderError> {
         let shared = &self.handle.shared;
-        shared
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        shared.lock().closed = true;
+        shared.work.notify_all();
+        shared.room.notify_all();
         let bytes = match self.thread.take() {
             Some(t) => t
                 .join()
@@ -235,75 +277,89 @@ impl RecorderHandle {
         self.shared.start.elapsed().as_nanos() as u64
     }
 
+    /// Hands out the next sequence number, stamped `now` (read before the lock was taken, to keep
+    /// the clock out of the critical section) or the last stamp, whichever is later.
+    fn stamp(q: &mut Queue, now: u64) -> (u64, u64) {
+        let t_ns = now.max(q.last_t_ns);
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        q.last_t_ns = t_ns;
+        (seq, t_ns)
+    }
+
     /// Reserves the next place in the stream, stamped now.
     pub fn reserve(&self) -> Ticket {
-        let mut seq = self
-            .shared
-            .sequencer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let t_ns = self.now_ns().max(seq.last_t_ns);
-        let ticket = Ticket {
-            seq: seq.next_seq,
+        let now = self.now_ns();
+        let (seq, t_ns) = Self::stamp(&mut self.shared.lock(), now);
+        Ticket {
+            seq,
             t_ns,
             handle: Some(self.clone()),
-        };
-        seq.next_seq += 1;
-        seq.last_t_ns = t_ns;
-        ticket
+        }
     }
 
     /// Fills a reserved place with what the call did.
     pub fn submit(&self, mut ticket: Ticket, kind: EventKind, status: u32, duration_ns: u64) {
         ticket.handle = None;
-        self.send(Event {
+        let ev = Event {
             seq: ticket.seq,
             t_ns: ticket.t_ns,
             status,
             duration_ns,
             kind,
-        });
+        };
+        self.push(self.shared.lock(), ev);
     }
 
     /// Logs one event at the next place in the stream, stamped now.
     pub fn log(&self, kind: EventKind, status: u32, duration_ns: u64) {
-        let ticket = self.reserve();
-        self.submit(ticket, kind, status, duration_ns);
+        self.log_at(kind, status, duration_ns, self.now_ns());
+    }
+
+    /// Logs one event at the next place in the stream, stamped `t_ns` (a [`RecorderHandle::now_ns`]
+    /// the caller already read; raised to the last stamp handed out, so stamps never decrease).
+    pub fn log_at(&self, kind: EventKind, status: u32, duration_ns: u64, t_ns: u64) {
+        let mut q = self.shared.lock();
+        let (seq, t_ns) = Self::stamp(&mut q, t_ns);
+        let ev = Event {
+            seq,
+            t_ns,
+            status,
+            duration_ns,
+            kind,
+        };
+        self.push(q, ev);
     }
 
     /// Queues an event; blocks (and counts a stall) while the queue is full. After
     /// [`Recorder::finish`] events are dropped: the trace is complete.
-    fn send(&self, ev: Event) {
+    fn push(&self, mut q: MutexGuard<'_, Queue>, ev: Event) {
         let shared = &*self.shared;
-        let Some(sender) = shared
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
-            return;
-        };
-        // Counted before it is sent, so the writer's count of received events never passes it.
-        let enqueued = shared.enqueued.fetch_add(1, Ordering::SeqCst) + 1;
-        let sent = match sender.try_send(ev) {
-            Ok(()) => true,
-            Err(TrySendError::Full(ev)) => {
-                shared.stalls.fetch_add(1, Ordering::Relaxed);
-                sender.send(ev).is_ok()
+        if q.batch.len() >= shared.capacity && !q.closed {
+            shared.stalls.fetch_add(1, Ordering::Relaxed);
+            shared.work.notify_one();
+            while q.batch.len() >= shared.capacity && !q.closed {
+                q = shared.room.wait(q).unwrap_or_else(|p| p.into_inner());
             }
-            Err(TrySendError::Disconnected(_)) => false,
-        };
-        if !sent {
-            shared.enqueued.fetch_sub(1, Ordering::SeqCst);
+        }
+        if q.closed {
             return;
         }
-        let queued = enqueued.saturating_sub(shared.dequeued.load(Ordering::SeqCst));
-        shared.high_water.fetch_max(queued, Ordering::Relaxed);
+        q.batch.push(ev);
+        q.enqueued += 1;
+        let queued = q.batch.len();
+        if queued as u64 > shared.high_water.load(Ordering::Relaxed) {
+            shared.high_water.store(queued as u64, Ordering::Relaxed);
+        }
+        // Woken early only when the batch is big enough to be worth it (or could fill up).
+        if queued == shared.capacity.div_ceil(2) {
+            shared.work.notify_one();
+        }
     }
 
     /// Events logged so far.
     pub fn logged(&self) -> u64 {
-        self.shared.enqueued.load(Ordering::Relaxed)
+        self.shared.lock().enqueued
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{ArgGroup, Args};
 use hwrr_device::Device;
 use hwrr_host_setup::{Bdf, HostRoot};
-use hwrr_recorder::{capture_header, Recorder, RecorderOptions, Tap};
+use hwrr_recorder::{capture_header, Recorder, RecorderOptions, Tap, WatchOptions};
 use hwrr_vfio_backend::{OpenOptions, VfioBackend};
 use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice, Server, ServerOptions};
 
@@ -42,6 +42,15 @@ pub struct RecordArgs {
     /// Serve one VMM connection, then finish the trace.
     #[arg(long)]
     once: bool,
+    /// Do not infer DMA into memory the device writes directly (the watch set; docs/RECORDING.md).
+    #[arg(long)]
+    no_watch: bool,
+    /// Watch-set sweep interval for drivers that poll memory (0 turns the sweep off).
+    #[arg(long, default_value_t = 10)]
+    watch_sweep_ms: u64,
+    /// Most guest pages the watch set shadows at once.
+    #[arg(long, default_value_t = 4096)]
+    watch_max_pages: usize,
 }
 
 fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -81,7 +90,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
     options.writer.flush_interval = Some(Duration::from_millis(args.flush_ms.max(1)));
     let recorder = Recorder::create(&args.output, &header, options)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let mut tap = Tap::new(backend, recorder.handle())?;
+    let watch = WatchOptions {
+        enabled: !args.no_watch,
+        sweep_interval: (args.watch_sweep_ms > 0)
+            .then(|| Duration::from_millis(args.watch_sweep_ms)),
+        max_pages: args.watch_max_pages.max(1),
+        ..WatchOptions::default()
+    };
+    let mut tap = Tap::with_options(backend, recorder.handle(), watch)?;
     let stop = stop_on_signals()?;
     let mut server = Server::bind(
         &args.listen,
@@ -102,6 +118,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
         qemu_device_arg(&args.listen)
     );
     let served = server.serve(&mut tap);
+    let watch_stats = tap.watch_stats();
     // Leave a real device healthy for the next user (this reset is not part of the recording). A
     // remote vfio-user server owns its device's life: it is left as the VMM left it.
     let mut backend = tap.into_inner();
@@ -120,6 +137,27 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
         stats.queue_high_water,
         stats.stalls
     );
+    if let Some(w) = watch_stats {
+        eprintln!(
+            "hwrr: watch set: {} dma_write events ({} bytes) inferred from {} changes; {} pages \
+             watched ({} named by registers, {} by pointers, {} evicted); {} observations, {} \
+             sweeps, {} bytes compared; {} guest ranges ({} bytes) absorbed before register \
+             writes; {} exact writes not logged twice",
+            w.dma_writes_logged,
+            w.dma_bytes_logged,
+            w.changes_found,
+            w.pages_watched,
+            w.pages_named_by_registers,
+            w.pages_named_by_pointers,
+            w.evictions,
+            w.observations,
+            w.sweeps,
+            w.bytes_compared,
+            w.guest_ranges_absorbed,
+            w.guest_bytes_absorbed,
+            w.exact_writes_absorbed
+        );
+    }
     if let (true, Some(bdf)) = (args.restore_driver, bdf) {
         let report = hwrr_host_setup::unbind(&HostRoot::real(), bdf)
             .with_context(|| format!("cannot give {bdf} back to its host driver"))?;

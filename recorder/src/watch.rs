@@ -1,0 +1,741 @@
+//! The watch set: DMA capture for devices that write guest memory directly.
+//!
+//! Real hardware (through the IOMMU) and vfio-user servers that share guest RAM by fd write guest
+//! memory without telling the recorder. The watch set infers those writes: it keeps shadow copies of
+//! the pages the device is likely to write (rings named by register writes, buffers named by pointers
+//! in those rings) and diffs them against live memory wherever the guest could observe a device
+//! write: before an interrupt is logged, before a register read is logged, and in a periodic sweep.
+//! Changed byte ranges become `dma_write` events with the bytes they replaced.
+//!
+//! A diff cannot tell who wrote a byte. Guest writes (descriptors, buffers) are absorbed silently
+//! right before every register write is forwarded: drivers fill memory and then ring a doorbell, and
+//! hardware DMA happens after the doorbell, so what changes later is attributed to the device.
+//! `docs/RECORDING.md` states the limits.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hwrr_device::{dma_flags, MappedMemory};
+use hwrr_formats::regmap::{AddressPart, RegisterMap};
+use hwrr_formats::{DmaMapping, DmaWrite, EventKind};
+
+use crate::writer::RecorderHandle;
+
+/// Shadow granularity: pages are watched and evicted in units of this many bytes.
+pub const WATCH_PAGE_SIZE: u64 = 4096;
+
+/// How many recent 32-bit register writes are kept to pair address halves.
+const RECENT_WRITES: usize = 8;
+
+/// How the watch set names and diffs pages.
+#[derive(Clone, Debug)]
+pub struct WatchOptions {
+    /// Whether the watch set runs at all.
+    pub enabled: bool,
+    /// Bytes watched from an address a register write names (a descriptor ring and its
+    /// neighbours), clipped to the DMA mapping.
+    pub ring_span: u64,
+    /// Bytes watched from a pointer found in a watched ring (a buffer), clipped to the mapping.
+    pub pointer_span: u64,
+    /// Whether pointers found in register-named pages name more pages.
+    pub follow_pointers: bool,
+    /// Alignment an address must have to be believed (register values and pointers alike): random
+    /// register values and descriptor fields rarely are aligned, rings and buffers are.
+    pub address_align: u64,
+    /// Most pages watched at once; beyond it the least recently named page is evicted (pointer-named
+    /// pages before register-named ones).
+    pub max_pages: usize,
+    /// Periodic sweep interval, for drivers that poll memory; `None` disables the sweep.
+    pub sweep_interval: Option<Duration>,
+    /// Changed ranges in one page closer than this many bytes are logged as one write.
+    pub merge_gap: usize,
+    /// Registers that hold DMA addresses. When given, only these name pages; otherwise any 64-bit
+    /// register write, or 32-bit halves written to adjacent registers, whose value lies in a
+    /// mapping does.
+    pub regmap: Option<RegisterMap>,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            enabled: true,
+            ring_span: 64 * 1024,
+            pointer_span: 2048,
+            follow_pointers: true,
+            address_align: 16,
+            max_pages: 4096,
+            sweep_interval: Some(Duration::from_millis(10)),
+            merge_gap: 16,
+            regmap: None,
+        }
+    }
+}
+
+impl WatchOptions {
+    /// Options with the watch set switched off.
+    pub fn disabled() -> Self {
+        WatchOptions {
+            enabled: false,
+            ..WatchOptions::default()
+        }
+    }
+}
+
+/// What the watch set did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Pages watched now.
+    pub pages_watched: u64,
+    /// Pages ever named by register writes.
+    pub pages_named_by_registers: u64,
+    /// Pages ever named by pointers in watched pages.
+    pub pages_named_by_pointers: u64,
+    /// Pages evicted because of the page cap.
+    pub evictions: u64,
+    /// Bytes compared against shadows.
+    pub bytes_compared: u64,
+    /// Diffs run (interrupts, register reads, sweeps, unmaps).
+    pub observations: u64,
+    /// Periodic sweeps run.
+    pub sweeps: u64,
+    /// Changed ranges attributed to the device.
+    pub changes_found: u64,
+    /// `dma_write` events logged by the watch set.
+    pub dma_writes_logged: u64,
+    /// Bytes in those events.
+    pub dma_bytes_logged: u64,
+    /// Changed ranges absorbed without logging before register writes (presumed guest writes).
+    pub guest_ranges_absorbed: u64,
+    /// Bytes in those ranges.
+    pub guest_bytes_absorbed: u64,
+    /// Device writes logged exactly (through the attached guest memory) that touched watched
+    /// pages: their shadows were updated instead of reporting them again.
+    pub exact_writes_absorbed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    pages_named_by_registers: AtomicU64,
+    pages_named_by_pointers: AtomicU64,
+    evictions: AtomicU64,
+    bytes_compared: AtomicU64,
+    observations: AtomicU64,
+    sweeps: AtomicU64,
+    changes_found: AtomicU64,
+    dma_writes_logged: AtomicU64,
+    dma_bytes_logged: AtomicU64,
+    guest_ranges_absorbed: AtomicU64,
+    guest_bytes_absorbed: AtomicU64,
+    exact_writes_absorbed: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A DMA mapping whose memory this process can read.
+struct Mapped {
+    len: u64,
+    memory: Arc<MappedMemory>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Naming {
+    Register,
+    Pointer,
+}
+
+struct Page {
+    /// IOVA of the first watched byte (a page boundary, or the mapping's start).
+    iova: u64,
+    memory: Arc<MappedMemory>,
+    /// Offset of `iova` in `memory`.
+    offset: u64,
+    shadow: Vec<u8>,
+    naming: Naming,
+    stamp: u64,
+}
+
+/// What a diff does with the changes it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attribution {
+    /// Log them as device writes.
+    Device,
+    /// Absorb them as guest writes.
+    Guest,
+}
+
+struct State {
+    mappings: BTreeMap<u64, Mapped>,
+    /// Watched pages by page-aligned IOVA.
+    pages: BTreeMap<u64, Page>,
+    /// Eviction order per naming: stamp → page key.
+    lru_pointer: BTreeMap<u64, u64>,
+    lru_register: BTreeMap<u64, u64>,
+    next_stamp: u64,
+    /// Recent 32-bit register writes (region, offset, value), newest last.
+    recent: VecDeque<(u32, u64, u32)>,
+    /// With a register map: the last value written to each address register.
+    last_values: BTreeMap<(u32, u64), u64>,
+    scratch: Vec<u8>,
+}
+
+/// The watch set, shared by the tap, the interrupt relay, the sweeper and the logging memory.
+pub struct WatchSet {
+    options: WatchOptions,
+    recorder: RecorderHandle,
+    state: Mutex<State>,
+    /// Pages watched; read without the lock so an empty watch set costs one atomic load.
+    page_count: AtomicU64,
+    /// Watchable mappings; read without the lock so register writes cost one atomic load until
+    /// the device has memory to write.
+    mapping_count: AtomicU64,
+    counters: Counters,
+}
+
+/// A run of changed bytes waiting to be logged, possibly extended by the next page.
+struct PendingWrite {
+    iova: u64,
+    data: Vec<u8>,
+    before: Vec<u8>,
+}
+
+impl WatchSet {
+    /// A watch set logging to `recorder`.
+    pub fn new(options: WatchOptions, recorder: RecorderHandle) -> Self {
+        WatchSet {
+            options,
+            recorder,
+            state: Mutex::new(State {
+                mappings: BTreeMap::new(),
+                pages: BTreeMap::new(),
+                lru_pointer: BTreeMap::new(),
+                lru_register: BTreeMap::new(),
+                next_stamp: 0,
+                recent: VecDeque::with_capacity(RECENT_WRITES),
+                last_values: BTreeMap::new(),
+                scratch: vec![0; WATCH_PAGE_SIZE as usize],
+            }),
+            page_count: AtomicU64::new(0),
+            mapping_count: AtomicU64::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &WatchOptions {
+        &self.options
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> WatchStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WatchStats {
+            pages_watched: self.page_count.load(Ordering::Relaxed),
+            pages_named_by_registers: get(&c.pages_named_by_registers),
+            pages_named_by_pointers: get(&c.pages_named_by_pointers),
+            evictions: get(&c.evictions),
+            bytes_compared: get(&c.bytes_compared),
+            observations: get(&c.observations),
+            sweeps: get(&c.sweeps),
+            changes_found: get(&c.changes_found),
+            dma_writes_logged: get(&c.dma_writes_logged),
+            dma_bytes_logged: get(&c.dma_bytes_logged),
+            guest_ranges_absorbed: get(&c.guest_ranges_absorbed),
+            guest_bytes_absorbed: get(&c.guest_bytes_absorbed),
+            exact_writes_absorbed: get(&c.exact_writes_absorbed),
+        }
+    }
+
+    /// A mapping was added. Only mappings the device may write and whose memory this process
+    /// can read are watched.
+    pub fn add_mapping(&self, mapping: DmaMapping, memory: Option<Arc<MappedMemory>>) {
+        let Some(memory) = memory else { return };
+        if mapping.flags & dma_flags::WRITE == 0 || mapping.len == 0 {
+            return;
+        }
+        let len = mapping.len.min(memory.len() as u64);
+        let mut st = self.lock();
+        st.mappings.insert(mapping.iova, Mapped { len, memory });
+        self.mapping_count
+            .store(st.mappings.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Mappings were removed: what the device wrote there so far is logged, then their pages are
+    /// forgotten.
+    pub fn remove_mapping(&self, mapping: DmaMapping) {
+        let mut st = self.lock();
+        self.diff_all(&mut st, Attribution::Device);
+        let (lo, hi) = if mapping.flags & dma_flags::UNMAP_ALL != 0 {
+            (0, u64::MAX)
+        } else {
+            (mapping.iova, mapping.iova.saturating_add(mapping.len))
+        };
+        let doomed: Vec<u64> = st
+            .mappings
+            .range(lo..hi)
+            .filter(|(s, m)| s.saturating_add(m.len) <= hi)
+            .map(|(s, _)| *s)
+            .collect();
+        for start in doomed {
+            if let Some(m) = st.mappings.remove(&start) {
+                let end = start.saturating_add(m.len);
+                let keys: Vec<u64> = st
+                    .pages
+                    .range(start & !(WATCH_PAGE_SIZE - 1)..end)
+                    .filter(|(_, p)| p.iova >= start && p.iova < end)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    self.forget_page(&mut st, k);
+                }
+            }
+        }
+        self.mapping_count
+            .store(st.mappings.len() as u64, Ordering::Relaxed);
+    }
+
+    fn forget_page(&self, st: &mut State, key: u64) {
+        if let Some(p) = st.pages.remove(&key) {
+            match p.naming {
+                Naming::Register => st.lru_register.remove(&p.stamp),
+                Naming::Pointer => st.lru_pointer.remove(&p.stamp),
+            };
+            self.page_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Called before a register write is forwarded: learns pages from the value, then absorbs
+    /// every change seen since the last observation as a guest write.
+    pub fn before_register_write(&self, region: u32, offset: u64, data: &[u8]) {
+        if self.mapping_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        for address in self.addresses_named(&mut st, region, offset, data) {
+            self.watch_range(&mut st, address, self.options.ring_span, Naming::Register);
+        }
+        if !st.pages.is_empty() {
+            self.diff_all(&mut st, Attribution::Guest);
+        }
+    }
+
+    /// Called where the guest could observe device writes (an interrupt about to be logged, a
+    /// register read about to be logged): logs what changed in watched pages.
+    pub fn observe(&self) {
+        if self.page_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut st = self.lock();
+        self.diff_all(&mut st, Attribution::Device);
+    }
+
+    fn sweep(&self) {
+        bump(&self.counters.sweeps, 1);
+        self.observe();
+    }
+
+    /// Runs `write` (a device write of `len` bytes at `iova` that is logged exactly elsewhere)
+    /// with the watch set held still, then takes the written bytes into the shadows so the watch
+    /// set does not report them again.
+    pub fn exact_write<R>(&self, iova: u64, len: usize, write: impl FnOnce() -> R) -> R {
+        // Held even when no page is watched: a page named while the write runs (a register write
+        // on another thread) must be snapshotted before or after it, never in the middle.
+        let mut st = self.lock();
+        let r = write();
+        let end = iova.saturating_add(len as u64);
+        let first = iova & !(WATCH_PAGE_SIZE - 1);
+        let mut touched = false;
+        let State { pages, scratch, .. } = &mut *st;
+        for (_, page) in pages.range_mut(first..end) {
+            let page_end = page.iova + page.shadow.len() as u64;
+            let lo = iova.max(page.iova);
+            let hi = end.min(page_end);
+            if lo >= hi {
+                continue;
+            }
+            let n = (hi - lo) as usize;
+            let at = (lo - page.iova) as usize;
+            scratch.resize(n, 0);
+            if page.memory.read(page.offset + at as u64, scratch).is_ok() {
+                page.shadow[at..at + n].copy_from_slice(scratch);
+                touched = true;
+            }
+        }
+        if touched {
+            bump(&self.counters.exact_writes_absorbed, 1);
+        }
+        r
+    }
+
+    /// Addresses a register write names.
+    fn addresses_named(&self, st: &mut State, region: u32, offset: u64, data: &[u8]) -> Vec<u64> {
+        let value = match data.len() {
+            4 => u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64,
+            8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(data);
+                u64::from_le_bytes(b)
+            }
+            _ => return Vec::new(),
+        };
+        if let Some(map) = &self.options.regmap {
+            return Self::addresses_from_regmap(map, st, region, offset, value);
+        }
+        if data.len() == 8 {
+            return vec![value];
+        }
+        let v = value as u32;
+        let mut found = Vec::new();
+        let newest = |st: &State, off: Option<u64>| {
+            let off = off?;
+            st.recent
+                .iter()
+                .rev()
+                .find(|(r, o, _)| *r == region && *o == off)
+                .map(|(_, _, v)| *v as u64)
+        };
+        if let Some(hi) = newest(st, offset.checked_add(4)) {
+            found.push(hi << 32 | v as u64);
+        }
+        if let Some(lo) = newest(st, offset.checked_sub(4)) {
+            found.push((v as u64) << 32 | lo);
+        }
+        if st.recent.len() == RECENT_WRITES {
+            st.recent.pop_front();
+        }
+        st.recent.push_back((region, offset, v));
+        found
+    }
+
+    fn addresses_from_regmap(
+        map: &RegisterMap,
+        st: &mut State,
+        region: u32,
+        offset: u64,
+        value: u64,
+    ) -> Vec<u64> {
+        let Some(reg) = map.lookup(region, offset) else {
+            return Vec::new();
+        };
+        if reg.offset != offset {
+            return Vec::new();
+        }
+        let Some(part) = reg.address else {
+            return Vec::new();
+        };
+        st.last_values.insert((region, offset), value);
+        // The other half as last written; a low half alone is a 32-bit address (high half 0), a
+        // high half alone names nothing until its low half is known.
+        let other = || {
+            let pair = map.by_name(reg.pair.as_deref()?)?;
+            st.last_values.get(&(pair.region, pair.offset)).copied()
+        };
+        match part {
+            AddressPart::Full => vec![value],
+            AddressPart::Lo => vec![other().unwrap_or(0) << 32 | (value & 0xffff_ffff)],
+            AddressPart::Hi => match other() {
+                Some(lo) => vec![value << 32 | (lo & 0xffff_ffff)],
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// The mapping holding `iova`: (start, length, memory).
+    fn mapping_of(st: &State, iova: u64) -> Option<(u64, u64, Arc<MappedMemory>)> {
+        let (&start, m) = st.mappings.range(..=iova).next_back()?;
+        (iova - start < m.len).then(|| (start, m.len, m.memory.clone()))
+    }
+
+    /// Watches `span` bytes from `address` (clipped to its mapping) if the address is believable.
+    fn watch_range(&self, st: &mut State, address: u64, span: u64, naming: Naming) -> bool {
+        let align = self.options.address_align.max(1);
+        if address == 0 || address % align != 0 {
+            return false;
+        }
+        let Some((start, len, memory)) = Self::mapping_of(st, address) else {
+            return false;
+        };
+        let end = address.saturating_add(span.max(1)).min(start + len);
+        let mut page = address & !(WATCH_PAGE_SIZE - 1);
+        while page < end {
+            self.watch_page(st, page, start, len, &memory, naming);
+            page = match page.checked_add(WATCH_PAGE_SIZE) {
+                Some(p) => p,
+                None => break,
+            };
+        }
+        true
+    }
+
+    fn watch_page(
+        &self,
+        st: &mut State,
+        key: u64,
+        map_start: u64,
+        map_len: u64,
+        memory: &Arc<MappedMemory>,
+        naming: Naming,
+    ) {
+        let stamp = st.next_stamp;
+        st.next_stamp += 1;
+        if let Some(existing) = st.pages.get_mut(&key) {
+            // Named again: it moves to the back of its eviction queue (a register naming wins).
+            let old = (existing.naming, existing.stamp);
+            let new_naming = if naming == Naming::Register {
+                Naming::Register
+            } else {
+                existing.naming
+            };
+            existing.naming = new_naming;
+            existing.stamp = stamp;
+            match old.0 {
+                Naming::Register => st.lru_register.remove(&old.1),
+                Naming::Pointer => st.lru_pointer.remove(&old.1),
+            };
+            match new_naming {
+                Naming::Register => st.lru_register.insert(stamp, key),
+                Naming::Pointer => st.lru_pointer.insert(stamp, key),
+            };
+            return;
+        }
+        while st.pages.len() >= self.options.max_pages.max(1) {
+            let victim = st
+                .lru_pointer
+                .first_key_value()
+                .or_else(|| st.lru_register.first_key_value())
+                .map(|(_, k)| *k);
+            match victim {
+                Some(k) => {
+                    self.forget_page(st, k);
+                    bump(&self.counters.evictions, 1);
+                }
+                None => break,
+            }
+        }
+        let iova = key.max(map_start);
+        let end = (key + WATCH_PAGE_SIZE).min(map_start + map_len);
+        let offset = iova - map_start;
+        let mut shadow = vec![0u8; (end - iova) as usize];
+        if memory.read(offset, &mut shadow).is_err() {
+            return;
+        }
+        // Scanned after the page is in, so the pages it names count against the cap with it.
+        let scan =
+            (naming == Naming::Register && self.options.follow_pointers).then(|| shadow.clone());
+        st.pages.insert(
+            key,
+            Page {
+                iova,
+                memory: memory.clone(),
+                offset,
+                shadow,
+                naming,
+                stamp,
+            },
+        );
+        match naming {
+            Naming::Register => {
+                st.lru_register.insert(stamp, key);
+                bump(&self.counters.pages_named_by_registers, 1);
+            }
+            Naming::Pointer => {
+                st.lru_pointer.insert(stamp, key);
+                bump(&self.counters.pages_named_by_pointers, 1);
+            }
+        }
+        self.page_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(bytes) = scan {
+            self.follow_pointers(st, &bytes, iova, 0, bytes.len());
+        }
+    }
+
+    /// Watches what the aligned little-endian u64 values in `bytes[from..to]` point at.
+    fn follow_pointers(&self, st: &mut State, bytes: &[u8], iova: u64, from: usize, to: usize) {
+        // Widened to the 8-byte-aligned (by IOVA) word holding `from`.
+        let mut at = from.saturating_sub(((iova + from as u64) % 8) as usize);
+        if (iova + at as u64) % 8 != 0 {
+            at += 8 - ((iova + at as u64) % 8) as usize;
+        }
+        while at + 8 <= bytes.len() && at < to {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            let ptr = u64::from_le_bytes(w);
+            // Pointers back into the page itself are ring links, already watched.
+            let self_page = iova & !(WATCH_PAGE_SIZE - 1);
+            if ptr & !(WATCH_PAGE_SIZE - 1) != self_page {
+                self.watch_range(st, ptr, self.options.pointer_span, Naming::Pointer);
+            }
+            at += 8;
+        }
+    }
+
+    /// Diffs every watched page against its shadow, updates the shadows, and logs or absorbs the
+    /// changes.
+    fn diff_all(&self, st: &mut State, attribution: Attribution) {
+        if attribution == Attribution::Device {
+            bump(&self.counters.observations, 1);
+        }
+        let gap = self.options.merge_gap;
+        let mut pending: Option<PendingWrite> = None;
+        let mut compared = 0u64;
+        let mut pointer_sources: Vec<(u64, Vec<u8>, usize, usize)> = Vec::new();
+        let State { pages, scratch, .. } = &mut *st;
+        for page in pages.values_mut() {
+            let n = page.shadow.len();
+            scratch.resize(n, 0);
+            if page.memory.read(page.offset, &mut scratch[..n]).is_err() {
+                continue;
+            }
+            compared += n as u64;
+            if scratch[..n] == page.shadow[..] {
+                continue;
+            }
+            let live = &scratch[..n];
+            let mut first_changed = usize::MAX;
+            let mut last_changed = 0usize;
+            let mut i = 0;
+            while i < n {
+                if live[i] == page.shadow[i] {
+                    i += 1;
+                    continue;
+                }
+                // A run of changes, extended over gaps shorter than `gap`.
+                let start = i;
+                let mut end = i + 1;
+                let mut j = end;
+                while j < n {
+                    if live[j] != page.shadow[j] {
+                        end = j + 1;
+                        j += 1;
+                    } else if j - end + 1 >= gap.max(1) {
+                        break;
+                    } else {
+                        j += 1;
+                    }
+                }
+                first_changed = first_changed.min(start);
+                last_changed = last_changed.max(end);
+                let run_iova = page.iova + start as u64;
+                match attribution {
+                    Attribution::Device => {
+                        bump(&self.counters.changes_found, 1);
+                        let contiguous = pending
+                            .as_ref()
+                            .is_some_and(|p| p.iova + p.data.len() as u64 == run_iova);
+                        if contiguous {
+                            if let Some(p) = pending.as_mut() {
+                                p.data.extend_from_slice(&live[start..end]);
+                                p.before.extend_from_slice(&page.shadow[start..end]);
+                            }
+                        } else {
+                            if let Some(p) = pending.take() {
+                                self.log_write(p);
+                            }
+                            pending = Some(PendingWrite {
+                                iova: run_iova,
+                                data: live[start..end].to_vec(),
+                                before: page.shadow[start..end].to_vec(),
+                            });
+                        }
+                    }
+                    Attribution::Guest => {
+                        bump(&self.counters.guest_ranges_absorbed, 1);
+                        bump(&self.counters.guest_bytes_absorbed, (end - start) as u64);
+                    }
+                }
+                i = end;
+            }
+            // A run that ends before the page does cannot continue into the next page.
+            if last_changed < n {
+                if let Some(p) = pending.take() {
+                    self.log_write(p);
+                }
+            }
+            page.shadow.copy_from_slice(live);
+            if attribution == Attribution::Guest
+                && page.naming == Naming::Register
+                && self.options.follow_pointers
+            {
+                pointer_sources.push((page.iova, live.to_vec(), first_changed, last_changed));
+            }
+        }
+        if let Some(p) = pending.take() {
+            self.log_write(p);
+        }
+        bump(&self.counters.bytes_compared, compared);
+        // Descriptors the guest just filled name the buffers the device will write.
+        for (iova, bytes, from, to) in pointer_sources {
+            self.follow_pointers(st, &bytes, iova, from, to);
+        }
+    }
+
+    fn log_write(&self, p: PendingWrite) {
+        bump(&self.counters.dma_writes_logged, 1);
+        bump(&self.counters.dma_bytes_logged, p.data.len() as u64);
+        self.recorder.log(
+            EventKind::DmaWrite(DmaWrite {
+                iova: p.iova,
+                data: p.data,
+                before: Some(p.before),
+            }),
+            0,
+            0,
+        );
+    }
+}
+
+/// The periodic sweep thread; stops when dropped.
+pub(crate) struct Sweeper {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sweeper {
+    /// Starts sweeping `watch` every `interval`.
+    pub(crate) fn start(watch: Arc<WatchSet>, interval: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("hwrr-watch-sweep".into())
+            .spawn(move || {
+                let (lock, cv) = &*s;
+                let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    let (guard, _) = cv
+                        .wait_timeout(stopped, interval)
+                        .unwrap_or_else(|p| p.into_inner());
+                    stopped = guard;
+                    if *stopped {
+                        return;
+                    }
+                    drop(stopped);
+                    watch.sweep();
+                    stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            })?;
+        Ok(Sweeper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
