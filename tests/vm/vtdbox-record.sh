@@ -9,9 +9,9 @@
 #   exercise-<mode>.log   the exercise's OBS/CHECK/WATCH lines from the guest console
 #   console.log           the whole guest console
 #   timings.txt           build, boot and run times; versions of the kernel and QEMU
-#   e1000e.hwrr           (fileio run) the trace recorded through hwrr-recorder's Tap, with the
-#                         exercise's watch findings logged as dma_write (--log-watch)
-#   e1000e-mmap.hwrr      (mmap run) the same without --log-watch: no dma_write at all
+#   e1000e.hwrr           (fileio run) the trace recorded through hwrr-recorder's Tap; its watch set
+#                         must capture the RX frame the device writes straight into memory
+#   e1000e-mmap.hwrr      (mmap run) the same with mmapped BARs
 #   e1000e-record.hwrr    (record-cli run) written by `hwrr record --vfio BDF --listen SOCK --once`
 #                         while the exercise drives the NIC through the socket; hwrr-record.log
 #   check-*.log           the host-side check of each trace (check_e1000e_trace)
@@ -33,7 +33,7 @@ log() { echo "[vtdbox-record $(date +%H:%M:%S)] $*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
 
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK"
 rm -f "$OUT"/*.hwrr "$OUT"/exercise-*.log
 : > "$OUT/timings.txt"
 
@@ -91,7 +91,7 @@ for mode in $MODES; do
   fi
   flag=""; trace=/host/e1000e.hwrr
   [ "\$mode" = mmap ] && { flag="--mmap"; trace=/host/e1000e-mmap.hwrr; }
-  [ $record = 1 ] && { flag="\$flag --trace \$trace"; [ "\$mode" = mmap ] || flag="\$flag --log-watch"; }
+  [ $record = 1 ] && flag="\$flag --trace \$trace"
   echo "VTDBOX-RECORD run mode=\$mode bdf=\$VTDBOX_BDF uptime=\$(cut -d' ' -f1 /proc/uptime)"
   /bin/e1000e_exercise --bdf "\$VTDBOX_BDF" --bench ${BENCH:-2000} \$flag > /host/exercise-\$mode.log 2>&1 || rc=1
   cat /host/exercise-\$mode.log

@@ -142,8 +142,17 @@ fn check(path: &str, want_mac: Option<&str>) -> Result<usize, Box<dyn std::error
             EventKind::Irq(i) if i.index == irq_index::INTX => intx_irqs += 1,
             EventKind::DmaMap(_) if ev.status == 0 => maps += 1,
             EventKind::DmaUnmap(m) => unmap_all |= m.flags & 2 != 0,
-            EventKind::DmaWrite(w) if w.iova == IOVA_RX_BUF0 => {
-                rx_frame = Some((w.data.clone(), w.before.clone()))
+            // The recorder's watch set may merge the frame with neighbouring changes: take the
+            // write that covers the buffer's first byte, from there on.
+            EventKind::DmaWrite(w)
+                if w.iova <= IOVA_RX_BUF0
+                    && IOVA_RX_BUF0 < w.iova.saturating_add(w.data.len() as u64) =>
+            {
+                let at = (IOVA_RX_BUF0 - w.iova) as usize;
+                rx_frame = Some((
+                    w.data[at..].to_vec(),
+                    w.before.as_ref().map(|b| b[at.min(b.len())..].to_vec()),
+                ))
             }
             _ => {}
         }
@@ -193,10 +202,12 @@ fn check(path: &str, want_mac: Option<&str>) -> Result<usize, Box<dyn std::error
         msix_irqs >= 1 && intx_irqs >= 2,
         format!("msix={msix_irqs} intx={intx_irqs}"),
     );
-    let watch = h
+    // Every trace made with a watch set (the recorder's own, or the exercise's) must hold the frame;
+    // only a trace whose header says no watch set ran is exempt.
+    let watch = !h
         .labels
         .get("dma_write_source")
-        .is_some_and(|s| s.starts_with("exercise-watch"));
+        .is_some_and(|s| s.starts_with("none"));
     if watch {
         let ok = rx_frame.as_ref().is_some_and(|(data, before)| {
             data.len() >= 42

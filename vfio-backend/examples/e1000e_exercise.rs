@@ -772,7 +772,7 @@ fn record(
         if log_watch {
             "exercise-watch (rx ring and buffers, diffed at the interrupt and before the descriptor read)"
         } else {
-            "none (no watch set: device-written memory is not in this trace)"
+            "recorder-watch (hwrr-recorder's watch set: pages named by ring-base writes and descriptor pointers)"
         }
         .to_string(),
     );
@@ -804,7 +804,18 @@ fn record(
     };
     let recorder = Recorder::create(path, &header, RecorderOptions::default())?;
     let handle = recorder.handle();
-    let mut tap = Tap::new(backend, recorder.handle())?;
+    // With --log-watch the exercise's own watch logs the device's writes, so the recorder's watch set
+    // stays off (it would log them a second time); without it, the recorder's watch set is what
+    // captures them.
+    let mut tap = if log_watch {
+        Tap::with_options(
+            backend,
+            recorder.handle(),
+            hwrr_recorder::WatchOptions::disabled(),
+        )?
+    } else {
+        Tap::new(backend, recorder.handle())?
+    };
     let result = exercise(&mut tap, checks, &mut |w| {
         if log_watch {
             handle.log(
