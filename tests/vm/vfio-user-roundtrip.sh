@@ -28,6 +28,7 @@
 #   DHCP=1                           the guest tries DHCP (and a ping) once the link is up
 #   VM_TIMEOUT=300                   seconds before a client VM is killed
 #   KERNEL_APPEND_EXTRA=...          more guest kernel parameters
+#   VM_TRACE=1                       the client QEMUs log vfio_region_read/write (console-*.log.trace)
 # Exit: 0 pass, 1 fail, 3 SKIPPED (no QEMU >= 10.1 available; the reason is printed).
 set -euo pipefail
 
@@ -134,13 +135,15 @@ wait_socket() {  # wait_socket PATH PID WHAT
 client_vm() {
   local con=$1 sock=$2 rc=0
   local dev='{"driver":"vfio-user-pci","id":"vu0","socket":{"type":"unix","path":"'"$sock"'"}}'
+  local tr=()
+  [ "${VM_TRACE:-0}" = 1 ] && tr=(-trace 'vfio_region_r*' -trace 'vfio_region_w*' -D "$con.trace")
   local append="console=ttyS0 panic=-1 quiet loglevel=4 vu=$SCEN vu_dhcp=$DHCP ${KERNEL_APPEND_EXTRA:-}"
   echo "$Q -accel tcg -M q35 -cpu max -m 512M -smp 1 -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem -nodefaults -display none -vga none -serial file:$con -monitor none -no-reboot -kernel $WORK/vmlinux -initrd $INITRD -append '$append' -device '$dev'" > "$con.cmd"
   timeout "$VM_TIMEOUT" "$Q" -accel tcg -M q35 -cpu max -m 512M -smp 1 \
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
     -nodefaults -display none -vga none -serial "file:$con" -monitor none -no-reboot \
     -kernel "$WORK/vmlinux" -initrd "$INITRD" -append "$append" \
-    -device "$dev" > "$con.qemu.log" 2>&1 || rc=$?
+    -device "$dev" "${tr[@]}" > "$con.qemu.log" 2>&1 || rc=$?
   [ $rc -eq 124 ] && log "client VM killed after VM_TIMEOUT=${VM_TIMEOUT}s"
   [ $rc -eq 0 ] || log "client VM exited rc=$rc ($(tail -1 "$con.qemu.log" 2>/dev/null))"
   return 0
@@ -248,7 +251,8 @@ def flat(d,p=""):
 print(" ".join(f"{k}={v}" for k,v in flat(r) if not isinstance(v,list)))
 ' "$OUT/report.json" 2>/dev/null || echo "no report")"
 echo "TRACE $(ls -l "$TRACE" | awk '{print $5}') bytes; $(grep -aiE 'events|trace' "$OUT/record.log" | tail -3 | tr '\n' ' ')"
-} | tee "$OUT/summary.txt"
+} > "$OUT/summary.txt"
+cat "$OUT/summary.txt"
 cat "$OUT/timings.txt" >> "$OUT/summary.txt"
 echo "RESULT vfio-user-$SCEN: $([ $FAILS -eq 0 ] && echo PASS || echo "FAIL ($FAILS)") in $(( $(date +%s) - T0 ))s; artefacts in $OUT" | tee -a "$OUT/summary.txt"
 [ $FAILS -eq 0 ]
