@@ -773,7 +773,9 @@ impl RemoteDevice {
                 let mut rom = vec![0u8; r.size as usize];
                 // QEMU's x-vfio-user-server refuses ROM reads until the guest maps the ROM BAR;
                 // the guest's own ROM reads are recorded as accesses either way.
-                read_chunked(&mut client, region_index::ROM, 0, &mut rom).ok().map(|()| rom)
+                read_chunked(&mut client, region_index::ROM, 0, &mut rom)
+                    .ok()
+                    .map(|()| rom)
             }
             _ => None,
         };
