@@ -9,7 +9,8 @@
 //! another QEMU >= 10.1 build. Without them each test
 //! prints `SKIPPED: <why>` and passes; with `HWRR_VM_TESTS=1` missing pieces are built instead (and
 //! a mirror without QEMU >= 10.1 is still reported as SKIPPED). Artefacts (consoles, traces,
-//! reports, versions) stay in `$CARGO_TARGET_TMPDIR/vm-vfio-user-<scenario>`.
+//! reports, versions) stay in `$HWRR_VM_OUT/vm-vfio-user-<scenario>` (default: Cargo's
+//! `CARGO_TARGET_TMPDIR`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -125,7 +126,10 @@ fn run_scenario(scenario: &str, env: &[(&str, &str)]) -> Option<Run> {
         );
         return None;
     }
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vm-vfio-user-{scenario}"));
+    let out = std::env::var_os("HWRR_VM_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
+        .join(format!("vm-vfio-user-{scenario}"));
     let mut cmd = Command::new(repo().join("tests/vm/vfio-user-roundtrip.sh"));
     cmd.arg(scenario)
         .env("QEMU_PREFIX", &prefix)
