@@ -14,8 +14,9 @@
 #
 # Environment:
 #   QEMU_DEB_VERSION   Debian source version to build (default 1:10.2.2+ds-1, pinned so the cache
-#                      key is known before any download). "auto": reuse the newest cached build if
-#                      any, else let the build script take the newest version >= 10.1 the mirror serves.
+#                      key is known before any download; when the mirror no longer serves the
+#                      default, the newest version >= 10.1 it serves is built instead). "auto": reuse
+#                      the newest cached build if any, else build the newest version >= 10.1 served.
 #   HWRR_QEMU_CACHE    cache root (default /var/cache/hwrr/qemu-vfio-user)
 #   HWRR_QEMU_NO_BUILD=1  never build: exit 3 when the cache has no build
 #   JOBS, NICE, WORK   passed to build-qemu-vfio-user.sh (WORK default: <cache root>/.work)
@@ -26,7 +27,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${HWRR_QEMU_CACHE:-/var/cache/hwrr/qemu-vfio-user}
-VERSION=${QEMU_DEB_VERSION:-1:10.2.2+ds-1}
+DEFAULT_VERSION=1:10.2.2+ds-1
+VERSION=${QEMU_DEB_VERSION:-$DEFAULT_VERSION}
 
 log() { echo "[qemu-vfio-user $(date +%H:%M:%S)] $*" >&2; }
 
@@ -74,6 +76,11 @@ rc=$?
 set -e
 if [ $rc -ne 0 ]; then
   rm -rf "$PARTIAL"
+  if [ -z "${QEMU_DEB_VERSION:-}" ] && grep -q 'could be downloaded' "$BUILD_LOG"; then
+    # the mirror moved on from the default version: take the newest >= 10.1 it serves
+    log "the mirror no longer serves $DEFAULT_VERSION: building the newest QEMU >= 10.1 instead"
+    QEMU_DEB_VERSION=auto exec "$0" "$@"
+  fi
   if grep -qE 'no qemu source package >= 10.1 is listed|could be downloaded' "$BUILD_LOG"; then
     log "SKIPPED: Debian's mirror serves no QEMU >= 10.1 source ($VERSION)"
     exit 3
