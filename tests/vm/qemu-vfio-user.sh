@@ -27,7 +27,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${HWRR_QEMU_CACHE:-/var/cache/hwrr/qemu-vfio-user}
-DEFAULT_VERSION=1:10.2.2+ds-1
+DEFAULT_VERSION=${HWRR_QEMU_DEFAULT_VERSION:-1:10.2.2+ds-1}   # overridable to test the fallback
 VERSION=${QEMU_DEB_VERSION:-$DEFAULT_VERSION}
 
 log() { echo "[qemu-vfio-user $(date +%H:%M:%S)] $*" >&2; }
