@@ -54,8 +54,21 @@ impl<'a> Rd<'a> {
         format!("{} stream ends early", self.name)
     }
 
+    /// One varint. Single-byte varints (most symbols, values and time deltas) take the inlined
+    /// fast path.
     #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, String> {
+        if let Some(&byte) = self.b.get(self.p) {
+            if byte < 0x80 {
+                self.p += 1;
+                return Ok(byte as u64);
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, String> {
         let mut v: u64 = 0;
         let mut shift = 0u32;
         loop {
@@ -77,6 +90,7 @@ impl<'a> Rd<'a> {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn varint_u32(&mut self) -> Result<u32, String> {
         let v = self.varint()?;
         u32::try_from(v).map_err(|_| format!("{} stream: {v} does not fit in 32 bits", self.name))
@@ -569,11 +583,13 @@ pub struct ChunkColumns {
     pub t_ns: Vec<u64>,
     /// For each value access, its index in `keys`; [`NO_KEY`] for other events.
     pub key: Vec<u32>,
-    /// For each value access, the value; 0 for other events.
+    /// For each value access, the value; for each `irq` event, `index << 32 | vector`; 0 for other
+    /// events.
     pub value: Vec<u64>,
     /// The chunk's access-key dictionary.
     pub keys: Vec<AccessKey>,
-    /// Events that are not value accesses, complete (seq, time, status, duration), in order.
+    /// Events that are neither value accesses nor interrupts, complete (seq, time, status,
+    /// duration), in order.
     pub others: Vec<Event>,
     /// (event index, status) of the events whose status is not 0, in order.
     pub status: Vec<(u32, u32)>,
@@ -613,16 +629,23 @@ impl ChunkColumns {
             while status.next_if(|(s, _)| *s < at).is_some() {}
             while duration.next_if(|(d, _)| *d < at).is_some() {}
             let k = self.key[i];
-            if k == NO_KEY {
-                // `others` holds exactly the events without a value key, in order, complete.
+            let kind = if k != NO_KEY {
+                let key = self.keys[k as usize];
+                let data = AccessData::Value {
+                    size: key.width,
+                    value: self.value[i],
+                };
+                access_kind(key.tag, key.region, key.offset, data)
+            } else if self.tags[i] == KindTag::Irq as u8 {
+                EventKind::Irq(Irq {
+                    index: (self.value[i] >> 32) as u32,
+                    vector: self.value[i] as u32,
+                })
+            } else {
+                // `others` holds exactly the remaining events, in order, complete.
                 return others.next().cloned().unwrap_or_else(|| {
                     Event::new(self.first_seq + i as u64, self.t_ns[i], EventKind::Reset)
                 });
-            }
-            let key = self.keys[k as usize];
-            let data = AccessData::Value {
-                size: key.width,
-                value: self.value[i],
             };
             let status = status.next_if(|(s, _)| *s == at).map_or(0, |(_, v)| *v);
             let duration_ns = duration.next_if(|(d, _)| *d == at).map_or(0, |(_, v)| *v);
@@ -631,7 +654,7 @@ impl ChunkColumns {
                 t_ns: self.t_ns[i],
                 status,
                 duration_ns,
-                kind: access_kind(key.tag, key.region, key.offset, data),
+                kind,
             }
         })
     }
@@ -678,12 +701,26 @@ pub(crate) fn decode_columns(
             tags.len()
         ));
     }
+    // Four interleaved histograms: runs of one kind would otherwise serialize on one counter.
+    let mut lanes = [[0u32; 256]; 4];
+    let mut quads = tags.chunks_exact(4);
+    for q in &mut quads {
+        lanes[0][q[0] as usize] += 1;
+        lanes[1][q[1] as usize] += 1;
+        lanes[2][q[2] as usize] += 1;
+        lanes[3][q[3] as usize] += 1;
+    }
+    for &t in quads.remainder() {
+        lanes[0][t as usize] += 1;
+    }
     let mut counts = [0u32; KindTag::COUNT];
-    for &t in tags {
-        if t as usize >= KindTag::COUNT {
+    for t in 0..256 {
+        let c: u32 = lanes.iter().map(|l| l[t]).sum();
+        if t < KindTag::COUNT {
+            counts[t] = c;
+        } else if c != 0 {
             return Err(format!("unknown kind tag {t}"));
         }
-        counts[t as usize] += 1;
     }
     if counts != shape.counts {
         return Err("kind counts differ from the chunk header".into());
@@ -798,6 +835,12 @@ pub(crate) fn decode_columns(
                 AccessData::Bytes(b)
             };
             access_kind(tag, key.region, key.offset, data)
+        } else if tag == KindTag::Irq {
+            let index = misc.varint_u32()?;
+            let vector = misc.varint_u32()?;
+            cols.key.push(NO_KEY);
+            cols.value.push((index as u64) << 32 | vector as u64);
+            continue;
         } else {
             decode_other(tag, &mut misc, &mut bytes, blobs)?
         };

@@ -47,6 +47,21 @@ pub enum RegionKind {
 }
 
 impl RegionKind {
+    /// What VFIO region `index` of a PCI device is. VFIO's region info does not tell I/O BARs from
+    /// memory BARs; bit 0 of the BAR in `config` (configuration space) does. VGA and
+    /// device-specific regions are memory-like windows.
+    pub fn of_vfio_region(index: u32, config: &[u8]) -> Self {
+        match index {
+            region_index::ROM => RegionKind::Rom,
+            region_index::CONFIG => RegionKind::Config,
+            i if i <= region_index::BAR5 => match config.get(0x10 + 4 * i as usize) {
+                Some(low) if low & 1 == 1 => RegionKind::Pio,
+                _ => RegionKind::Mmio,
+            },
+            _ => RegionKind::Mmio,
+        }
+    }
+
     /// The name used in CLI and JSON output.
     pub fn name(self) -> &'static str {
         match self {

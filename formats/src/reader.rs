@@ -1,6 +1,7 @@
 //! The trace reader: opens a finished trace through its trailer and footer index, without touching
 //! any event, then decodes chunks on demand.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -94,6 +95,51 @@ pub(crate) fn load_chunk(
     chunk_type: ChunkType,
     index: usize,
 ) -> Result<(ChunkHeader, Vec<u8>), FormatError> {
+    let mut payload = Vec::new();
+    let header = load_chunk_into(bytes, offset, chunk_type, index, &mut payload)?;
+    Ok((header, payload))
+}
+
+thread_local! {
+    /// A decompression context per thread, reused across chunks (creating one per chunk showed in
+    /// decode profiles).
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+    /// A payload buffer per thread for event chunks, reused across chunks.
+    static PAYLOAD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Decompresses one zstd frame into `out` (cleared), which must come to exactly `len` bytes.
+fn decompress_exact(z: &[u8], len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    out.clear();
+    out.reserve_exact(len);
+    let reused = DECOMPRESSOR.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return None;
+        };
+        let d = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new().ok()?),
+        };
+        Some(d.decompress_to_buffer(z, out))
+    });
+    match reused {
+        Some(result) => result.map(|_| ()),
+        None => {
+            *out = zstd::bulk::decompress(z, len)?;
+            Ok(())
+        }
+    }
+}
+
+/// Like [`load_chunk`], decompressing into `payload` (replacing its contents).
+pub(crate) fn load_chunk_into(
+    bytes: &[u8],
+    offset: u64,
+    chunk_type: ChunkType,
+    index: usize,
+    payload: &mut Vec<u8>,
+) -> Result<ChunkHeader, FormatError> {
     let corrupt = |reason: String| FormatError::CorruptChunk {
         chunk_type,
         index,
@@ -124,12 +170,12 @@ pub(crate) fn load_chunk(
     if !sums_match(crc32fast::hash(z) == header.payload_crc) {
         return Err(corrupt("payload checksum mismatch".into()));
     }
-    let payload = zstd::bulk::decompress(z, header.payload_len as usize)
+    decompress_exact(z, header.payload_len as usize, payload)
         .map_err(|e| corrupt(format!("payload does not decompress: {e}")))?;
     if payload.len() != header.payload_len as usize {
         return Err(corrupt("payload has the wrong uncompressed length".into()));
     }
-    Ok((header, payload))
+    Ok(header)
 }
 
 /// A finished trace, opened for reading. Cheap to share between threads (`Send + Sync`).
@@ -499,13 +545,27 @@ impl TraceReader {
         blob_limit: u64,
         out: &mut ChunkColumns,
     ) -> Result<(), FormatError> {
+        PAYLOAD.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut payload) => self.decode_chunk_with(index, info, blob_limit, out, &mut payload),
+            Err(_) => self.decode_chunk_with(index, info, blob_limit, out, &mut Vec::new()),
+        })
+    }
+
+    fn decode_chunk_with(
+        &self,
+        index: usize,
+        info: &ChunkInfo,
+        blob_limit: u64,
+        out: &mut ChunkColumns,
+        payload: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
         let corrupt = |reason: String| FormatError::CorruptChunk {
             chunk_type: ChunkType::Events,
             index,
             offset: info.offset,
             reason,
         };
-        let (h, payload) = load_chunk(self.bytes(), info.offset, ChunkType::Events, index)?;
+        let h = load_chunk_into(self.bytes(), info.offset, ChunkType::Events, index, payload)?;
         if h.total_len() != info.len
             || h.first_id != info.first_seq
             || h.count != info.count
@@ -527,7 +587,7 @@ impl TraceReader {
             reader: self,
             before_offset: blob_limit,
         };
-        decode_columns(&payload, &shape, &blobs, out).map_err(corrupt)
+        decode_columns(payload, &shape, &blobs, out).map_err(corrupt)
     }
 
     /// Iterates over every event.

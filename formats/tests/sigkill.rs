@@ -57,6 +57,9 @@ fn sigkill_child_writer() {
             publish(n);
         }
     }
+    // Out of events before the parent killed us (a very slow parent): wait to be killed rather
+    // than exit, but not forever if the parent died.
+    std::thread::sleep(Duration::from_secs(120));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! [`scan`] reads a QEMU `-trace` log (log backend, plain or zstd) once to find the device, its BARs
 //! and their aliases, its interrupt wiring and its config-space snapshot, and builds the
 //! [`TraceHeader`]. [`QemuImport::events`] then reads the log a second time and streams the device's
-//! events in log order, so memory use does not depend on the log's size. `docs/QEMU-IMPORT.md`
+//! events in log order, so memory use does not depend on the log's size. `docs/FORMAT.md §9`
 //! documents the mapping from trace events to hwrr events.
 #![deny(missing_docs)]
 
@@ -26,7 +26,7 @@ pub struct ImportOptions {
     /// `None` picks the device with the most register accesses in the log.
     pub device: Option<String>,
     /// The IOAPIC GSI the device's INTx pin is wired to. `None` infers it from the log (see
-    /// `docs/QEMU-IMPORT.md`).
+    /// `docs/FORMAT.md §9`).
     pub intx_gsi: Option<u32>,
 }
 

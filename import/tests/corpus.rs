@@ -1,6 +1,6 @@
 //! Imports of the real QEMU logs in `../shared/corpus` (relative to the workspace root; the
 //! `HWRR_CORPUS` environment variable overrides the location). Counts are checked against an
-//! independent count made with `zstd -dc | awk` from the mapping in `docs/QEMU-IMPORT.md`, not
+//! independent count made with `zstd -dc | awk` from the mapping in `docs/FORMAT.md §9`, not
 //! with the importer's parser. Each test skips with a message when the corpus is absent.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Synthetic QEMU logs, one rule of `docs/QEMU-IMPORT.md` at a time. The passthrough lines use the
+//! Synthetic QEMU logs, one rule of `docs/FORMAT.md §9` at a time. The passthrough lines use the
 //! exact formats of QEMU's `hw/vfio/trace-events`.
 
 use std::io::Write;

@@ -39,8 +39,8 @@ pub struct ReplayArgs {
     /// The trace file.
     trace: PathBuf,
     /// The UNIX socket to serve on (created with mode 0600).
-    #[arg(long)]
-    listen: PathBuf,
+    #[arg(long, required_unless_present = "print_qemu_args")]
+    listen: Option<PathBuf>,
     /// Mismatch policy.
     #[arg(long, value_enum, default_value = "strict")]
     policy: PolicyArg,
@@ -69,6 +69,13 @@ pub struct ReplayArgs {
     /// DMA message layout for clients without shared memory.
     #[arg(long, value_enum, default_value = "auto")]
     dma_layout: LayoutArg,
+    /// Print the command line that replays the trace inside an unmodified QEMU (any version, S2E)
+    /// through the VFIO interposer (LD_PRELOAD), and exit.
+    #[arg(long, conflicts_with = "listen")]
+    print_qemu_args: bool,
+    /// With --print-qemu-args: the PCI address QEMU's vfio-pci `host=` names.
+    #[arg(long, default_value = "0000:00:19.0", requires = "print_qemu_args")]
+    host: String,
 }
 
 /// The report file: the last session's report at top level, every session under `sessions`.
@@ -84,6 +91,15 @@ fn report_json(sessions: &[ReplayReport]) -> anyhow::Result<serde_json::Value> {
 
 /// Runs `hwrr replay`.
 pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
+    if args.print_qemu_args {
+        let lib = hwrr_vfio::library_next_to_current_exe()
+            .unwrap_or_else(|| PathBuf::from("libhwrr_vfio.so"));
+        println!("{}", hwrr_vfio::qemu_args(&args.trace, &args.host, &lib));
+        return Ok(0);
+    }
+    let Some(listen) = args.listen.clone() else {
+        anyhow::bail!("give --listen SOCKET (or --print-qemu-args)");
+    };
     let policy = match args.policy {
         PolicyArg::Strict => Policy::Strict,
         PolicyArg::Resync => Policy::Resync {
@@ -111,13 +127,13 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         },
         ..ServerOptions::default()
     };
-    let mut server = Server::bind(&args.listen, server_opts)
-        .with_context(|| format!("cannot listen on {}", args.listen.display()))?;
+    let mut server = Server::bind(&listen, server_opts)
+        .with_context(|| format!("cannot listen on {}", listen.display()))?;
     eprintln!(
         "hwrr: replaying {} on {}; QEMU ≥ 10.1:\n  {}",
         args.trace.display(),
-        args.listen.display(),
-        qemu_device_arg(&args.listen)
+        listen.display(),
+        qemu_device_arg(&listen)
     );
     let served = server.serve(&mut device)?;
     let mut sessions = device.past_sessions().to_vec();

@@ -197,7 +197,7 @@ impl<S: VfioSys> VfioBackend<S> {
             .values()
             .map(|r| RegionInfo {
                 index: r.index,
-                kind: region_kind(r.index, &config_space),
+                kind: RegionKind::of_vfio_region(r.index, &config_space),
                 size: r.size,
                 flags: r.flags,
                 alias_of: None,
@@ -442,24 +442,6 @@ fn write_exact<S: VfioSys>(sys: &S, at: u64, data: &[u8]) -> Result<(), DeviceEr
         )));
     }
     Ok(())
-}
-
-/// What a region is: BARs are I/O or memory by bit 0 of their config-space BAR register (VFIO's
-/// region info does not say).
-fn region_kind(index: u32, config: &[u8]) -> RegionKind {
-    match index {
-        region_index::ROM => RegionKind::Rom,
-        region_index::CONFIG => RegionKind::Config,
-        i if i <= region_index::BAR5 => {
-            let at = 0x10 + 4 * i as usize;
-            match config.get(at) {
-                Some(low) if low & 1 == 1 => RegionKind::Pio,
-                _ => RegionKind::Mmio,
-            }
-        }
-        // VGA (8) and device-specific regions are memory-like windows.
-        _ => RegionKind::Mmio,
-    }
 }
 
 impl<S: VfioSys> Device for VfioBackend<S> {

@@ -751,7 +751,7 @@ impl RemoteDevice {
             .into_iter()
             .map(|(index, size, flags)| RegionInfo {
                 index,
-                kind: region_kind(index, &config),
+                kind: RegionKind::of_vfio_region(index, &config),
                 size,
                 flags: flags & !region_flags::CAPS,
                 alias_of: None,
@@ -809,21 +809,6 @@ fn read_chunked(client: &mut Client, region: u32, offset: u64, buf: &mut [u8]) -
         client.region_read(region, offset + (i * chunk) as u64, piece)?;
     }
     Ok(())
-}
-
-fn region_kind(index: u32, config: &[u8]) -> RegionKind {
-    match index {
-        region_index::ROM => RegionKind::Rom,
-        region_index::CONFIG => RegionKind::Config,
-        i if i <= region_index::BAR5 => {
-            let at = 0x10 + 4 * i as usize;
-            match config.get(at) {
-                Some(b) if b & 1 == 1 => RegionKind::Pio,
-                _ => RegionKind::Mmio,
-            }
-        }
-        _ => RegionKind::Mmio,
-    }
 }
 
 impl Device for RemoteDevice {

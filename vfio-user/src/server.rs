@@ -14,6 +14,12 @@
 //! rust-vmm propose 0.1; nothing before QEMU 10.1 sent `write_multiple`) — and the spec layout for
 //! everyone else.
 //!
+//! QEMU's client handles server requests on its main loop, which cannot run while a vCPU waits
+//! for a reply from us. So `DMA_WRITE`s to QEMU are posted (no reply awaited; see
+//! [`ServerOptions::post_dma_writes`]), and a `DMA_READ` issued while QEMU waits on a request
+//! stalls until QEMU's `x-msg-timeout`: give QEMU shared guest RAM (`memory-backend-memfd`,
+//! `share=on`) so its DMA maps carry fds and device reads need no messages.
+//!
 //! ## Bad input
 //! A message whose header frames it (size between 16 bytes and the maximum, type command or reply)
 //! is consumed whole; if its body is bad, its command unknown, its region or offset out of range, a
@@ -100,6 +106,11 @@ pub struct ServerOptions {
     pub poll_interval: Duration,
     /// How long a server-initiated DMA waits for the client's reply.
     pub dma_timeout: Duration,
+    /// Send `DMA_WRITE` with the no-reply flag instead of waiting for the client's answer.
+    /// `None`: post to QEMU (its client handles server requests on its main loop, which cannot
+    /// run while a vCPU waits for a reply from us, so a waited-for DMA_WRITE inside a request
+    /// deadlocks until QEMU's timeout), wait for everyone else.
+    pub post_dma_writes: Option<bool>,
 }
 
 impl Default for ServerOptions {
@@ -113,6 +124,7 @@ impl Default for ServerOptions {
             stop: None,
             poll_interval: Duration::from_millis(100),
             dma_timeout: Duration::from_secs(5),
+            post_dma_writes: None,
         }
     }
 }
@@ -335,6 +347,7 @@ struct Shared {
     client_max_xfer: AtomicU32,
     closed: AtomicBool,
     dma_timeout: Duration,
+    post_dma_writes: AtomicBool,
     dma_messages: std::sync::atomic::AtomicU64,
 }
 
@@ -550,7 +563,9 @@ impl ConnectionMemory {
         for (i, piece) in data.chunks(chunk).enumerate() {
             let addr = iova + (i * chunk) as u64;
             let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let mut m = MessageBuilder::new(&mut msg, id, Command::DmaWrite as u16, 0, 0);
+            let post = self.shared.post_dma_writes.load(Ordering::Relaxed);
+            let fl = if post { flags::NO_REPLY } else { 0 };
+            let mut m = MessageBuilder::new(&mut msg, id, Command::DmaWrite as u16, fl, 0);
             DmaAccess {
                 address: addr,
                 count: piece.len() as u64,
@@ -558,6 +573,17 @@ impl ConnectionMemory {
             }
             .encode_body(layout, &mut m);
             let n = m.finish();
+            if post {
+                if self.shared.closed.load(Ordering::Relaxed) {
+                    return Err(DeviceError::Io(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the vfio-user client is gone",
+                    )));
+                }
+                self.shared.send(&msg[..n])?;
+                self.shared.dma_messages.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let reply = self.shared.transact(&msg[..n], id)?;
             check_dma_reply(&reply, addr, piece.len())?;
             // QEMU answers with a bare header; the spec echoes address and count.
@@ -709,6 +735,7 @@ pub fn serve_connection(
         client_max_xfer: AtomicU32::new(protocol::DEFAULT_MAX_DATA_XFER),
         closed: AtomicBool::new(false),
         dma_timeout: options.dma_timeout,
+        post_dma_writes: AtomicBool::new(false),
         dma_messages: Default::default(),
     });
     let memory = Arc::new(ConnectionMemory {
@@ -1128,6 +1155,12 @@ impl Connection<'_> {
             Ordering::Relaxed,
         );
         self.summary.dma_layout = Some(layout);
+        self.shared.post_dma_writes.store(
+            self.options
+                .post_dma_writes
+                .unwrap_or(layout == DmaLayout::Qemu),
+            Ordering::Relaxed,
+        );
         self.shared.client_max_xfer.store(
             client
                 .max_data_xfer_size

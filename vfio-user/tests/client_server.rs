@@ -612,3 +612,27 @@ fn dma_spanning_an_fd_mapping_and_a_message_mapping_is_split() {
     write_u64(&mut c, REG_DMA_LEN, 4);
     assert_eq!(run_cmd(&mut c, 1), libc::EFAULT as u32);
 }
+
+#[test]
+fn posted_dma_writes_need_no_reply() {
+    let h = Harness::start(ServerOptions {
+        post_dma_writes: Some(true),
+        ..Default::default()
+    });
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    let mem = Arc::new(SparseMemory::new());
+    mem.add_local(0x3000, 0x1000, 3).unwrap();
+    c.set_memory(mem.clone());
+    c.dma_map(0x3000, 0x1000, 3, None).unwrap();
+    c.region_write(0, DMA_BUF, &[0x77; 24]).unwrap();
+    write_u64(&mut c, REG_DMA_ADDR, 0x3008);
+    write_u64(&mut c, REG_DMA_LEN, 24);
+    assert_eq!(run_cmd(&mut c, 1), 0);
+    let mut got = [0u8; 26];
+    mem.read(0x3007, &mut got).unwrap();
+    assert_eq!(got[0], 0);
+    assert_eq!(&got[1..25], &[0x77; 24]);
+    assert_eq!(got[25], 0);
+    drop(c);
+    assert_eq!(h.finish().last.unwrap().dma_messages, 1);
+}

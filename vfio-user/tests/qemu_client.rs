@@ -93,26 +93,53 @@ fn qemu_vfio_user_pci_drives_our_server_with_its_dma_layout() {
     q.cmd("writel 0xfe000020 0xcafef00d");
     assert_eq!(q.read("readl 0xfe000020"), 0xcafef00d);
 
-    // Device DMA_WRITE into QEMU's private guest RAM.
+    // Device DMA_WRITE into QEMU's private guest RAM. The server posts it (QEMU handles server
+    // requests on its main loop); QEMU applies it when its main loop next runs, so poll guest
+    // memory a bounded number of qtest commands (each one is a main-loop iteration).
     q.cmd("writeq 0xfe000200 0x0706050403020100");
     q.cmd("writeq 0xfe000208 0x0f0e0d0c0b0a0908");
     q.cmd("writeq 0xfe000100 0x100000");
     q.cmd("writel 0xfe000108 16");
     q.cmd("writel 0xfe00010c 1");
     assert_eq!(q.read("readl 0xfe000110"), 0, "DMA write status");
-    assert_eq!(q.read("readq 0x100000"), 0x0706050403020100);
+    let mut landed = false;
+    for _ in 0..100 {
+        if q.read("readq 0x100000") == 0x0706050403020100 {
+            landed = true;
+            break;
+        }
+    }
+    assert!(landed, "DMA_WRITE reached guest RAM");
     assert_eq!(q.read("readq 0x100008"), 0x0f0e0d0c0b0a0908);
     assert_eq!(q.read("readb 0x100010"), 0, "nothing written past the end");
+    assert_eq!(
+        q.read("readb 0x0fffff"),
+        0,
+        "nothing written before the start"
+    );
 
-    // Device DMA_READ from guest RAM.
+    // Device DMA_READ from guest RAM. The server must wait for QEMU's reply, which QEMU can
+    // only send while no vCPU (here: qtest) waits on the device: leave QEMU idle until the
+    // device finished the command, then read the result.
     q.cmd("writeq 0x200000 0x1122334455667788");
     q.cmd("writeq 0xfe000100 0x200000");
     q.cmd("writel 0xfe000108 8");
+    let before = log.lock().unwrap().commands;
     q.cmd("writel 0xfe00010c 2");
+    let mut done = false;
+    for _ in 0..500 {
+        if log.lock().unwrap().commands > before {
+            done = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(done, "the device's DMA_READ was answered");
     assert_eq!(q.read("readl 0xfe000110"), 0, "DMA read status");
     assert_eq!(q.read("readq 0xfe000200"), 0x1122334455667788);
 
-    drop(q.child.stdin.take());
+    // qtest does not end QEMU when its stream closes; the test owns this child.
+    let _ = q.child.kill();
     let _ = q.child.wait();
     let s = h.finish();
     let last = s.last.expect("QEMU connected");

@@ -38,6 +38,8 @@ pub struct Log {
     pub maps: Vec<(DmaMapping, bool)>,
     pub unmaps: Vec<DmaMapping>,
     pub resets: u32,
+    /// DMA/IRQ commands the device finished.
+    pub commands: u32,
     pub attaches: u32,
     pub disconnects: u32,
     pub writes: Vec<(u32, u64, Vec<u8>)>,
@@ -120,6 +122,7 @@ impl TestDevice {
             _ => Err(DeviceError::Invalid("unknown command".into())),
         };
         self.set_status(result.err().map(|e| e.errno()).unwrap_or(0));
+        self.log.lock().unwrap().commands += 1;
     }
 }
 
