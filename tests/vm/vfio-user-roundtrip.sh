@@ -255,11 +255,10 @@ else echo "DIFF guest lines (vu-diff.txt): $(grep -c '^[<>]' "$OUT/vu-diff.txt")
 echo "REPORT $(python3 -c '
 import json,sys
 r=json.load(open(sys.argv[1]))
-def flat(d,p=""):
-    for k,v in d.items():
-        if isinstance(v,dict): yield from flat(v,p+k+".")
-        elif isinstance(v,(int,float,bool,str)) and not isinstance(v,str) or (isinstance(v,str) and len(v)<40): yield p+k,v
-print(" ".join(f"{k}={v}" for k,v in flat(r) if not isinstance(v,list)))
+out=[f"{k}={v}" for k,v in r.items() if isinstance(v,(bool,int,float))]
+d=r.get("first_divergence") or {}
+if d: out.append("first_divergence=seq %s: %s" % (d.get("seq"), d.get("reason")))
+print(" ".join(out))
 ' "$OUT/report.json" 2>/dev/null || echo "no report")"
 echo "TRACE $(ls -l "$TRACE" | awk '{print $5}') bytes; $(grep -aiE 'events|trace' "$OUT/record.log" | tail -3 | tr '\n' ' ')"
 } > "$OUT/summary.txt"
