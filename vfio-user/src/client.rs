@@ -771,8 +771,11 @@ impl RemoteDevice {
         let rom = match regions.iter().find(|r| r.index == region_index::ROM) {
             Some(r) if r.size <= MAX_ROM => {
                 let mut rom = vec![0u8; r.size as usize];
-                read_chunked(&mut client, region_index::ROM, 0, &mut rom)?;
-                Some(rom)
+                // QEMU's x-vfio-user-server refuses ROM reads until the guest maps the ROM BAR;
+                // the guest's own ROM reads are recorded as accesses either way.
+                read_chunked(&mut client, region_index::ROM, 0, &mut rom)
+                    .ok()
+                    .map(|()| rom)
             }
             _ => None,
         };
