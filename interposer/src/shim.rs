@@ -78,7 +78,7 @@ fn watched(fd: c_int) -> bool {
 }
 
 /// Whether this code runs from a shared object (the preloaded `libhwrr_vfio.so`). A program that
-/// links the rlib (the `hwrr` CLI for `qemu_args`, the crate's own tests) also defines these
+/// links the rlib (the crate's own tests, a Rust program embedding the emulator) also defines these
 /// symbols and so interposes its own libc calls: there the shim stays inert.
 fn loaded_as_shared_object() -> bool {
     // SAFETY: an all-zero Dl_info is a valid value for dladdr to fill.

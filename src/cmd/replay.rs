@@ -1,15 +1,41 @@
 //! `hwrr replay`: serve a trace as a vfio-user device.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use hwrr_formats::regmap::RegisterMap;
+use hwrr_host_setup::Bdf;
 use hwrr_replayer::{check, Policy, ReplayOptions, ReplayReport};
 use hwrr_vfio_user::{DmaLayout, Server, ServerOptions};
 use serde_json::json;
 
 use super::serve::{qemu_device_arg, stop_on_signals};
+
+/// Quotes `s` for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"/._-:=,+@%".contains(&b);
+    if !s.is_empty() && s.bytes().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The command line that replays `trace` as host device `host` inside an unmodified QEMU (any
+/// version, S2E's fork) through the VFIO interposer at `lib`. The machine, memory, kernel and disk
+/// arguments are the user's (`...`).
+///
+/// The interposer is not linked into this binary: its libc wrappers would replace the binary's own
+/// (and a static build has no `dlsym(RTLD_NEXT)` to fall back on).
+fn interposer_command_line(trace: &Path, host: Bdf, lib: &Path) -> String {
+    let trace = std::path::absolute(trace).unwrap_or_else(|_| trace.to_path_buf());
+    format!(
+        "LD_PRELOAD={} HWRR_MODE=replay HWRR_TRACE={} qemu-system-x86_64 ... -device vfio-pci,host={host},x-no-mmap=on",
+        shell_quote(&lib.display().to_string()),
+        shell_quote(&trace.display().to_string()),
+    )
+}
 
 /// What to do when the guest's access does not match the trace.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -92,9 +118,11 @@ fn report_json(sessions: &[ReplayReport]) -> anyhow::Result<serde_json::Value> {
 /// Runs `hwrr replay`.
 pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     if args.print_qemu_args {
-        let lib = hwrr_vfio::library_next_to_current_exe()
-            .unwrap_or_else(|| PathBuf::from("libhwrr_vfio.so"));
-        println!("{}", hwrr_vfio::qemu_args(&args.trace, &args.host, &lib));
+        let host: Bdf = args.host.parse()?;
+        let lib = std::env::current_exe()
+            .map(|exe| exe.with_file_name("libhwrr_vfio.so"))
+            .unwrap_or_else(|_| PathBuf::from("libhwrr_vfio.so"));
+        println!("{}", interposer_command_line(&args.trace, host, &lib));
         return Ok(0);
     }
     let Some(listen) = args.listen.clone() else {
@@ -168,4 +196,22 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interposer_command_line_quotes_and_normalises() {
+        let s = interposer_command_line(
+            Path::new("/tmp/my trace.hwrr"),
+            "00:19.0".parse().unwrap(),
+            Path::new("/opt/hwrr/libhwrr_vfio.so"),
+        );
+        assert_eq!(
+            s,
+            "LD_PRELOAD=/opt/hwrr/libhwrr_vfio.so HWRR_MODE=replay HWRR_TRACE='/tmp/my trace.hwrr' qemu-system-x86_64 ... -device vfio-pci,host=0000:00:19.0,x-no-mmap=on"
+        );
+    }
 }
