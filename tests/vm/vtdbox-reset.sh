@@ -55,6 +55,27 @@ for b in "target/$tgt/release/hwrr" "target/$tgt/release/examples/e1000e_exercis
   fi
   bins+=("$dst")
 done
+# A static hwrr that aborts before main (the interposer's exported open/mmap/ioctl replace libc's in
+# a static link, and cannot find the real ones there) would fail every step below for a reason that
+# has nothing to do with the device: then hwrr goes in dynamically linked, with its libraries, and
+# the guest runs it through the dynamic loader. LINK=static forbids that fallback.
+link=static
+if ! "$WORK/hwrr" --version >/dev/null 2>"$OUT/static-hwrr.err"; then
+  log "the static hwrr does not start: $(grep -m1 -a 'failed\|error' "$OUT/static-hwrr.err" || true)"
+  if [ "${LINK:-auto}" = static ]; then exit 1; fi
+  link=dynamic
+  prof=${DYN_PROFILE:-release}
+  log "falling back to a dynamically linked hwrr ($prof) and its libraries"
+  (cd "$REPO" && cargo build -q --profile "$([ "$prof" = debug ] && echo dev || echo "$prof")" -p hwrr --bin hwrr)
+  mkdir -p "$WORK/dyn"
+  objcopy --strip-debug "$REPO/target/$prof/hwrr" "$WORK/dyn/hwrr-dyn"
+  bins=("$WORK/e1000e_exercise" "$WORK/dyn/hwrr-dyn")
+  for lib in $(ldd "$WORK/dyn/hwrr-dyn" | awk '$2 == "=>" { print $3 } $1 ~ /^\// { print $1 }'); do
+    cp -L "$lib" "$WORK/dyn/$(basename "$lib")"
+    bins+=("$WORK/dyn/$(basename "$lib")")
+  done
+fi
+echo "hwrr_link=$link" >> "$OUT/timings.txt"
 
 t=$(now)
 bash "$VTDBOX" setup >/dev/null
@@ -70,6 +91,10 @@ check() {  # check NAME WANT GOT
   if [ "$2" = "$3" ]; then echo "RESETCHECK $1 OK ($3)"; else echo "RESETCHECK $1 FAIL want=$2 got=$3"; fail=1; fi
 }
 up() { cut -d' ' -f1 /proc/uptime; }
+# A dynamically linked hwrr (see the host side) runs through its own loader and libraries in /bin.
+hwrr() {
+  if [ -x /bin/hwrr-dyn ]; then /bin/ld-linux-x86-64.so.2 --library-path /bin /bin/hwrr-dyn "$@"; else /bin/hwrr "$@"; fi
+}
 echo "RESETCHECK start bdf=$B driver=$(drv) uptime=$(up)"
 check boot-driver e1000e "$(drv)"
 modprobe vfio-pci; modprobe vfio_iommu_type1
