@@ -26,7 +26,8 @@
 # Artefacts in $OUT (default /tmp/host-replay): replay-<run>.log, exercise-<run>.log,
 # report-<run>.json, box.obs, host-same.obs, obs.diff, timings.txt (build and run times, versions).
 # Environment: OUT, BOX_LOG, IOVA (replay DMA base; default: capture base + 0x30000000), HWRR_BIN
-# and EXERCISE_BIN (prebuilt binaries; otherwise both are built with cargo, debug profile).
+# and EXERCISE_BIN (prebuilt binaries; otherwise both are built with cargo in PROFILE, default
+# release, as `cargo test --workspace --release` in .ci/run builds them).
 # Exit 0 on a pass, 1 on a failure, 77 when the trace (or the box log) is missing.
 set -euo pipefail
 
@@ -54,13 +55,15 @@ rm -f "$OUT"/*.log "$OUT"/*.json "$OUT"/*.obs "$OUT"/obs.diff "$OUT"/s-*
 : > "$OUT/timings.txt"
 
 t=$(now)
+PROFILE=${PROFILE:-release}
 if [ -z "${HWRR_BIN:-}" ] || [ -z "${EXERCISE_BIN:-}" ]; then
-  log "cargo build -p hwrr --bin hwrr; -p hwrr-vfio-backend --example e1000e_exercise"
-  (cd "$REPO" && cargo build -q -p hwrr --bin hwrr && \
-     cargo build -q -p hwrr-vfio-backend --example e1000e_exercise)
+  cargo_profile=$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")
+  log "cargo build --profile $cargo_profile -p hwrr --bin hwrr; -p hwrr-vfio-backend --example e1000e_exercise"
+  (cd "$REPO" && cargo build -q --profile "$cargo_profile" -p hwrr --bin hwrr && \
+     cargo build -q --profile "$cargo_profile" -p hwrr-vfio-backend --example e1000e_exercise)
 fi
-HWRR_BIN=${HWRR_BIN:-$REPO/target/debug/hwrr}
-EXERCISE_BIN=${EXERCISE_BIN:-$REPO/target/debug/examples/e1000e_exercise}
+HWRR_BIN=${HWRR_BIN:-$REPO/target/$PROFILE/hwrr}
+EXERCISE_BIN=${EXERCISE_BIN:-$REPO/target/$PROFILE/examples/e1000e_exercise}
 echo "build_s=$(since "$t")" >> "$OUT/timings.txt"
 {
   echo "trace=$TRACE"
