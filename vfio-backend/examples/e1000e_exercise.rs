@@ -26,8 +26,16 @@
 //! as `hwrr record --vfio BDF --listen SOCKET`: the same driver steps reach the NIC through the
 //! socket, the recorder's tap and this backend, and DMA memory is a memfd the server maps.
 //!
+//! For a replay (`hwrr replay TRACE --listen SOCKET`, `tests/vm/host-replay.sh`), `--iova BASE`
+//! maps the DMA memory (rings and buffers, zeroed) at another IOVA than the capture's, so the
+//! received frame can only come from the replay's DMA writes, relocated; `--change-write` writes
+//! one register with another value than the capture did (a `CHANGED` line names it), which
+//! `hwrr replay --check` must report. IOVAs are printed as offsets from the base, so the `OBS` and
+//! `WATCH` lines of runs at different IOVAs compare as text.
+//!
 //! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]
-//! [--bench N]` or `e1000e_exercise --vfio-user SOCKET`
+//! [--bench N] [--iova BASE] [--change-write]` or
+//! `e1000e_exercise --vfio-user SOCKET [--iova BASE] [--change-write]`
 //! (BDF defaults to `$VTDBOX_BDF`, then `0000:00:02.0`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -89,7 +97,7 @@ const DESC_DD: u8 = 1 << 0;
 const PCI_COMMAND: u32 = 0x04;
 const PCI_COMMAND_MEMORY_BUSMASTER: u16 = 0x0006;
 
-// DMA layout inside one buffer mapped at IOVA_BASE.
+// DMA layout: offsets inside one buffer, mapped at IOVA_BASE unless `--iova` says otherwise.
 const IOVA_BASE: u64 = 0x1000_0000;
 const DMA_SIZE: usize = 64 * 1024;
 const TX_RING: u64 = 0x0000;
@@ -156,6 +164,8 @@ impl<D: Device> Nic<'_, D> {
 /// into `dma_write` events with before-and-after bytes.
 struct DmaWatch {
     memory: Arc<MappedMemory>,
+    /// The IOVA the memory is mapped at.
+    base: u64,
     /// (IOVA, shadow copy)
     ranges: Vec<(u64, Vec<u8>)>,
 }
@@ -171,17 +181,18 @@ struct WatchedWrite {
 }
 
 impl DmaWatch {
-    fn new(memory: Arc<MappedMemory>) -> Self {
+    fn new(memory: Arc<MappedMemory>, base: u64) -> Self {
         DmaWatch {
             memory,
+            base,
             ranges: Vec::new(),
         }
     }
 
-    /// Starts watching `len` bytes at `iova` (inside the one mapping at `IOVA_BASE`).
+    /// Starts watching `len` bytes at `iova` (inside the one mapping at `base`).
     fn watch(&mut self, iova: u64, len: usize) -> hwrr_device::Result<()> {
         let mut shadow = vec![0u8; len];
-        self.memory.read(iova - IOVA_BASE, &mut shadow)?;
+        self.memory.read(iova - self.base, &mut shadow)?;
         self.ranges.push((iova, shadow));
         Ok(())
     }
@@ -192,7 +203,7 @@ impl DmaWatch {
         let mut found = Vec::new();
         for (iova, shadow) in &mut self.ranges {
             let mut now = vec![0u8; shadow.len()];
-            self.memory.read(*iova - IOVA_BASE, &mut now)?;
+            self.memory.read(*iova - self.base, &mut now)?;
             let mut i = 0;
             while i < now.len() {
                 if now[i] == shadow[i] {
@@ -290,20 +301,31 @@ fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<Durat
     None
 }
 
-fn read_u8(m: &MappedMemory, iova: u64) -> u8 {
-    let mut b = [0u8; 1];
-    // Reads inside the fixed layout cannot fail; 0 ("not done") is the safe answer if one did.
-    m.read(iova - IOVA_BASE, &mut b).map_or(0, |_| b[0])
+/// The exercise's DMA memory and the IOVA it is mapped at.
+struct Dma {
+    memory: Arc<MappedMemory>,
+    base: u64,
 }
 
-fn read_u16(m: &MappedMemory, iova: u64) -> u16 {
-    let mut b = [0u8; 2];
-    m.read(iova - IOVA_BASE, &mut b)
-        .map_or(0, |_| u16::from_le_bytes(b))
-}
+impl Dma {
+    fn read_u8(&self, iova: u64) -> u8 {
+        let mut b = [0u8; 1];
+        // Reads inside the fixed layout cannot fail; 0 ("not done") is the safe answer if one did.
+        self.memory
+            .read(iova.wrapping_sub(self.base), &mut b)
+            .map_or(0, |_| b[0])
+    }
 
-fn put(m: &MappedMemory, iova: u64, data: &[u8]) -> hwrr_device::Result<()> {
-    m.write(iova - IOVA_BASE, data)
+    fn read_u16(&self, iova: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.memory
+            .read(iova.wrapping_sub(self.base), &mut b)
+            .map_or(0, |_| u16::from_le_bytes(b))
+    }
+
+    fn put(&self, iova: u64, data: &[u8]) -> hwrr_device::Result<()> {
+        self.memory.write(iova.wrapping_sub(self.base), data)
+    }
 }
 
 /// An ARP who-has 10.0.2.2 from `mac` (10.0.2.15), padded to the 60-byte minimum.
@@ -319,12 +341,38 @@ fn arp_request(mac: [u8; 6]) -> Vec<u8> {
     p
 }
 
+/// What may differ between runs of the exercise.
+#[derive(Clone, Copy)]
+struct Variant {
+    /// The IOVA of the DMA memory (rings and buffers).
+    iova_base: u64,
+    /// Write one register with another value than the capture did (the negative replay test).
+    change_write: bool,
+}
+
+impl Default for Variant {
+    fn default() -> Self {
+        Variant {
+            iova_base: IOVA_BASE,
+            change_write: false,
+        }
+    }
+}
+
+/// The register write `--change-write` alters: the first IMC after the MAC reset. IMS is 0 after a
+/// reset, so clearing one mask bit fewer changes nothing on the device; only the access differs.
+const CHANGED_WRITE: (&str, u64, u32, u32) = ("IMC", IMC, 0xffff_ffff, 0xffff_fffe);
+
 /// The whole exercise on any device (the bare backend, or a recorder's tap around it).
+/// `on_watched` sees each change the watch finds as soon as it is found, before the driver's next
+/// access, so a trace holds it where a device's write would be.
 fn exercise<D: Device>(
     dev: &mut D,
     checks: &mut Checks,
+    variant: Variant,
     on_watched: &mut dyn FnMut(&WatchedWrite),
 ) -> Result<(), BoxError> {
+    let base = variant.iova_base;
     let d = dev.describe();
     println!(
         "OBS identity={:04x}:{:04x} subsys={:04x}:{:04x} class={:06x} rev={}",
@@ -371,7 +419,15 @@ fn exercise<D: Device>(
     let vfio_reset = nic.dev.reset();
     checks.check("vfio_reset", vfio_reset.is_ok(), format!("{vfio_reset:?}"));
     nic.command_enable()?; // a function reset clears COMMAND
-    nic.w32(IMC, 0xffff_ffff)?;
+    let (name, reg, recorded, changed) = CHANGED_WRITE;
+    if variant.change_write {
+        println!(
+            "CHANGED write {name} offset={reg:#x} value={changed:#x} instead of {recorded:#x}"
+        );
+        nic.w32(reg, changed)?;
+    } else {
+        nic.w32(reg, recorded)?;
+    }
     let ctrl = nic.r32(CTRL)?;
     nic.w32(CTRL, ctrl | CTRL_RST)?;
     std::thread::sleep(Duration::from_millis(20));
@@ -403,18 +459,29 @@ fn exercise<D: Device>(
     println!("OBS mac={mac_s} ral={ral:#010x} rah={rah:#010x}");
     checks.check("mac_valid", rah & 0x8000_0000 != 0, format!("mac={mac_s}"));
 
-    // DMA memory, mapped into the IOMMU.
+    // DMA memory, mapped into the IOMMU. A fresh memfd reads as zeros; the RX ring and buffers are
+    // zeroed again on purpose: a replay must fill them through its DMA writes, never find them
+    // filled.
     let memory = Arc::new(shared_memory(DMA_SIZE)?);
+    let dma = Dma {
+        memory: memory.clone(),
+        base,
+    };
+    dma.put(
+        base + RX_RING,
+        &vec![0u8; (RX_BUFS + u64::from(NDESC) * RX_BUF_SIZE - RX_RING) as usize],
+    )?;
     let rw = dma_flags::READ | dma_flags::WRITE;
     nic.dev.dma_map(DmaRegion {
         mapping: DmaMapping {
-            iova: IOVA_BASE,
+            iova: base,
             len: DMA_SIZE as u64,
             flags: rw,
         },
         memory: Some(memory.clone()),
     })?;
-    println!("OBS dma_map iova={IOVA_BASE:#x} len={DMA_SIZE:#x}");
+    // The IOVA is not an observation: a replay may (and the host replay test does) move it.
+    println!("DMA map iova={base:#x} len={DMA_SIZE:#x}");
 
     // The kernel refuses a mapping over the interrupt window (0xfee00000, outside the IOMMU's
     // usable IOVA ranges): the error must come back to the caller, with its errno.
@@ -449,14 +516,13 @@ fn exercise<D: Device>(
     // RX ring: NDESC descriptors, each with a 2 KiB buffer.
     for i in 0..u64::from(NDESC) {
         let desc = RX_RING + i * 16;
-        put(
-            &memory,
-            IOVA_BASE + desc,
-            &(IOVA_BASE + RX_BUFS + i * RX_BUF_SIZE).to_le_bytes(),
+        dma.put(
+            base + desc,
+            &(base + RX_BUFS + i * RX_BUF_SIZE).to_le_bytes(),
         )?;
-        put(&memory, IOVA_BASE + desc + 8, &[0u8; 8])?;
+        dma.put(base + desc + 8, &[0u8; 8])?;
     }
-    let rx_ring = IOVA_BASE + RX_RING;
+    let rx_ring = base + RX_RING;
     nic.w32(RDBAL, rx_ring as u32)?;
     nic.w32(RDBAH, (rx_ring >> 32) as u32)?;
     nic.w32(RDLEN, NDESC * 16)?;
@@ -464,26 +530,33 @@ fn exercise<D: Device>(
     nic.w32(RDT, NDESC - 1)?;
     nic.w32(RCTL, RCTL_EN | RCTL_BAM | RCTL_SECRC)?;
 
-    // What a watch set would follow: the RX ring (named by RDBAL/RDBAH) and the buffers its
-    // descriptors point at.
-    let mut watch = DmaWatch::new(memory.clone());
-    watch.watch(rx_ring, (NDESC * 16) as usize)?;
-    watch.watch(
-        IOVA_BASE + RX_BUFS,
-        (u64::from(NDESC) * RX_BUF_SIZE) as usize,
-    )?;
-
     // TX: one ARP request in descriptor 0.
     let frame = arp_request(mac);
-    put(&memory, IOVA_BASE + TX_BUF, &frame)?;
-    let tx0 = IOVA_BASE + TX_RING;
-    put(&memory, tx0, &(IOVA_BASE + TX_BUF).to_le_bytes())?;
-    put(&memory, tx0 + 8, &(frame.len() as u16).to_le_bytes())?;
-    put(
-        &memory,
+    dma.put(base + TX_BUF, &frame)?;
+    let tx0 = base + TX_RING;
+    dma.put(tx0, &(base + TX_BUF).to_le_bytes())?;
+    dma.put(tx0 + 8, &(frame.len() as u16).to_le_bytes())?;
+    dma.put(
         tx0 + 10,
         &[0, TXD_CMD_EOP | TXD_CMD_IFCS | TXD_CMD_RS, 0, 0, 0, 0],
     )?;
+
+    // What a watch set would follow: the rings (named by RDBAL/RDBAH and TDBAL/TDBAH) and the RX
+    // buffers the descriptors point at, from here on written by the device only.
+    let mut watch = DmaWatch::new(memory.clone(), base);
+    watch.watch(tx0, (NDESC * 16) as usize)?;
+    watch.watch(rx_ring, (NDESC * 16) as usize)?;
+    watch.watch(base + RX_BUFS, (u64::from(NDESC) * RX_BUF_SIZE) as usize)?;
+    let mut writes = Vec::new();
+    // Diffs at a point where the driver has just looked at memory and before its next access.
+    let mut diff_here = |writes: &mut Vec<WatchedWrite>| -> hwrr_device::Result<()> {
+        for w in watch.diff()? {
+            on_watched(&w);
+            writes.push(w);
+        }
+        Ok(())
+    };
+
     nic.w32(TDBAL, tx0 as u32)?;
     nic.w32(TDBAH, (tx0 >> 32) as u32)?;
     nic.w32(TDLEN, NDESC * 16)?;
@@ -499,13 +572,12 @@ fn exercise<D: Device>(
 
     nic.w32(TDT, 1)?; // hand descriptor 0 to the device
     let tx_done = poll_until(Duration::from_secs(2), || {
-        read_u8(&memory, tx0 + 12) & DESC_DD != 0
+        dma.read_u8(tx0 + 12) & DESC_DD != 0
     });
+    // The TX write-back seen: the first watch point.
+    diff_here(&mut writes)?;
     let tdh = nic.r32(TDH)?;
-    println!(
-        "OBS tx_status={:#04x} tdh={tdh}",
-        read_u8(&memory, tx0 + 12)
-    );
+    println!("OBS tx_status={:#04x} tdh={tdh}", dma.read_u8(tx0 + 12));
     checks.check(
         "tx_writeback",
         tx_done.is_some(),
@@ -513,16 +585,18 @@ fn exercise<D: Device>(
     );
     let n = wait_eventfd(&msix, Duration::from_secs(2))?;
     checks.check("msix_irq", n > 0, format!("eventfd count={n}"));
-    // Interrupt delivery: the first point where a driver may look at what the device wrote.
-    let mut writes = watch.diff()?;
+    // Interrupt delivery: the first point where a driver may look at what the device received.
+    diff_here(&mut writes)?;
 
-    // The driver's view after the interrupt: this is where a watch set diffs.
+    // The driver's view after the interrupt.
     let rx0 = rx_ring;
     let rx_done = poll_until(Duration::from_secs(2), || {
-        read_u8(&memory, rx0 + 12) & DESC_DD != 0
+        dma.read_u8(rx0 + 12) & DESC_DD != 0
     });
-    let rx_len = read_u16(&memory, rx0 + 8) as usize;
-    let rx_status = read_u8(&memory, rx0 + 12);
+    // Before the driver reads the descriptor it polled: the last watch point.
+    diff_here(&mut writes)?;
+    let rx_len = dma.read_u16(rx0 + 8) as usize;
+    let rx_status = dma.read_u8(rx0 + 12);
     let mut rx_frame = vec![0u8; rx_len.min(RX_BUF_SIZE as usize)];
     memory.read(RX_BUFS, &mut rx_frame)?;
     let rdh = nic.r32(RDH)?;
@@ -544,20 +618,18 @@ fn exercise<D: Device>(
         "who-has 10.0.2.2 answered to our MAC",
     );
 
-    // Before the driver reads the descriptor it polled: the second watch point.
-    writes.extend(watch.diff()?);
     for w in &writes {
-        on_watched(w);
+        // Offsets from the DMA base, so that runs at different IOVAs compare.
         println!(
-            "WATCH dma_write iova={:#x} len={} before={} after={}",
-            w.iova,
+            "WATCH dma_write offset={:#x} len={} before={} after={}",
+            w.iova - base,
             w.after.len(),
             hex(&w.before),
             hex(&w.after)
         );
     }
     let frame_seen = writes.iter().any(|w| {
-        w.iova == IOVA_BASE + RX_BUFS
+        w.iova == base + RX_BUFS
             && w.after.len() >= 42
             && w.after[..42] == rx_frame[..42.min(rx_frame.len())]
     });
@@ -616,6 +688,7 @@ struct Args {
     log_watch: bool,
     bench: u32,
     vfio_user: Option<std::path::PathBuf>,
+    variant: Variant,
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -627,6 +700,7 @@ fn parse_args() -> Result<Args, BoxError> {
         log_watch: false,
         bench: 0,
         vfio_user: None,
+        variant: Variant::default(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -640,6 +714,23 @@ fn parse_args() -> Result<Args, BoxError> {
                 args.vfio_user = Some(it.next().ok_or("--vfio-user needs a value")?.into())
             }
             "--bench" => args.bench = it.next().ok_or("--bench needs a value")?.parse()?,
+            "--iova" => {
+                let v = it.next().ok_or("--iova needs a value")?;
+                let base = match v.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16)?,
+                    None => v.parse()?,
+                };
+                // Page-aligned, and clear of the MSI window the exercise maps on purpose.
+                let end = base.checked_add(DMA_SIZE as u64).ok_or("--iova too high")?;
+                if base % 4096 != 0 || (base < MSI_WINDOW_IOVA + 4096 && end > MSI_WINDOW_IOVA) {
+                    return Err(format!(
+                        "--iova {base:#x}: not page-aligned or over the MSI window"
+                    )
+                    .into());
+                }
+                args.variant.iova_base = base;
+            }
+            "--change-write" => args.variant.change_write = true,
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -703,7 +794,7 @@ fn run() -> Result<Checks, BoxError> {
             t_open.elapsed()
         );
         let mut checks = Checks::default();
-        exercise(&mut dev, &mut checks, &mut |_| {})?;
+        exercise(&mut dev, &mut checks, args.variant, &mut |_| {})?;
         return Ok(checks);
     }
     let options = OpenOptions {
@@ -742,9 +833,16 @@ fn run() -> Result<Checks, BoxError> {
     match &args.trace {
         None => {
             let mut dev = backend;
-            exercise(&mut dev, &mut checks, &mut |_| {})?;
+            exercise(&mut dev, &mut checks, args.variant, &mut |_| {})?;
         }
-        Some(path) => record(backend, path, args.mmap, args.log_watch, &mut checks)?,
+        Some(path) => record(
+            backend,
+            path,
+            args.mmap,
+            args.log_watch,
+            args.variant,
+            &mut checks,
+        )?,
     }
     Ok(checks)
 }
@@ -755,6 +853,7 @@ fn record(
     path: &std::path::Path,
     mmap: bool,
     log_watch: bool,
+    variant: Variant,
     checks: &mut Checks,
 ) -> Result<(), BoxError> {
     use hwrr_formats::{CaptureMeta, DmaWrite, EventKind, TraceHeader};
@@ -770,7 +869,7 @@ fn record(
     labels.insert(
         "dma_write_source".to_string(),
         if log_watch {
-            "exercise-watch (rx ring and buffers, diffed at the interrupt and before the descriptor read)"
+            "exercise-watch (tx and rx rings, rx buffers; diffed after the tx write-back, at the interrupt and before the rx descriptor read, logged at once)"
         } else {
             "recorder-watch (hwrr-recorder's watch set: pages named by ring-base writes and descriptor pointers)"
         }
@@ -816,7 +915,7 @@ fn record(
     } else {
         Tap::new(backend, recorder.handle())?
     };
-    let result = exercise(&mut tap, checks, &mut |w| {
+    let result = exercise(&mut tap, checks, variant, &mut |w| {
         if log_watch {
             handle.log(
                 EventKind::DmaWrite(DmaWrite {
@@ -847,29 +946,32 @@ fn record(
 mod tests {
     use super::*;
 
-    fn watch_over(len: usize) -> (Arc<MappedMemory>, DmaWatch) {
+    /// Another base than the capture's, as in a replay with `--iova`.
+    const BASE: u64 = 0x2345_6000;
+
+    fn watch_over(len: usize) -> (Dma, DmaWatch) {
         let memory = Arc::new(MappedMemory::anonymous(DMA_SIZE).unwrap());
-        let mut watch = DmaWatch::new(memory.clone());
-        watch.watch(IOVA_BASE + RX_BUFS, len).unwrap();
-        (memory, watch)
+        let mut watch = DmaWatch::new(memory.clone(), BASE);
+        watch.watch(BASE + RX_BUFS, len).unwrap();
+        (Dma { memory, base: BASE }, watch)
     }
 
     #[test]
     fn a_frame_with_unchanged_bytes_inside_is_one_write() {
-        let (memory, mut watch) = watch_over(4096);
+        let (dma, mut watch) = watch_over(4096);
         // Zeros inside the frame equal what the buffer held before.
         let mut frame: Vec<u8> = (0..42u8).map(|i| i | 0x80).collect();
         for z in [2, 14, 15, 30] {
             frame[z] = 0;
         }
-        put(&memory, IOVA_BASE + RX_BUFS, &frame).unwrap();
+        dma.put(BASE + RX_BUFS, &frame).unwrap();
         let w = watch.diff().unwrap();
         assert_eq!(w.len(), 1);
-        assert_eq!(
-            (w[0].iova, w[0].after.clone()),
-            (IOVA_BASE + RX_BUFS, frame)
-        );
+        assert_eq!((w[0].iova, w[0].after.clone()), (BASE + RX_BUFS, frame));
         assert!(w[0].before.iter().all(|&b| b == 0));
+        let mut at_offset = [0u8; 42];
+        dma.memory.read(RX_BUFS, &mut at_offset).unwrap();
+        assert_eq!(at_offset[..], w[0].after[..], "IOVA BASE + x is offset x");
         assert!(
             watch.diff().unwrap().is_empty(),
             "shadows follow the memory"
@@ -878,19 +980,19 @@ mod tests {
 
     #[test]
     fn writes_further_apart_than_the_gap_stay_apart() {
-        let (memory, mut watch) = watch_over(4096);
-        put(&memory, IOVA_BASE + RX_BUFS + 10, &[1]).unwrap();
+        let (dma, mut watch) = watch_over(4096);
+        dma.put(BASE + RX_BUFS + 10, &[1]).unwrap();
         let far = 10 + 1 + MERGE_GAP as u64 + 1;
-        put(&memory, IOVA_BASE + RX_BUFS + far, &[2, 3]).unwrap();
-        put(&memory, IOVA_BASE + RX_BUFS + 4095, &[9]).unwrap();
+        dma.put(BASE + RX_BUFS + far, &[2, 3]).unwrap();
+        dma.put(BASE + RX_BUFS + 4095, &[9]).unwrap();
         let w = watch.diff().unwrap();
         let got: Vec<(u64, Vec<u8>)> = w
             .iter()
-            .map(|w| (w.iova - IOVA_BASE - RX_BUFS, w.after.clone()))
+            .map(|w| (w.iova - BASE - RX_BUFS, w.after.clone()))
             .collect();
         assert_eq!(got, vec![(10, vec![1]), (far, vec![2, 3]), (4095, vec![9])]);
         // A write back to the old value is a change too, with the right before bytes.
-        put(&memory, IOVA_BASE + RX_BUFS + 10, &[0]).unwrap();
+        dma.put(BASE + RX_BUFS + 10, &[0]).unwrap();
         let w = watch.diff().unwrap();
         assert_eq!(
             (w.len(), w[0].before.clone(), w[0].after.clone()),
