@@ -504,6 +504,19 @@ fn exact_replay_through_rust_vmm_client(name: &str) -> u64 {
                         .region_write(a.region, a.offset, &a.data.to_le_bytes())
                         .expect("write");
                 }
+                // Configuration space is VFIO region 7 for this client.
+                EventKind::ConfigRead(c) => {
+                    let mut buf = vec![0u8; c.data.len()];
+                    client
+                        .region_read(7, c.offset as u64, &mut buf)
+                        .expect("config read");
+                }
+                EventKind::ConfigWrite(c) => {
+                    client
+                        .region_write(7, c.offset as u64, &c.data.to_le_bytes())
+                        .expect("config write");
+                }
+                EventKind::Reset => client.reset().expect("reset"),
                 _ => {}
             }
         }
