@@ -140,3 +140,66 @@ fn record_a_replay_and_get_the_same_accesses() {
     assert_eq!(info["labels"]["test"], "record_replay");
     assert!(info["by_kind"]["irq"].as_u64().unwrap() > 0);
 }
+
+/// SIGTERM (and SIGINT) make `hwrr record` finish the trace: footer, index, a sound file.
+#[test]
+fn sigterm_finishes_the_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    let original = p("original.hwrr");
+    let demo = hwrr().args(["demo", "-o"]).arg(&original).output().unwrap();
+    assert!(demo.status.success(), "{demo:?}");
+    let (replay_sock, record_sock) = (p("replay.sock"), p("record.sock"));
+    let mut replay = hwrr()
+        .arg("replay")
+        .arg(&original)
+        .arg("--listen")
+        .arg(&replay_sock)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&replay_sock, &mut replay);
+    for signal in [libc_sigterm(), libc_sigint()] {
+        let trace = p(&format!("signalled-{signal}.hwrr"));
+        let mut record = hwrr()
+            .args(["record", "--vfio-user"])
+            .arg(&replay_sock)
+            .arg("--listen")
+            .arg(&record_sock)
+            .arg("-o")
+            .arg(&trace)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&record_sock, &mut record);
+        // A VMM session: a few accesses go into the trace before the signal.
+        {
+            let client = Client::connect(&record_sock, ClientOptions::default()).unwrap();
+            let mut dev = RemoteDevice::new(client).unwrap();
+            let mut id = [0u8; 4];
+            hwrr_device::Device::config_read(&mut dev, 0, &mut id).unwrap();
+        }
+        let kill = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(record.id().to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        finish(record, "hwrr record after a signal");
+        let verify = hwrr().arg("verify").arg(&trace).output().unwrap();
+        assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+        let reader = hwrr_formats::TraceReader::open(&trace).unwrap();
+        assert!(reader.counts().get(hwrr_formats::KindTag::ConfigRead) >= 1);
+        let _ = std::fs::remove_file(&record_sock);
+    }
+    let _ = replay.kill();
+    let _ = replay.wait();
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+fn libc_sigint() -> i32 {
+    2
+}
