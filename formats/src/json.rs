@@ -15,7 +15,9 @@ pub struct JsonOptions {
     pub payloads: bool,
 }
 
-fn put_access_data(obj: &mut Map<String, Value>, data: &AccessData) {
+/// Adds `size` and `value` (widths 1, 2, 4, 8) or `size` and hex `data` for other lengths: how every
+/// JSON form of an access carries its data.
+pub fn insert_access_data(obj: &mut Map<String, Value>, data: &AccessData) {
     match data {
         AccessData::Value { size, value } => {
             obj.insert("size".into(), json!(size));
@@ -44,14 +46,14 @@ pub fn event_to_json(ev: &Event, regmap: Option<&RegisterMap>, opts: JsonOptions
         | EventKind::PioWrite(a) => {
             obj.insert("region".into(), json!(a.region));
             obj.insert("offset".into(), json!(a.offset));
-            put_access_data(&mut obj, &a.data);
+            insert_access_data(&mut obj, &a.data);
             if let Some(name) = regmap.and_then(|m| m.name_for(a.region, a.offset)) {
                 obj.insert("name".into(), json!(name));
             }
         }
         EventKind::ConfigRead(c) | EventKind::ConfigWrite(c) => {
             obj.insert("offset".into(), json!(c.offset));
-            put_access_data(&mut obj, &c.data);
+            insert_access_data(&mut obj, &c.data);
             let config = crate::header::region_index::CONFIG;
             if let Some(name) = regmap.and_then(|m| m.name_for(config, c.offset as u64)) {
                 obj.insert("name".into(), json!(name));

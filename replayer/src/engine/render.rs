@@ -1,6 +1,7 @@
 //! The replay report and the divergence rendered as `hwrr dump --json` objects.
 
 use super::*;
+use hwrr_formats::json::insert_access_data;
 
 impl Replayer {
     /// What the session did so far.
@@ -144,20 +145,6 @@ impl Replayer {
                 }
                 serde_json::Value::Object(obj)
             }
-        }
-    }
-}
-
-/// Adds `size` and `value` (widths 1, 2, 4, 8) or `size` and hex `data`, as `hwrr dump --json`.
-fn insert_access_data(obj: &mut serde_json::Map<String, serde_json::Value>, data: &AccessData) {
-    match data {
-        AccessData::Value { size, value } => {
-            obj.insert("size".into(), json!(size));
-            obj.insert("value".into(), json!(value));
-        }
-        AccessData::Bytes(b) => {
-            obj.insert("size".into(), json!(b.len()));
-            obj.insert("data".into(), json!(hwrr_formats::hex::encode(b)));
         }
     }
 }
