@@ -113,16 +113,21 @@ thread_local! {
 fn decompress_exact(z: &[u8], len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     out.clear();
     out.reserve_exact(len);
-    let reused = DECOMPRESSOR.with(|cell| {
-        let Ok(mut slot) = cell.try_borrow_mut() else {
-            return None;
-        };
-        let d = match &mut *slot {
-            Some(d) => d,
-            None => slot.insert(zstd::bulk::Decompressor::new().ok()?),
-        };
-        Some(d.decompress_to_buffer(z, out))
-    });
+    // `try_with`: during thread or process exit (an atexit report, as the interposer writes)
+    // thread-locals are gone; decode with a fresh context then.
+    let reused = DECOMPRESSOR
+        .try_with(|cell| {
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return None;
+            };
+            let d = match &mut *slot {
+                Some(d) => d,
+                None => slot.insert(zstd::bulk::Decompressor::new().ok()?),
+            };
+            Some(d.decompress_to_buffer(z, out))
+        })
+        .ok()
+        .flatten();
     match reused {
         Some(result) => result.map(|_| ()),
         None => {
@@ -545,10 +550,16 @@ impl TraceReader {
         blob_limit: u64,
         out: &mut ChunkColumns,
     ) -> Result<(), FormatError> {
-        PAYLOAD.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut payload) => self.decode_chunk_with(index, info, blob_limit, out, &mut payload),
-            Err(_) => self.decode_chunk_with(index, info, blob_limit, out, &mut Vec::new()),
-        })
+        // A nested or exiting thread (thread-locals gone at process exit) gets a fresh buffer.
+        let reused = PAYLOAD.try_with(|cell| {
+            cell.try_borrow_mut().ok().map(|mut payload| {
+                self.decode_chunk_with(index, info, blob_limit, out, &mut payload)
+            })
+        });
+        match reused {
+            Ok(Some(result)) => result,
+            _ => self.decode_chunk_with(index, info, blob_limit, out, &mut Vec::new()),
+        }
     }
 
     fn decode_chunk_with(
