@@ -18,44 +18,7 @@ fn open_fds() -> usize {
 }
 
 fn frame(id: u16, cmd: u16, body: &[u8]) -> Vec<u8> {
-    let mut v = Header {
-        id,
-        command: cmd,
-        size: (HEADER_SIZE + body.len()) as u32,
-        flags: 0,
-        error: 0,
-    }
-    .to_bytes()
-    .to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-fn send_with(s: &UnixStream, bytes: &[u8], fds: &[i32]) {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut _,
-        iov_len: bytes.len(),
-    };
-    let mut cbuf = [0u64; 32];
-    // SAFETY: test-only sendmsg with an aligned control buffer large enough for the fds.
-    unsafe {
-        let mut m: libc::msghdr = std::mem::zeroed();
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        let payload = std::mem::size_of_val(fds) as u32;
-        m.msg_control = cbuf.as_mut_ptr().cast();
-        m.msg_controllen = libc::CMSG_SPACE(payload) as _;
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(c),
-            payload as usize,
-        );
-        assert_eq!(libc::sendmsg(s.as_raw_fd(), &m, 0), bytes.len() as isize);
-    }
+    raw_message(id, cmd, 0, body)
 }
 
 fn reply(s: &mut UnixStream) -> Header {
@@ -84,7 +47,7 @@ fn stray_descriptors_are_closed() {
     for i in 0..20u16 {
         let e = hwrr_device::eventfd::create().unwrap();
         let e2 = hwrr_device::eventfd::create().unwrap();
-        send_with(
+        send_with_fds(
             &s,
             &frame(10 + i, 9, &read),
             &[e.as_raw_fd(), e2.as_raw_fd()],

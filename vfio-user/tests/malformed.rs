@@ -20,44 +20,7 @@ struct Raw {
 }
 
 fn msg(id: u16, cmd: u16, fl: u32, body: &[u8]) -> Vec<u8> {
-    let mut v = Header {
-        id,
-        command: cmd,
-        size: (HEADER_SIZE + body.len()) as u32,
-        flags: fl,
-        error: 0,
-    }
-    .to_bytes()
-    .to_vec();
-    v.extend_from_slice(body);
-    v
-}
-
-fn send_fds(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut _,
-        iov_len: bytes.len(),
-    };
-    let mut cbuf = [0u64; 32];
-    // SAFETY: test-only sendmsg with a properly sized, aligned control buffer.
-    unsafe {
-        let mut m: libc::msghdr = std::mem::zeroed();
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        let payload = std::mem::size_of_val(fds) as u32;
-        m.msg_control = cbuf.as_mut_ptr().cast();
-        m.msg_controllen = libc::CMSG_SPACE(payload) as _;
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(c),
-            payload as usize,
-        );
-        assert_eq!(libc::sendmsg(s.as_raw_fd(), &m, 0), bytes.len() as isize);
-    }
+    raw_message(id, cmd, fl, body)
 }
 
 fn body_u32s(v: &[u32]) -> Vec<u8> {
@@ -107,7 +70,7 @@ impl Raw {
 
     fn call_fds(&mut self, cmd: u16, body: &[u8], fds: &[RawFd]) -> (Header, Vec<u8>) {
         let id = self.next_id();
-        send_fds(&self.s, &msg(id, cmd, 0, body), fds);
+        send_with_fds(&self.s, &msg(id, cmd, 0, body), fds);
         let r = self.read_reply();
         assert_eq!(r.0.id, id);
         r

@@ -335,3 +335,48 @@ pub fn memfd(len: usize) -> OwnedFd {
     );
     fd
 }
+
+/// A raw vfio-user message: header with `flags`, then `body`.
+pub fn raw_message(id: u16, command: u16, flags: u32, body: &[u8]) -> Vec<u8> {
+    use hwrr_vfio_user::protocol::{Header, HEADER_SIZE};
+    let mut v = Header {
+        id,
+        command,
+        size: (HEADER_SIZE + body.len()) as u32,
+        flags,
+        error: 0,
+    }
+    .to_bytes()
+    .to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+/// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one `sendmsg`.
+pub fn send_with_fds(s: &std::os::unix::net::UnixStream, bytes: &[u8], fds: &[i32]) {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
+    let mut cbuf = [0u64; 32];
+    // SAFETY: test-only sendmsg with an aligned control buffer large enough for the fds.
+    unsafe {
+        let mut m: libc::msghdr = std::mem::zeroed();
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        let payload = std::mem::size_of_val(fds) as u32;
+        m.msg_control = cbuf.as_mut_ptr().cast();
+        m.msg_controllen = libc::CMSG_SPACE(payload) as _;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(payload) as _;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(c),
+            payload as usize,
+        );
+        assert_eq!(libc::sendmsg(s.as_raw_fd(), &m, 0), bytes.len() as isize);
+    }
+}
