@@ -1,7 +1,7 @@
 //! Compiling a chunk of events into the engine's compact form: a `Vec<Op>` of small `Copy` records
 //! that the hot path walks without allocating, plus side tables for payloads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use hwrr_formats::{region_index, AccessData, Event, EventKind, RegionAccess};
@@ -98,6 +98,9 @@ pub(crate) struct CompiledChunk {
     /// The last value seen per register by the end of the chunk: (op index, value). Built on first
     /// use: only model answers need it, and building it per chunk would slow compilation.
     last_values: OnceLock<HashMap<RegKey, (u32, u64)>>,
+    /// Registers written and then read as the very next guest call (request/response registers
+    /// such as e1000e MDIC). Built on first use, like `last_values`.
+    polled_after_write: OnceLock<HashSet<RegKey>>,
 }
 
 impl CompiledChunk {
@@ -119,6 +122,22 @@ impl CompiledChunk {
                 }
             }
             map
+        })
+    }
+
+    /// Registers that this chunk writes and then reads as the very next guest call.
+    pub fn polled_after_write(&self) -> &HashSet<RegKey> {
+        self.polled_after_write.get_or_init(|| {
+            let mut set = HashSet::new();
+            let mut last_write: Option<RegKey> = None;
+            for op in self.ops.iter().filter(|o| o.kind.is_guest_call()) {
+                let key = (op.region, op.offset, op.size);
+                if op.kind == OpKind::Read && last_write == Some(key) && op.size != 0 {
+                    set.insert(key);
+                }
+                last_write = (op.kind == OpKind::Write).then_some(key);
+            }
+            set
         })
     }
 }

@@ -763,3 +763,82 @@ fn shorten_polls_keeps_a_run_without_transition_and_shortens_the_next() {
         assert!(r.trace_finished);
     }
 }
+
+const MDIC: u64 = 0x20;
+const MDIC_READY: u32 = 1 << 28;
+
+/// An MDIC-like register: write a request (PHY register number in bits 16..21), poll the same
+/// register until READY, take the data from its low 16 bits.
+fn phy_request(reg: u32) -> u32 {
+    0x0800_0000 | (reg << 16)
+}
+
+fn phy_read(vmm: &mut Vmm, reg: u32) -> Option<u32> {
+    vmm.write(MDIC, phy_request(reg));
+    for _ in 0..20 {
+        let v = vmm.read(MDIC);
+        if v & MDIC_READY != 0 {
+            return Some(v & 0xffff);
+        }
+    }
+    None
+}
+
+fn phy_trace(chunk_gap: usize) -> Trace {
+    let mut t = Trace::new();
+    t.write(CTRL, 1);
+    // PHY register 1 (status): busy, busy, ready with 0x796d.
+    t.write(MDIC, phy_request(1));
+    t.read(MDIC, phy_request(1));
+    t.read(MDIC, phy_request(1));
+    t.read(MDIC, phy_request(1) | MDIC_READY | 0x796d);
+    for _ in 0..chunk_gap {
+        t.read(STATUS, 3);
+    }
+    // PHY register 2 (id): ready at once with 0x0141.
+    t.write(MDIC, phy_request(2));
+    t.read(MDIC, phy_request(2) | MDIC_READY | 0x0141);
+    t.write(CTRL, 2);
+    t
+}
+
+#[test]
+fn a_request_register_answers_requests_made_in_another_order() {
+    for policy in policies() {
+        // Chunks of 7 events put the two requests in different chunks.
+        for (gap, chunk) in [(0, 4096), (80, 4096), (8, 7)] {
+            let mut vmm = Vmm::new(phy_trace(gap), chunk, opts(policy));
+            vmm.write(CTRL, 1);
+            // The guest asks for the id first, then the status twice (a watchdog ran once more).
+            assert_eq!(phy_read(&mut vmm, 2), Some(0x0141), "{policy:?} gap {gap}");
+            assert_eq!(phy_read(&mut vmm, 1), Some(0x796d), "{policy:?} gap {gap}");
+            assert_eq!(phy_read(&mut vmm, 1), Some(0x796d), "{policy:?} gap {gap}");
+            // A request the trace never made is not answered with another request's data: the
+            // register reads back as written.
+            assert_eq!(phy_read(&mut vmm, 9), None, "{policy:?} gap {gap}");
+            assert_eq!(vmm.read(MDIC), phy_request(9));
+            let r = vmm.dev.report();
+            assert!(r.diverged, "the guest left the recorded order");
+            let c = &r.counters;
+            assert_eq!(
+                c.matched + c.inserted + c.fallbacks,
+                c.accesses,
+                "{policy:?}: {c:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_response_ends_at_the_next_other_access() {
+    let mut vmm = Vmm::new(phy_trace(0), 4096, opts(Policy::resync()));
+    vmm.write(CTRL, 1);
+    vmm.write(MDIC, phy_request(2)); // found ahead: matched in the stream
+    vmm.write(MDIC, phy_request(1)); // off the stream: the recorded response is learned
+    assert_eq!(vmm.read(MDIC), phy_request(1), "busy, as recorded");
+    // Another register read ends the response: MDIC then answers its last value, not the next
+    // recorded one.
+    vmm.read(STATUS);
+    assert_eq!(vmm.read(MDIC), phy_request(1));
+    assert_eq!(vmm.read(MDIC), phy_request(1));
+}

@@ -291,6 +291,7 @@ impl Device for Replayer {
         self.state.config = self.shared.rules.snapshot.clone();
         self.state.msix = self.shared.rules.msix.map(|m| MsixModel::new(m.entries));
         self.state.last_read = None;
+        self.state.response = None;
         // The device forgot the half address register written before the reset: its guess stays
         // as it is, with nothing to complete it.
         self.state.pending_half = None;

@@ -439,7 +439,7 @@ impl Replayer {
         value: u64,
     ) -> u64 {
         self.state.counters.accesses += 1;
-        if !self.state.stopped {
+        if !self.state.stopped && self.state.response.is_none() {
             let i = self.state.cursor.op;
             let kind = if write { OpKind::Write } else { OpKind::Read };
             if let Some(op) = self.cur.ops.get(i) {
@@ -543,6 +543,11 @@ impl Replayer {
     ) -> u64 {
         let key = (region, offset, size);
         let kind = if write { OpKind::Write } else { OpKind::Read };
+        if self.state.response.is_some() {
+            if let Some(v) = self.serve_response(write, key) {
+                return v;
+            }
+        }
         if self.state.stopped {
             return self.answer_from_model(write, key, value, false);
         }
@@ -674,6 +679,7 @@ impl Replayer {
                         self.state.counters.fallbacks += 1;
                         self.set_model(key, value);
                         self.pass(o);
+                        self.learn_response(key, value);
                         return value;
                     }
                 }
@@ -695,6 +701,7 @@ impl Replayer {
         }
         if write {
             self.set_model(key, value);
+            self.learn_response(key, value);
             value
         } else {
             let v = self.model_value(key).unwrap_or(0);
@@ -863,6 +870,7 @@ impl Replayer {
     /// bytes, a write of the same bytes), or under `resync` within the window ahead.
     pub(super) fn access_bytes(&mut self, write: bool, region: u8, offset: u64, data: &mut [u8]) {
         self.state.counters.accesses += 1;
+        self.state.response = None;
         if !self.state.stopped {
             if let Some(op) = self.peek() {
                 let kind = if write { OpKind::Write } else { OpKind::Read };

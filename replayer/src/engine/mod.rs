@@ -23,6 +23,7 @@ use crate::source::{EventSource, SourceError};
 mod device;
 mod matching;
 mod render;
+mod response;
 
 /// Largest recorded DMA mapping whose addresses count as evidence of a DMA address (256 MiB).
 const SMALL_MAPPING: u64 = 256 << 20;
@@ -165,6 +166,9 @@ pub struct ReplayState {
     /// Registers the guest programmed with a relocated address: (key, recorded value, guest
     /// value). A recorded read-back of the recorded value answers the guest's value.
     readback: Vec<(RegKey, u64, u64)>,
+    /// The recorded answer to a request the guest wrote off the stream (request/response
+    /// registers), while the guest polls it.
+    response: Option<Box<response::Response>>,
     counters: Counters,
     mismatch: Option<Box<Mismatch>>,
     stopped: bool,
@@ -252,6 +256,7 @@ impl Shared {
             pending_half: None,
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
+            response: None,
             counters: Counters::default(),
             mismatch: None,
             stopped: false,
