@@ -842,3 +842,58 @@ fn a_response_ends_at_the_next_other_access() {
     assert_eq!(vmm.read(MDIC), phy_request(1));
     assert_eq!(vmm.read(MDIC), phy_request(1));
 }
+
+/// A receive as a watch set records it on a VMM that maps all guest RAM: no descriptor read (the
+/// device reads guest memory directly), the packet written first, then the descriptor written back
+/// over the buffer address the driver had put there (kept as the write's "before" bytes).
+fn watched_rx_trace() -> Trace {
+    let mut t = Trace::new();
+    t.irq_setup(2, MSIX_VECTORS);
+    t.dma_map(0, 1 << 30);
+    t.write(RDBAL, RING as u32);
+    t.write(RDBAH, 0);
+    t.write(RDT, 8);
+    t.read(STATUS, 0x2);
+    let mut desc = BUF.to_le_bytes().to_vec();
+    desc.extend_from_slice(&[0u8; 8]);
+    let mut written_back = vec![0x40, 0, 0, 0, 0, 0, 0, 0];
+    written_back.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    t.dma_write(BUF, &[0xAA; 64], Some(&[0; 64]));
+    t.dma_write(RING, &written_back, Some(&desc));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    t
+}
+
+#[test]
+fn buffers_named_only_by_written_back_descriptors_are_relocated() {
+    let new_ring = 0x80_0000u64;
+    let new_buf = 0x80_4000u64;
+    for policy in policies() {
+        let mut vmm = Vmm::new(watched_rx_trace(), 4096, opts(policy));
+        let mut desc = new_buf.to_le_bytes().to_vec();
+        desc.extend_from_slice(&[0u8; 8]);
+        vmm.put_mem(new_ring, &desc);
+        vmm.write(RDBAL, new_ring as u32);
+        vmm.write(RDBAH, 0);
+        vmm.write(RDT, 8);
+        assert_eq!(vmm.read(STATUS), 2);
+        assert_eq!(vmm.irqs(0), 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(vmm.mem_bytes(new_buf, 64), vec![0xAA; 64], "{policy:?}");
+        assert_eq!(
+            vmm.mem_bytes(new_ring, 1),
+            vec![0x40],
+            "descriptor written back"
+        );
+        assert_eq!(
+            vmm.mem_bytes(BUF, 64),
+            vec![0; 64],
+            "recorded buffer untouched"
+        );
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{policy:?}: {:?}", r.first_divergence);
+        assert_eq!(r.counters.dma_writes_applied, 2, "{policy:?}");
+        assert_eq!(vmm.dev.state_ref().relocations().translate(BUF), new_buf);
+    }
+}

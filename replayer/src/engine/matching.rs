@@ -845,9 +845,13 @@ impl Replayer {
     /// recorded guest calls were skipped.
     pub(super) fn skip_to(&mut self, target: Cursor) -> u64 {
         let mut skipped = 0;
+        let mut learned_upto = 0usize;
         while self.state.cursor != target {
             match self.cur.ops.get(self.state.cursor.op).copied() {
                 Some(op) => {
+                    if op.kind == OpKind::DmaWrite && self.state.cursor.op >= learned_upto {
+                        learned_upto = self.learn_from_dma_write_group(self.state.cursor.op);
+                    }
                     self.state.cursor.op += 1;
                     if op.kind.is_guest_call() {
                         skipped += 1;
@@ -859,6 +863,7 @@ impl Replayer {
                     if !self.next_chunk() {
                         break;
                     }
+                    learned_upto = 0;
                 }
             }
         }

@@ -446,15 +446,23 @@ impl Replayer {
     /// Moves the cursor to the next recorded guest call, performing the device's own actions
     /// (interrupts, DMA) on the way.
     fn settle(&mut self) {
+        // Ops before this index in the current chunk have had their DMA-write "before" bytes
+        // checked for pointers.
+        let mut learned_upto = 0usize;
         loop {
             if let Some(op) = self.cur.ops.get(self.state.cursor.op).copied() {
                 if op.kind.is_guest_call() {
                     return;
                 }
+                if op.kind == OpKind::DmaWrite && self.state.cursor.op >= learned_upto {
+                    learned_upto = self.learn_from_dma_write_group(self.state.cursor.op);
+                }
                 self.state.cursor.op += 1;
                 self.execute(op);
             } else if !self.next_chunk() {
                 return;
+            } else {
+                learned_upto = 0;
             }
         }
     }
@@ -689,6 +697,12 @@ impl Replayer {
             return;
         };
         let total = payload.data.len();
+        // The recorded guest's pointers in the "before" bytes (a descriptor's buffer address) are
+        // at their relocated values in the replay guest's memory: compare against those.
+        let relocated_before = payload
+            .before
+            .as_deref()
+            .map(|b| self.relocate_pointers(op.value, b));
         let mut done = 0usize;
         let mut written = 0usize;
         let mut fault = false;
@@ -699,7 +713,7 @@ impl Replayer {
                 .max(1)
                 .min(total - done);
             let data = &payload.data[done..done + n];
-            match &payload.before {
+            match &relocated_before {
                 None => {
                     if memory.write(target, data).is_ok() {
                         written += n;
@@ -751,31 +765,86 @@ impl Replayer {
         }
     }
 
+    /// `bytes` (recorded at IOVA `iova`) with every 8-byte aligned word that the relocation map
+    /// moves replaced by its replay value.
+    fn relocate_pointers<'a>(&self, iova: u64, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let map = &self.state.relocations;
+        if map.is_empty() {
+            return std::borrow::Cow::Borrowed(bytes);
+        }
+        let mut out = std::borrow::Cow::Borrowed(bytes);
+        let mut k = ((8 - (iova % 8)) % 8) as usize;
+        while k + 8 <= bytes.len() {
+            let rec = le_value(&bytes[k..k + 8]);
+            let now = if rec == 0 { 0 } else { map.translate(rec) };
+            if now != rec {
+                out.to_mut()[k..k + 8].copy_from_slice(&now.to_le_bytes());
+            }
+            k += 8;
+        }
+        out
+    }
+
     /// Pointers in a recorded descriptor read, compared with what the replay guest's memory holds at
     /// the translated address: a recorded DMA address where the guest has another readable address
     /// is a relocation (64-bit little-endian words at 8-byte aligned addresses).
     fn learn_from_dma_read(&mut self, op: Op) {
         let chunk = Arc::clone(&self.cur);
         // Descriptors, queue entries and pointer lists fit in a page; longer reads are payload.
-        let Some(data) = chunk
+        if let Some(data) = chunk
             .dma_reads
             .get(op.aux as usize)
             .filter(|d| d.len() <= MAX_POINTER_READ)
-        else {
-            return;
-        };
+        {
+            if self.learn_pointers(op.value, data) {
+                self.state.counters.dma_reads_checked += 1;
+            }
+        }
+    }
+
+    /// The device actions from op `first` to the next guest call are about to happen: the
+    /// "before" bytes of their DMA writes are what the recorded guest had written there (a
+    /// descriptor's buffer address, before the device wrote its status back over it), so they are
+    /// pointer evidence like a descriptor read, and must be looked at before any of the group's
+    /// writes lands (a packet is written before its descriptor). Returns the index after the group.
+    pub(super) fn learn_from_dma_write_group(&mut self, first: usize) -> usize {
+        let chunk = Arc::clone(&self.cur);
+        let mut i = first;
+        while let Some(op) = chunk.ops.get(i) {
+            if op.kind.is_guest_call() {
+                break;
+            }
+            if op.kind == OpKind::DmaWrite {
+                if let Some(before) = chunk
+                    .dma_writes
+                    .get(op.aux as usize)
+                    .and_then(|p| p.before.as_deref())
+                    .filter(|b| b.len() <= MAX_POINTER_READ)
+                {
+                    self.learn_pointers(op.value, before);
+                }
+            }
+            i += 1;
+        }
+        i
+    }
+
+    /// Compares `recorded` (bytes the recorded guest's memory held at IOVA `iova`) with the replay
+    /// guest's memory at the translated address; a recorded DMA address where the guest has another
+    /// readable address is a relocation. Returns whether the guest memory could be read.
+    fn learn_pointers(&mut self, iova: u64, recorded: &[u8]) -> bool {
         let Some(memory) = self.memory.clone() else {
-            return;
+            return false;
         };
-        let target = self.state.relocations.translate(op.value);
+        let target = self.state.relocations.translate(iova);
         let mut guest = std::mem::take(&mut self.scratch2);
-        guest.resize(data.len(), 0);
-        if memory.read(target, &mut guest).is_ok() {
-            self.state.counters.dma_reads_checked += 1;
-            let first = ((8 - (op.value % 8)) % 8) as usize;
+        guest.resize(recorded.len(), 0);
+        let readable = memory.read(target, &mut guest).is_ok();
+        if readable {
+            let first = ((8 - (iova % 8)) % 8) as usize;
             let mut k = first;
-            while k + 8 <= data.len() {
-                let rec = le_value(&data[k..k + 8]);
+            while k + 8 <= recorded.len() {
+                let rec = le_value(&recorded[k..k + 8]);
                 let now = le_value(&guest[k..k + 8]);
                 k += 8;
                 if rec == now || rec == 0 || now == 0 {
@@ -795,6 +864,7 @@ impl Replayer {
             }
         }
         self.scratch2 = guest;
+        readable
     }
 
     /// Whether a written value `rec` (the guest wrote `act` instead) is a DMA address of the
