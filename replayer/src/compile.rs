@@ -101,6 +101,8 @@ pub(crate) struct CompiledChunk {
     /// Registers written and then read as the very next guest call (request/response registers
     /// such as e1000e MDIC). Built on first use, like `last_values`.
     polled_after_write: OnceLock<HashSet<RegKey>>,
+    /// Pages named by register writes. Built on first use, like `last_values`.
+    register_named_pages: OnceLock<HashMap<u64, (RegKey, u64)>>,
 }
 
 impl CompiledChunk {
@@ -122,6 +124,43 @@ impl CompiledChunk {
                 }
             }
             map
+        })
+    }
+
+    /// Pages (IOVA / 4 KiB, page 0 excluded) named by the chunk's register writes, with the
+    /// register and value that named them (the last such write): 64-bit values, 32-bit values,
+    /// and 32-bit pairs (a register and the one 4 bytes above it as the high half).
+    pub fn register_named_pages(&self) -> &HashMap<u64, (RegKey, u64)> {
+        self.register_named_pages.get_or_init(|| {
+            let mut pages = HashMap::new();
+            let mut last: HashMap<(u8, u64), u64> = HashMap::new();
+            for op in self.ops.iter().filter(|o| o.kind == OpKind::Write) {
+                let key = (op.region, op.offset, op.size);
+                let mut name = |addr: u64| {
+                    if addr / PAGE != 0 {
+                        pages.insert(addr / PAGE, (key, op.value));
+                    }
+                };
+                match op.size {
+                    8 => name(op.value),
+                    4 => {
+                        name(op.value);
+                        if let Some(hi) = last.get(&(op.region, op.offset + 4)) {
+                            name((hi << 32) | op.value);
+                        }
+                        if let Some(lo) = op
+                            .offset
+                            .checked_sub(4)
+                            .and_then(|o| last.get(&(op.region, o)))
+                        {
+                            name((op.value << 32) | lo);
+                        }
+                        last.insert((op.region, op.offset), op.value);
+                    }
+                    _ => {}
+                }
+            }
+            pages
         })
     }
 

@@ -57,6 +57,11 @@ impl RelocationMap {
         best
     }
 
+    /// Whether a learned range covers recorded address `addr`.
+    pub fn covers(&self, addr: u64) -> bool {
+        self.find(addr).is_some()
+    }
+
     /// The replay address of recorded address `addr` (itself when no range covers it).
     pub fn translate(&self, addr: u64) -> u64 {
         match self.find(addr) {

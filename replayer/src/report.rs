@@ -74,6 +74,11 @@ pub struct Counters {
     pub dma_writes_partial: u64,
     /// Device DMA writes not applied at all (guest changed every byte, or no memory attached).
     pub dma_writes_not_applied: u64,
+    /// Device DMA writes (with recorded "before" bytes) withheld from guest pages the replay has
+    /// no evidence the guest gave the device (not relocated, not named by a register the guest
+    /// wrote the same, not holding the recorded guest's bytes): the guest's buffers moved and the
+    /// engine did not learn where. Also counted as not applied or partial.
+    pub dma_writes_unconfirmed: u64,
     /// Device DMA writes that hit unmapped guest memory.
     pub dma_write_faults: u64,
     /// Recorded DMA reads compared against the replay guest's memory for pointers.

@@ -897,3 +897,35 @@ fn buffers_named_only_by_written_back_descriptors_are_relocated() {
         assert_eq!(vmm.dev.state_ref().relocations().translate(BUF), new_buf);
     }
 }
+
+#[test]
+fn inferred_writes_land_only_where_the_guest_keeps_its_buffers() {
+    for policy in policies() {
+        // The same layout as recorded: the descriptor confirms the buffer, the ring register the
+        // ring.
+        let mut vmm = Vmm::new(watched_rx_trace(), 4096, opts(policy));
+        let mut desc = BUF.to_le_bytes().to_vec();
+        desc.extend_from_slice(&[0u8; 8]);
+        vmm.put_mem(RING, &desc);
+        vmm.write(RDBAL, RING as u32);
+        vmm.write(RDBAH, 0);
+        vmm.write(RDT, 8);
+        assert_eq!(vmm.read(STATUS), 2);
+        assert_eq!(vmm.mem_bytes(BUF, 64), vec![0xAA; 64], "{policy:?}");
+        assert_eq!(vmm.mem_bytes(RING, 1), vec![0x40]);
+        let c = vmm.dev.report().counters;
+        assert_eq!((c.dma_writes_applied, c.dma_writes_unconfirmed), (2, 0));
+
+        // The guest's memory holds no descriptor where the recorded one was, and nothing says
+        // where its buffer went: the recorded buffer's page is left alone.
+        let mut vmm = Vmm::new(watched_rx_trace(), 4096, opts(policy));
+        vmm.write(RDBAL, RING as u32);
+        vmm.write(RDBAH, 0);
+        vmm.write(RDT, 8);
+        assert_eq!(vmm.read(STATUS), 2);
+        assert_eq!(vmm.mem_bytes(BUF, 64), vec![0; 64], "{policy:?}");
+        let c = vmm.dev.report().counters;
+        assert_eq!(c.dma_writes_unconfirmed, 1, "{policy:?}: {c:?}");
+        assert_eq!(c.dma_writes_applied, 0, "{policy:?}: {c:?}");
+    }
+}

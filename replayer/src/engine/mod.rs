@@ -25,6 +25,18 @@ mod matching;
 mod render;
 mod response;
 
+/// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
+const MIN_POINTER: u64 = 1 << 20;
+
+/// Bound on the set of pages confirmed as the guest's DMA buffers (cleared when full).
+const MAX_CONFIRMED_PAGES: usize = 1 << 16;
+
+/// Whether `guest` holds exactly the `recorded` bytes and they are not trivially equal (at least
+/// two non-zero bytes): evidence that the replay guest keeps the same structure there.
+fn holds_recorded_bytes(guest: &[u8], recorded: &[u8]) -> bool {
+    guest == recorded && recorded.iter().filter(|b| **b != 0).count() >= 2
+}
+
 /// Largest recorded DMA mapping whose addresses count as evidence of a DMA address (256 MiB).
 const SMALL_MAPPING: u64 = 256 << 20;
 
@@ -166,6 +178,10 @@ pub struct ReplayState {
     /// Registers the guest programmed with a relocated address: (key, recorded value, guest
     /// value). A recorded read-back of the recorded value answers the guest's value.
     readback: Vec<(RegKey, u64, u64)>,
+    /// Replay guest pages (IOVA / 4 KiB) known to be the guest's DMA buffers where the recorded
+    /// guest had them: recorded DMA writes with "before" bytes land only on these, or on
+    /// relocated pages.
+    confirmed_pages: std::collections::BTreeSet<u64>,
     /// The recorded answer to a request the guest wrote off the stream (request/response
     /// registers), while the guest polls it.
     response: Option<Box<response::Response>>,
@@ -256,6 +272,7 @@ impl Shared {
             pending_half: None,
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
+            confirmed_pages: Default::default(),
             response: None,
             counters: Counters::default(),
             mismatch: None,
@@ -706,10 +723,13 @@ impl Replayer {
         let mut done = 0usize;
         let mut written = 0usize;
         let mut fault = false;
+        let mut untrusted = false;
         while done < total {
             let rec = op.value.wrapping_add(done as u64);
             let (target, span) = self.state.relocations.translate_span(rec);
-            let n = (span.min((total - done) as u64) as usize)
+            // Page by page: trust is decided per page.
+            let to_page_end = PAGE - (rec % PAGE);
+            let n = (span.min(to_page_end).min((total - done) as u64) as usize)
                 .max(1)
                 .min(total - done);
             let data = &payload.data[done..done + n];
@@ -726,6 +746,10 @@ impl Replayer {
                     self.scratch.resize(n, 0);
                     if memory.read(target, &mut self.scratch).is_err() {
                         fault = true;
+                    } else if !self.trusted_dma_page(rec, target, before) {
+                        // Guest memory the replay has no evidence the guest gave the device:
+                        // the recorded buffer may be anything here (the guest put it elsewhere).
+                        untrusted = true;
                     } else {
                         // Apply maximal runs where the guest still holds the recorded "before".
                         let mut i = 0;
@@ -756,6 +780,9 @@ impl Replayer {
         if fault {
             c.dma_write_faults += 1;
         }
+        if untrusted {
+            c.dma_writes_unconfirmed += 1;
+        }
         if written == total {
             c.dma_writes_applied += 1;
         } else if written > 0 {
@@ -763,6 +790,60 @@ impl Replayer {
         } else {
             c.dma_writes_not_applied += 1;
         }
+    }
+
+    /// Whether a device write recorded at `rec` (with `before`, already relocated, the bytes the
+    /// recorded guest held there) may land at `target` in the replay guest's memory (held in
+    /// `self.scratch`): a page the relocation map moved there; a page confirmed before (see
+    /// [`Replayer::confirm_page`]); a page whose memory holds the recorded guest's bytes, not just
+    /// zeros; or a page an address register named with the value the guest wrote too.
+    fn trusted_dma_page(&mut self, rec: u64, target: u64, before: &[u8]) -> bool {
+        let page = target / PAGE;
+        if self.state.relocations.covers(rec) || self.state.confirmed_pages.contains(&page) {
+            return true;
+        }
+        let guest = &self.scratch[..before.len()];
+        if holds_recorded_bytes(guest, before) || self.named_by_register(rec) {
+            self.confirm_page(target);
+            return true;
+        }
+        false
+    }
+
+    /// Remembers that the replay guest uses `addr`'s page for DMA the way the recorded guest did.
+    fn confirm_page(&mut self, addr: u64) {
+        let pages = &mut self.state.confirmed_pages;
+        if pages.len() >= MAX_CONFIRMED_PAGES {
+            pages.clear();
+        }
+        pages.insert(addr / PAGE);
+    }
+
+    /// Whether a recorded register write before the cursor (this chunk or up to 8 before it) named
+    /// `rec`'s page (as a 64-bit value, or a 32-bit one, alone or with the register above it as
+    /// its high half), and the guest wrote that register with the recorded value too.
+    fn named_by_register(&self, rec: u64) -> bool {
+        let page = rec / PAGE;
+        let guest_agrees = |key: &RegKey, value: u64| match self.state.model.get(key) {
+            Some((_, v)) => *v == value,
+            None => true,
+        };
+        let current = self.state.cursor.chunk;
+        if current < self.shared.chunk_count {
+            if let Some((key, value)) = self.cur.register_named_pages().get(&page) {
+                if guest_agrees(key, *value) {
+                    return true;
+                }
+            }
+        }
+        for c in (current.saturating_sub(8)..current.min(self.shared.chunk_count)).rev() {
+            if let Ok(chunk) = self.shared.chunk(c) {
+                if let Some((key, value)) = chunk.register_named_pages().get(&page) {
+                    return guest_agrees(key, *value);
+                }
+            }
+        }
+        false
     }
 
     /// `bytes` (recorded at IOVA `iova`) with every 8-byte aligned word that the relocation map
@@ -840,14 +921,32 @@ impl Replayer {
         let mut guest = std::mem::take(&mut self.scratch2);
         guest.resize(recorded.len(), 0);
         let readable = memory.read(target, &mut guest).is_ok();
+        let mut confirmed = Vec::new();
         if readable {
+            if holds_recorded_bytes(&guest, recorded) {
+                confirmed.push(target);
+            }
             let first = ((8 - (iova % 8)) % 8) as usize;
             let mut k = first;
             while k + 8 <= recorded.len() {
                 let rec = le_value(&recorded[k..k + 8]);
                 let now = le_value(&guest[k..k + 8]);
                 k += 8;
-                if rec == now || rec == 0 || now == 0 {
+                if rec == 0 || now == 0 {
+                    continue;
+                }
+                if rec == now {
+                    // The guest points where the recorded guest did: its buffer is there too.
+                    if self.state.relocations.translate(rec) == rec
+                        && self.is_recorded_dma_page(rec)
+                    {
+                        confirmed.push(rec);
+                    }
+                    continue;
+                }
+                // A pointer is aligned as the recorded one was (buffers are at least cache-line
+                // aligned) and is not a small number that happens to be readable guest memory.
+                if now % 64 != rec % 64 || now < MIN_POINTER {
                     continue;
                 }
                 // Only pointers to pages the recorded device went on to use by DMA: a descriptor's
@@ -864,6 +963,9 @@ impl Replayer {
             }
         }
         self.scratch2 = guest;
+        for addr in confirmed {
+            self.confirm_page(addr);
+        }
         readable
     }
 
