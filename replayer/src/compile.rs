@@ -297,7 +297,7 @@ impl CompileContext {
                     } else {
                         OpKind::DmaUnmap
                     },
-                    failed: false,
+                    failed: e.status != 0,
                 },
                 EventKind::Reset => Op {
                     offset: 0,

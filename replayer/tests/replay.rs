@@ -929,3 +929,42 @@ fn inferred_writes_land_only_where_the_guest_keeps_its_buffers() {
         assert_eq!(c.dma_writes_applied, 0, "{policy:?}: {c:?}");
     }
 }
+
+#[test]
+fn a_mapping_the_recorded_iommu_refused_is_refused_again() {
+    use hwrr_device::{DmaMapping, DmaRegion};
+    let region = |iova: u64, len: u64| DmaRegion {
+        mapping: DmaMapping {
+            iova,
+            len,
+            flags: 3,
+        },
+        memory: None,
+    };
+    let mut t = Trace::new();
+    t.dma_map(RING, 0x1000);
+    let refused = t.dma_map(0xfee0_0000, 0x1000) as usize; // the MSI window
+    t.events[refused].status = 22;
+    t.write(CTRL, 1);
+    t.read(STATUS, 2);
+    for chunk in [4096, 1] {
+        let mut t2 = Trace::new();
+        t2.events = t.events.clone();
+        let mut vmm = Vmm::new(t2, chunk, opts(Policy::Strict));
+        vmm.dev
+            .dma_map(region(RING, 0x1000))
+            .expect("recorded as mapped");
+        let err = vmm
+            .dev
+            .dma_map(region(0xfee0_0000, 0x1000))
+            .expect_err("recorded as refused");
+        assert_eq!(err.errno(), 22, "chunk {chunk}: {err}");
+        // A mapping the trace never saw is the frontend's business: accepted.
+        vmm.dev
+            .dma_map(region(0x4000_0000, 0x1000))
+            .expect("unknown");
+        vmm.write(CTRL, 1);
+        assert_eq!(vmm.read(STATUS), 2);
+        assert!(!vmm.dev.report().diverged);
+    }
+}

@@ -26,7 +26,7 @@
 #   NIC_MAC=52:54:00:12:34:9a        the e1000e's (non-default) MAC
 #   POLICY=resync WINDOW=64          hwrr replay's mismatch policy (strict|resync|model) and window
 #   DHCP=1                           the guest tries DHCP (and a ping) once the link is up
-#   RECORD_ARGS=--no-watch           extra `hwrr record` flags (see the comment at the record step)
+#   RECORD_ARGS=                     extra `hwrr record` flags (e.g. --no-watch)
 #   REQUIRE_RECORD_DHCP=1            the recorded run's DHCP lease and ping are checks too
 #   REQUIRE_DHCP=1                   so is the replayed run's DHCP (the stretch goal; fails today)
 #   REPLAY_LINK=report               the replayed run's link is reported instead of checked
@@ -180,12 +180,10 @@ gpio)
 esac
 PIDS+=("$SERVER_PID")
 wait_socket "$SERVER_SOCK" "$SERVER_PID" server
-# RECORD_ARGS defaults to --no-watch: the watch set's inferred writes include guest writes it cannot
-# tell from the device's, and the replayer re-applies them at recorded IOVAs even where the replay
-# guest's buffers moved and no relocation was learned (e1000e's rings here): the replayed guest
-# then never brings its link up. `RECORD_ARGS=` records with the watch set (the DHCP stretch needs it).
+# The recorder runs with its watch set (DMA the server writes into the shared guest RAM becomes
+# dma_write events with before-bytes); RECORD_ARGS=--no-watch records register traffic only.
 # shellcheck disable=SC2086
-"$HWRR" record --vfio-user "$SERVER_SOCK" --listen "$REC_SOCK" -o "$TRACE" --once ${RECORD_ARGS---no-watch} \
+"$HWRR" record --vfio-user "$SERVER_SOCK" --listen "$REC_SOCK" -o "$TRACE" --once ${RECORD_ARGS-} \
   --label "scenario=vfio-user-$SCEN" --label "qemu=$("$Q" --version | head -1)" --label "guest_kernel=$KV" \
   > "$OUT/record.log" 2>&1 &
 REC_PID=$!; PIDS+=("$REC_PID")

@@ -38,6 +38,56 @@ impl Replayer {
         }
     }
 
+    /// Mappings are not sequenced (a VMM maps when it likes), so a guest's map or unmap is compared
+    /// with the recorded ones of the same range around the cursor (this chunk, then the previous
+    /// and the next one):
+    /// when the nearest one failed, it fails again with the recorded errno.
+    fn recorded_mapping_failure(
+        &mut self,
+        kind: OpKind,
+        mapping: &DmaMapping,
+    ) -> hwrr_device::Result<()> {
+        let same = |o: &Op| o.kind == kind && o.value == mapping.iova && o.offset == mapping.len;
+        let here = self.state.cursor.op.min(self.cur.ops.len());
+        let in_current = {
+            let ops = &self.cur.ops;
+            let after = ops[here..].iter().position(same).map(|i| here + i);
+            let before = ops[..here].iter().rposition(same);
+            match (before, after) {
+                (Some(b), Some(a)) => Some(if here - b <= a - here { b } else { a }),
+                (b, a) => b.or(a),
+            }
+        };
+        let errno = match in_current {
+            Some(i) => self.cur.ops[i].failed.then(|| self.cur.status_of(i)),
+            None => {
+                // The previous chunk's last such call, else the next chunk's first.
+                let current = self.state.cursor.chunk;
+                let neighbours = [(current.checked_sub(1), true), (Some(current + 1), false)];
+                neighbours
+                    .into_iter()
+                    .filter_map(|(c, backwards)| {
+                        let c = c.filter(|c| *c < self.shared.chunk_count)?;
+                        let chunk = self.shared.chunk(c).ok()?;
+                        let i = if backwards {
+                            chunk.ops.iter().rposition(same)
+                        } else {
+                            chunk.ops.iter().position(same)
+                        }?;
+                        Some(chunk.ops[i].failed.then(|| chunk.status_of(i)))
+                    })
+                    .next()
+                    .flatten()
+            }
+        };
+        match errno {
+            Some(errno) => Err(DeviceError::Io(std::io::Error::from_raw_os_error(
+                errno as i32,
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The error a failed recorded call is replayed as.
     #[cold]
     pub(super) fn take_failure(&mut self) -> DeviceError {
@@ -278,13 +328,14 @@ impl Device for Replayer {
         self.irqs.set_irqs(request)
     }
 
-    fn dma_map(&mut self, _region: DmaRegion) -> hwrr_device::Result<()> {
-        // The frontend owns the memory behind mappings and reaches it through `attach_memory`.
-        Ok(())
+    fn dma_map(&mut self, region: DmaRegion) -> hwrr_device::Result<()> {
+        // The frontend owns the memory behind mappings and reaches it through `attach_memory`;
+        // only a mapping the recording's IOMMU refused is refused again.
+        self.recorded_mapping_failure(OpKind::DmaMap, &region.mapping)
     }
 
-    fn dma_unmap(&mut self, _mapping: DmaMapping) -> hwrr_device::Result<()> {
-        Ok(())
+    fn dma_unmap(&mut self, mapping: DmaMapping) -> hwrr_device::Result<()> {
+        self.recorded_mapping_failure(OpKind::DmaUnmap, &mapping)
     }
 
     fn reset(&mut self) -> hwrr_device::Result<()> {

@@ -538,6 +538,8 @@ impl Replayer {
             }
             OpKind::DmaWrite => self.apply_dma_write(op),
             OpKind::DmaRead => self.learn_from_dma_read(op),
+            // A mapping the recorded kernel refused never existed.
+            OpKind::DmaMap | OpKind::DmaUnmap if op.failed => {}
             OpKind::DmaMap => self.state.recorded_mappings.push((op.value, op.offset)),
             OpKind::DmaUnmap => {
                 if op.aux & hwrr_device::dma_flags::UNMAP_ALL != 0 {
