@@ -805,8 +805,8 @@ fn phy_trace(chunk_gap: usize) -> Trace {
 #[test]
 fn a_request_register_answers_requests_made_in_another_order() {
     for policy in policies() {
-        // Chunks of 7 events put the two requests in different chunks.
-        for (gap, chunk) in [(0, 4096), (80, 4096), (8, 7)] {
+        // Chunks of 7 or 1 events (a recorder flushing often) put the two requests chunks apart.
+        for (gap, chunk) in [(0, 4096), (80, 4096), (8, 7), (80, 7), (80, 1)] {
             let mut vmm = Vmm::new(phy_trace(gap), chunk, opts(policy));
             vmm.write(CTRL, 1);
             // The guest asks for the id first, then the status twice (a watchdog ran once more).
@@ -869,8 +869,9 @@ fn watched_rx_trace() -> Trace {
 fn buffers_named_only_by_written_back_descriptors_are_relocated() {
     let new_ring = 0x80_0000u64;
     let new_buf = 0x80_4000u64;
-    for policy in policies() {
-        let mut vmm = Vmm::new(watched_rx_trace(), 4096, opts(policy));
+    // Chunks of one event: the ring's DMA comes several chunks after its base register.
+    for (policy, chunk) in policies().into_iter().flat_map(|p| [(p, 4096), (p, 1)]) {
+        let mut vmm = Vmm::new(watched_rx_trace(), chunk, opts(policy));
         let mut desc = new_buf.to_le_bytes().to_vec();
         desc.extend_from_slice(&[0u8; 8]);
         vmm.put_mem(new_ring, &desc);

@@ -24,6 +24,7 @@ mod device;
 mod matching;
 mod render;
 mod response;
+mod summary;
 
 /// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
 const MIN_POINTER: u64 = 1 << 20;
@@ -234,6 +235,7 @@ struct Shared {
     start_registers: HashMap<RegKey, u64>,
     start_mappings: Vec<(u64, u64)>,
     cache: Mutex<Vec<(usize, Arc<CompiledChunk>)>>,
+    summaries: Mutex<HashMap<usize, Arc<summary::ChunkSummary>>>,
     chunk_count: usize,
 }
 
@@ -370,6 +372,7 @@ impl Replayer {
             start_registers,
             start_mappings,
             cache: Mutex::new(Vec::new()),
+            summaries: Mutex::new(HashMap::new()),
             chunk_count,
         });
         let cur = if chunk_count > 0 {
@@ -821,7 +824,7 @@ impl Replayer {
         pages.insert(addr / PAGE);
     }
 
-    /// Whether a recorded register write before the cursor (this chunk or up to 8 before it) named
+    /// Whether a recorded register write before the cursor (this chunk or the look-around before it) named
     /// `rec`'s page (as a 64-bit value, or a 32-bit one, alone or with the register above it as
     /// its high half), and the guest wrote that register with the recorded value too.
     fn named_by_register(&self, rec: u64) -> bool {
@@ -838,11 +841,9 @@ impl Replayer {
                 }
             }
         }
-        for c in (current.saturating_sub(8)..current.min(self.shared.chunk_count)).rev() {
-            if let Ok(chunk) = self.shared.chunk(c) {
-                if let Some((key, value)) = chunk.register_named_pages().get(&page) {
-                    return guest_agrees(key, *value);
-                }
+        for (_, summary) in self.shared.chunks_before(current) {
+            if let Some((key, value)) = summary.register_named_pages.get(&page) {
+                return guest_agrees(key, *value);
             }
         }
         false
@@ -891,9 +892,27 @@ impl Replayer {
     /// pointer evidence like a descriptor read, and must be looked at before any of the group's
     /// writes lands (a packet is written before its descriptor). Returns the index after the group.
     pub(super) fn learn_from_dma_write_group(&mut self, first: usize) -> usize {
-        let chunk = Arc::clone(&self.cur);
+        let mut chunk = Arc::clone(&self.cur);
+        let mut next_chunk = self.state.cursor.chunk + 1;
         let mut i = first;
-        while let Some(op) = chunk.ops.get(i) {
+        let mut end_in_current = None;
+        loop {
+            let Some(op) = chunk.ops.get(i).copied() else {
+                // The group goes on in the next chunk (a recorder that flushes often).
+                end_in_current.get_or_insert(i);
+                if next_chunk >= self.shared.chunk_count
+                    || next_chunk > self.state.cursor.chunk + summary::LOOKAROUND_CHUNKS
+                {
+                    break;
+                }
+                match self.shared.chunk(next_chunk) {
+                    Ok(c) => chunk = c,
+                    Err(_) => break,
+                }
+                next_chunk += 1;
+                i = 0;
+                continue;
+            };
             if op.kind.is_guest_call() {
                 break;
             }
@@ -909,7 +928,7 @@ impl Replayer {
             }
             i += 1;
         }
-        i
+        end_in_current.unwrap_or(i)
     }
 
     /// Compares `recorded` (bytes the recorded guest's memory held at IOVA `iova`) with the replay
@@ -998,18 +1017,16 @@ impl Replayer {
             .is_some_and(|m| m.read(act, &mut probe).is_ok())
     }
 
-    /// Whether the recorded device touched `addr`'s page by DMA in the current or the next chunk.
+    /// Whether the recorded device touched `addr`'s page by DMA in the current chunk or in the
+    /// look-around after it.
     fn is_recorded_dma_page(&self, addr: u64) -> bool {
         let page = addr / PAGE;
         if self.cur.dma_pages.binary_search(&page).is_ok() {
             return true;
         }
-        let next = self.state.cursor.chunk + 1;
-        next < self.shared.chunk_count
-            && self
-                .shared
-                .chunk(next)
-                .is_ok_and(|c| c.dma_pages.binary_search(&page).is_ok())
+        self.shared
+            .chunks_after(self.state.cursor.chunk)
+            .any(|(_, s)| s.dma_pages.binary_search(&page).is_ok())
     }
 }
 

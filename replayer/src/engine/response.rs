@@ -12,11 +12,8 @@
 //! it, in order (busy, then ready with the data), repeating the last one. The response lasts while
 //! the guest keeps reading that register; any other access ends it.
 
+use super::summary::LOOKAROUND_CHUNKS;
 use super::*;
-
-/// How many chunks before and after the cursor's are searched for the recorded request (each may
-/// have to be decoded; the per-chunk set of polled registers keeps the search cheap).
-const SEARCH_CHUNKS: usize = 2;
 
 /// How many distinct values (runs) of a recorded response are kept; a longer response keeps its
 /// first values and its final one.
@@ -107,26 +104,29 @@ impl Replayer {
         }
         let current = self.state.cursor.chunk;
         let here = self.state.cursor.op;
-        let earlier = (current.saturating_sub(SEARCH_CHUNKS)..current).rev();
-        let later = current + 1..(current + 1 + SEARCH_CHUNKS).min(self.shared.chunk_count);
-        // Nearest first: back from the cursor, forward from it, then the neighbouring chunks.
-        let searches = [(current, 0..here, true), (current, here..usize::MAX, false)]
-            .into_iter()
-            .chain(earlier.map(|c| (c, 0..usize::MAX, true)))
-            .chain(later.map(|c| (c, 0..usize::MAX, false)));
-        for (c, range, backwards) in searches {
-            let chunk = if c == current {
-                Arc::clone(&self.cur)
-            } else {
-                match self.shared.chunk(c) {
-                    Ok(chunk) => chunk,
-                    Err(_) => continue,
+        // Nearest first: back from the cursor, forward from it, then the chunks before it, then
+        // the chunks after it.
+        let in_current = [(0..here, true), (here..usize::MAX, false)];
+        for (range, backwards) in in_current {
+            for at in requests(&self.cur.ops, range, backwards, key, value) {
+                if let Some(runs) = self.response_at(current, &self.cur, at, key) {
+                    return Some(runs);
                 }
-            };
-            if !chunk.polled_after_write().contains(&key) && !self.ends_with_request(&chunk, key) {
+            }
+        }
+        let around = self
+            .shared
+            .chunks_before(current)
+            .map(|c| (c, true))
+            .chain(self.shared.chunks_after(current).map(|c| (c, false)));
+        for ((c, summary), backwards) in around {
+            if !summary.may_answer(key) {
                 continue;
             }
-            for at in requests(&chunk.ops, range, backwards, key, value) {
+            let Ok(chunk) = self.shared.chunk(c) else {
+                continue;
+            };
+            for at in requests(&chunk.ops, 0..usize::MAX, backwards, key, value) {
                 if let Some(runs) = self.response_at(c, &chunk, at, key) {
                     return Some(runs);
                 }
@@ -135,18 +135,8 @@ impl Replayer {
         None
     }
 
-    /// Whether the chunk's last guest call writes `key` (its response starts in the next chunk).
-    fn ends_with_request(&self, chunk: &CompiledChunk, key: RegKey) -> bool {
-        chunk
-            .ops
-            .iter()
-            .rev()
-            .find(|o| o.kind.is_guest_call())
-            .is_some_and(|o| o.kind == OpKind::Write && (o.region, o.offset, o.size) == key)
-    }
-
     /// The reads of `key` that follow the request at op `at` of chunk `c`, continuing into the next
-    /// chunk when the response crosses its end. `None` when no read follows.
+    /// chunks when the response crosses a chunk end. `None` when no read follows.
     fn response_at(
         &self,
         c: usize,
@@ -157,7 +147,7 @@ impl Replayer {
         let mut runs = Vec::new();
         let mut ended = collect_response(chunk.ops.get(at + 1..)?, key, &mut runs);
         let mut next = c + 1;
-        while !ended && next < self.shared.chunk_count && next <= c + SEARCH_CHUNKS {
+        while !ended && next < self.shared.chunk_count && next <= c + LOOKAROUND_CHUNKS {
             let Ok(following) = self.shared.chunk(next) else {
                 break;
             };
