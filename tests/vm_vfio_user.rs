@@ -226,10 +226,8 @@ fn e1000e_driver_probes_the_replayed_nic_with_the_recorded_mac() {
     };
     assert_probed_with_the_recorded_mac(&run);
     assert!(link_up(&run.record), "{:?}", run.record);
-    // Reported, not asserted: under resync the replay answers e1000e's PHY/EEPROM request-response
-    // registers (MDIC, EERD) from the nearest recorded read of the register, which may answer
-    // another request; whether the replayed link comes up then depends on the driver's timing
-    // (up in most runs here). The session note tracks the fix.
+    // Reported, not asserted: whether the replayed link comes up depends on where the guest's
+    // watchdog runs relative to the recording (up in 5 of 6 runs here, tests/vm/VFIO-USER.md).
     println!(
         "LINK e1000e replay: {}",
         if link_up(&run.replay) { "up" } else { "down" }
