@@ -538,6 +538,17 @@ impl Client {
         {
             return Err(ClientError::Invalid("one eventfd per vector".into()));
         }
+        // The server takes at most `max_msg_fds` descriptors per message: wire longer runs of
+        // vectors in consecutive pieces.
+        let max_fds = self.server_caps.max_msg_fds.max(1) as usize;
+        if fds.len() > max_fds {
+            for (k, piece) in fds.chunks(max_fds).enumerate() {
+                let first = start + (k * max_fds) as u32;
+                let data = IrqData::Eventfd(vec![true; piece.len()]);
+                self.set_irqs(index, first, piece.len() as u32, action, &data, piece)?;
+            }
+            return Ok(());
+        }
         let msg = SetIrqsMsg {
             argsz: (SetIrqsMsg::SIZE + bools.len()) as u32,
             flags: action_bit | data_bit,

@@ -636,3 +636,31 @@ fn posted_dma_writes_need_no_reply() {
     drop(c);
     assert_eq!(h.finish().last.unwrap().dma_messages, 1);
 }
+
+#[test]
+fn more_eventfds_than_the_server_takes_per_message_are_sent_in_pieces() {
+    let h = Harness::start(ServerOptions {
+        max_msg_fds: 3,
+        ..Default::default()
+    });
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    assert_eq!(c.server_capabilities().max_msg_fds, 3);
+    let fds: Vec<_> = (0..4).map(|_| eventfd::create().unwrap()).collect();
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    c.set_irqs(
+        2,
+        0,
+        4,
+        IrqAction::Trigger,
+        &IrqData::Eventfd(vec![true; 4]),
+        &borrowed,
+    )
+    .unwrap();
+    for v in 0..4u32 {
+        assert_eq!(run_cmd(&mut c, 3 | (v << 8)), 0);
+        for (k, fd) in fds.iter().enumerate() {
+            let want = u64::from(k as u32 == v);
+            assert_eq!(eventfd::drain(fd).unwrap(), want, "vector {v} fd {k}");
+        }
+    }
+}
