@@ -62,6 +62,9 @@ pub struct Counters {
     pub poll_extended: u64,
     /// Polling runs the guest left early (or that `shorten_polls` cut).
     pub poll_shortened: u64,
+    /// Guest calls that did not match the recorded stream at the cursor (the report's
+    /// `divergences` lists the first 32).
+    pub mismatches: u64,
     /// Interrupts written to a VMM eventfd.
     pub irqs_delivered: u64,
     /// Interrupts that found their vector masked (left pending), or INTx held by INTx Disable.
@@ -137,6 +140,9 @@ pub struct ReplayReport {
     pub stopped_following: bool,
     /// The first divergence.
     pub first_divergence: Option<DivergenceReport>,
+    /// The first 32 divergences, in order (the first one again), without context: where the
+    /// guest left the recording each time, for a replay that diverges more than once.
+    pub divergences: Vec<DivergenceReport>,
     /// Learned relocations.
     pub relocations: Vec<Relocation>,
     /// Events in the trace.

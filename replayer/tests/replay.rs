@@ -969,3 +969,48 @@ fn a_mapping_the_recorded_iommu_refused_is_refused_again() {
         assert!(!vmm.dev.report().diverged);
     }
 }
+
+#[test]
+fn the_report_lists_each_divergence_in_order() {
+    let mut t = Trace::new();
+    for i in 0..40 {
+        t.write(CTRL, i);
+    }
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Model));
+    for i in 0..40 {
+        // Every third write differs from the recording.
+        vmm.write(CTRL, if i % 3 == 0 { 1000 + i } else { i });
+    }
+    let r = vmm.dev.report();
+    assert_eq!(r.counters.mismatches, 14);
+    assert_eq!(r.divergences.len(), 14);
+    assert_eq!(r.divergences[0], {
+        let mut first = r.first_divergence.clone().unwrap();
+        first.context.clear();
+        first
+    });
+    for (k, d) in r.divergences.iter().enumerate() {
+        let i = 3 * k as u64;
+        assert_eq!(d.seq, i);
+        assert_eq!(d.expected["value"], i);
+        assert_eq!(d.actual["value"], 1000 + i);
+        assert!(d.context.is_empty());
+    }
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["mismatches"], 14);
+    assert_eq!(json["divergences"].as_array().unwrap().len(), 14);
+
+    // The list is bounded; the counter is not.
+    let mut t = Trace::new();
+    for i in 0..100 {
+        t.write(CTRL, i);
+    }
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Model));
+    for i in 0..100 {
+        vmm.write(CTRL, 1000 + i);
+    }
+    let r = vmm.dev.report();
+    assert_eq!(r.counters.mismatches, 100);
+    assert_eq!(r.divergences.len(), 32);
+    assert_eq!(r.divergences[31].seq, 31);
+}

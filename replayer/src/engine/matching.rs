@@ -712,12 +712,18 @@ impl Replayer {
     }
 
     pub(super) fn note_mismatch(&mut self, actual: GuestCall, reason: &'static str) {
-        if self.state.mismatch.is_none() {
-            self.state.mismatch = Some(Box::new(Mismatch {
-                seq: self.current_seq(),
-                actual,
-                reason,
-            }));
+        self.state.counters.mismatches += 1;
+        let mismatch = Mismatch {
+            seq: self.current_seq(),
+            actual,
+            reason,
+        };
+        if self.state.later_mismatches.len() + 1 < MAX_LISTED_DIVERGENCES
+            && self.state.mismatch.is_some()
+        {
+            self.state.later_mismatches.push(mismatch);
+        } else if self.state.mismatch.is_none() {
+            self.state.mismatch = Some(Box::new(mismatch));
         }
     }
 

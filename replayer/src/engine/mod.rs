@@ -26,6 +26,9 @@ mod render;
 mod response;
 mod summary;
 
+/// How many divergences the report lists (the first with context, then the next ones).
+const MAX_LISTED_DIVERGENCES: usize = 32;
+
 /// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
 const MIN_POINTER: u64 = 1 << 20;
 
@@ -188,6 +191,8 @@ pub struct ReplayState {
     response: Option<Box<response::Response>>,
     counters: Counters,
     mismatch: Option<Box<Mismatch>>,
+    /// The divergences after the first, up to [`MAX_LISTED_DIVERGENCES`] in all.
+    later_mismatches: Vec<Mismatch>,
     stopped: bool,
     source_error: Option<String>,
 }
@@ -278,6 +283,7 @@ impl Shared {
             response: None,
             counters: Counters::default(),
             mismatch: None,
+            later_mismatches: Vec::new(),
             stopped: false,
             source_error: None,
         }

@@ -7,7 +7,14 @@ impl Replayer {
     /// What the session did so far.
     pub fn report(&self) -> ReplayReport {
         let s = &self.state;
-        let first_divergence = s.mismatch.as_ref().map(|m| self.render_mismatch(m));
+        let first_divergence = s.mismatch.as_ref().map(|m| self.render_mismatch(m, true));
+        let divergences = s
+            .mismatch
+            .iter()
+            .map(|m| m.as_ref())
+            .chain(s.later_mismatches.iter())
+            .map(|m| self.render_mismatch(m, false))
+            .collect();
         let finished = s.cursor.chunk >= self.shared.chunk_count
             || (s.cursor.chunk + 1 == self.shared.chunk_count
                 && !self.cur.ops[s.cursor.op.min(self.cur.ops.len())..]
@@ -28,6 +35,7 @@ impl Replayer {
             diverged: s.mismatch.is_some(),
             stopped_following: s.stopped,
             first_divergence,
+            divergences,
             relocations: s.relocations.ranges().to_vec(),
             trace_events: self.shared.source.event_count(),
             position_seq,
@@ -78,9 +86,13 @@ impl Replayer {
         (found, before.split_off(skip))
     }
 
-    pub(super) fn render_mismatch(&self, m: &Mismatch) -> DivergenceReport {
+    pub(super) fn render_mismatch(&self, m: &Mismatch, with_context: bool) -> DivergenceReport {
         let regmap = self.shared.options.regmap.as_ref();
-        let count = self.shared.options.context_events;
+        let count = if with_context {
+            self.shared.options.context_events
+        } else {
+            0
+        };
         let end_seq = self.shared.source.chunk_first_seq(self.shared.chunk_count);
         let seq = m.seq.unwrap_or(end_seq);
         let (expected, context) = self.events_before(seq, count);
