@@ -32,6 +32,9 @@ const MAX_LISTED_DIVERGENCES: usize = 32;
 /// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
 const MIN_POINTER: u64 = 1 << 20;
 
+/// How many descriptor pages are searched for pointers to a buffer page.
+const MAX_STRUCTURE_PAGES: usize = 16;
+
 /// Bound on the set of pages confirmed as the guest's DMA buffers (cleared when full).
 const MAX_CONFIRMED_PAGES: usize = 1 << 16;
 
@@ -186,6 +189,9 @@ pub struct ReplayState {
     /// guest had them: recorded DMA writes with "before" bytes land only on these, or on
     /// relocated pages.
     confirmed_pages: std::collections::BTreeSet<u64>,
+    /// Replay guest pages holding descriptors (rings named by registers), whose pointers confirm
+    /// buffer pages.
+    structure_pages: Vec<u64>,
     /// The recorded answer to a request the guest wrote off the stream (request/response
     /// registers), while the guest polls it.
     response: Option<Box<response::Response>>,
@@ -280,6 +286,7 @@ impl Shared {
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
             confirmed_pages: Default::default(),
+            structure_pages: Vec::new(),
             response: None,
             counters: Counters::default(),
             mismatch: None,
@@ -810,15 +817,53 @@ impl Replayer {
     /// zeros; or a page an address register named with the value the guest wrote too.
     fn trusted_dma_page(&mut self, rec: u64, target: u64, before: &[u8]) -> bool {
         let page = target / PAGE;
+        let named = self.named_by_register(rec);
+        if named.is_some() {
+            // A ring or queue the guest programmed: its descriptors point at the guest's buffers.
+            self.note_structure_page(target);
+        }
         if self.state.relocations.covers(rec) || self.state.confirmed_pages.contains(&page) {
             return true;
         }
         let guest = &self.scratch[..before.len()];
-        if holds_recorded_bytes(guest, before) || self.named_by_register(rec) {
+        if holds_recorded_bytes(guest, before)
+            || named == Some(true)
+            || self.pointed_to_by_structure(page)
+        {
             self.confirm_page(target);
             return true;
         }
         false
+    }
+
+    /// Remembers a replay guest page that holds descriptors (bounded, oldest forgotten first).
+    fn note_structure_page(&mut self, addr: u64) {
+        let pages = &mut self.state.structure_pages;
+        let page = addr / PAGE;
+        if !pages.contains(&page) {
+            if pages.len() >= MAX_STRUCTURE_PAGES {
+                pages.remove(0);
+            }
+            pages.push(page);
+        }
+    }
+
+    /// Whether an 8-byte aligned word in one of the guest's descriptor pages points into `page`
+    /// (the replay guest gave the device a buffer there, as the recorder's watch set found it).
+    fn pointed_to_by_structure(&mut self, page: u64) -> bool {
+        let Some(memory) = self.memory.clone() else {
+            return false;
+        };
+        let mut buf = std::mem::take(&mut self.scratch2);
+        buf.resize(PAGE as usize, 0);
+        let found = self.state.structure_pages.iter().any(|p| {
+            memory.read(p * PAGE, &mut buf).is_ok()
+                && buf
+                    .chunks_exact(8)
+                    .any(|w| le_value(w) / PAGE == page && le_value(w) != 0)
+        });
+        self.scratch2 = buf;
+        found
     }
 
     /// Remembers that the replay guest uses `addr`'s page for DMA the way the recorded guest did.
@@ -830,10 +875,11 @@ impl Replayer {
         pages.insert(addr / PAGE);
     }
 
-    /// Whether a recorded register write before the cursor (this chunk or the look-around before it) named
-    /// `rec`'s page (as a 64-bit value, or a 32-bit one, alone or with the register above it as
-    /// its high half), and the guest wrote that register with the recorded value too.
-    fn named_by_register(&self, rec: u64) -> bool {
+    /// Whether a recorded register write before the cursor (this chunk or the look-around before
+    /// it) named `rec`'s page (as a 64-bit value, or a 32-bit one, alone or paired with its
+    /// neighbour): `Some(true)` when the guest wrote that register with the recorded value too,
+    /// `Some(false)` when it wrote another, `None` when no register named the page.
+    fn named_by_register(&self, rec: u64) -> Option<bool> {
         let page = rec / PAGE;
         let guest_agrees = |key: &RegKey, value: u64| match self.state.model.get(key) {
             Some((_, v)) => *v == value,
@@ -842,17 +888,15 @@ impl Replayer {
         let current = self.state.cursor.chunk;
         if current < self.shared.chunk_count {
             if let Some((key, value)) = self.cur.register_named_pages().get(&page) {
-                if guest_agrees(key, *value) {
-                    return true;
-                }
+                return Some(guest_agrees(key, *value));
             }
         }
         for (_, summary) in self.shared.chunks_before(current) {
             if let Some((key, value)) = summary.register_named_pages.get(&page) {
-                return guest_agrees(key, *value);
+                return Some(guest_agrees(key, *value));
             }
         }
-        false
+        None
     }
 
     /// `bytes` (recorded at IOVA `iova`) with every 8-byte aligned word that the relocation map
@@ -896,7 +940,8 @@ impl Replayer {
     /// "before" bytes of their DMA writes are what the recorded guest had written there (a
     /// descriptor's buffer address, before the device wrote its status back over it), so they are
     /// pointer evidence like a descriptor read, and must be looked at before any of the group's
-    /// writes lands (a packet is written before its descriptor). Returns the index after the group.
+    /// writes lands (a packet is written before its descriptor); so must the rings the group
+    /// writes back to. Returns the index after the group.
     pub(super) fn learn_from_dma_write_group(&mut self, first: usize) -> usize {
         let mut chunk = Arc::clone(&self.cur);
         let mut next_chunk = self.state.cursor.chunk + 1;
@@ -923,6 +968,12 @@ impl Replayer {
                 break;
             }
             if op.kind == OpKind::DmaWrite {
+                // A write-back to a ring the guest programmed makes that ring a place to look
+                // for the group's buffer pointers, whatever the order of the group's writes.
+                if self.named_by_register(op.value).is_some() {
+                    let target = self.state.relocations.translate(op.value);
+                    self.note_structure_page(target);
+                }
                 if let Some(before) = chunk
                     .dma_writes
                     .get(op.aux as usize)
