@@ -62,6 +62,11 @@ impl RelocationMap {
         self.find(addr).is_some()
     }
 
+    /// The learned range that translates recorded address `addr` (the most specific one).
+    pub fn range_of(&self, addr: u64) -> Option<&Relocation> {
+        self.find(addr)
+    }
+
     /// The replay address of recorded address `addr` (itself when no range covers it).
     pub fn translate(&self, addr: u64) -> u64 {
         match self.find(addr) {

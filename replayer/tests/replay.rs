@@ -1062,3 +1062,41 @@ fn the_guests_own_ring_confirms_its_buffers() {
         }
     }
 }
+
+#[test]
+fn a_guessed_relocation_span_does_not_carry_writes_past_the_named_page() {
+    let new_ring = 0x80_0000u64;
+    let mut t = Trace::new();
+    t.irq_setup(2, MSIX_VECTORS);
+    t.dma_map(0, 1 << 30);
+    t.write(RDBAL, RING as u32);
+    t.write(RDBAH, 0);
+    t.read(STATUS, 0x2);
+    // The ring's write-back, then a recorded write two pages further on: inside the relocation's
+    // 64 KiB guess, but nothing says the replay guest keeps anything of the device's there.
+    t.dma_write(RING + 12, &[1], Some(&[0]));
+    t.dma_write(RING + 0x2000, &[0xEE; 32], Some(&[0; 32]));
+    t.read(ICR, 0x80);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::resync()));
+    vmm.write(RDBAL, new_ring as u32);
+    vmm.write(RDBAH, 0);
+    assert_eq!(vmm.read(STATUS), 2);
+    assert_eq!(vmm.read(ICR), 0x80);
+    assert_eq!(
+        vmm.dev.state_ref().relocations().translate(RING + 0x2000),
+        new_ring + 0x2000,
+        "the guess covers the page"
+    );
+    assert_eq!(
+        vmm.mem_bytes(new_ring + 12, 1),
+        vec![1],
+        "the named page is written"
+    );
+    assert_eq!(
+        vmm.mem_bytes(new_ring + 0x2000, 32),
+        vec![0; 32],
+        "the guessed one is not"
+    );
+    let c = vmm.dev.report().counters;
+    assert_eq!((c.dma_writes_applied, c.dma_writes_unconfirmed), (1, 1));
+}

@@ -822,7 +822,15 @@ impl Replayer {
             // A ring or queue the guest programmed: its descriptors point at the guest's buffers.
             self.note_structure_page(target);
         }
-        if self.state.relocations.covers(rec) || self.state.confirmed_pages.contains(&page) {
+        // A relocation learned from a register covers `relocation_span` bytes on a guess (rings
+        // can be longer than a page): only its first page is the one the guest named; the pages
+        // after it may have held anything in the replay guest (page tables, once).
+        let relocated_exactly = self
+            .state
+            .relocations
+            .range_of(rec)
+            .is_some_and(|r| r.len <= PAGE || rec / PAGE == r.recorded / PAGE);
+        if relocated_exactly || self.state.confirmed_pages.contains(&page) {
             return true;
         }
         let guest = &self.scratch[..before.len()];
