@@ -843,10 +843,8 @@ fn a_response_ends_at_the_next_other_access() {
     assert_eq!(vmm.read(MDIC), phy_request(1));
 }
 
-/// A receive as a watch set records it on a VMM that maps all guest RAM: no descriptor read (the
-/// device reads guest memory directly), the packet written first, then the descriptor written back
-/// over the buffer address the driver had put there (kept as the write's "before" bytes).
-fn watched_rx_trace() -> Trace {
+/// The recorded driver programs its receive ring (the VMM maps all guest RAM) and reads STATUS.
+fn ring_bring_up_trace() -> Trace {
     let mut t = Trace::new();
     t.irq_setup(2, MSIX_VECTORS);
     t.dma_map(0, 1 << 30);
@@ -854,6 +852,28 @@ fn watched_rx_trace() -> Trace {
     t.write(RDBAH, 0);
     t.write(RDT, 8);
     t.read(STATUS, 0x2);
+    t
+}
+
+/// The replay guest's side of `ring_bring_up_trace`, its descriptor at `ring` pointing at `buf`
+/// (`None`: no descriptor written).
+fn ring_bring_up(vmm: &mut Vmm, ring: u64, buf: Option<u64>) {
+    if let Some(buf) = buf {
+        let mut desc = buf.to_le_bytes().to_vec();
+        desc.extend_from_slice(&[0u8; 8]);
+        vmm.put_mem(ring, &desc);
+    }
+    vmm.write(RDBAL, ring as u32);
+    vmm.write(RDBAH, (ring >> 32) as u32);
+    vmm.write(RDT, 8);
+    assert_eq!(vmm.read(STATUS), 2);
+}
+
+/// A receive as a watch set records it on a VMM that maps all guest RAM: no descriptor read (the
+/// device reads guest memory directly), the packet written first, then the descriptor written back
+/// over the buffer address the driver had put there (kept as the write's "before" bytes).
+fn watched_rx_trace() -> Trace {
+    let mut t = ring_bring_up_trace();
     let mut desc = BUF.to_le_bytes().to_vec();
     desc.extend_from_slice(&[0u8; 8]);
     let mut written_back = vec![0x40, 0, 0, 0, 0, 0, 0, 0];
@@ -872,13 +892,7 @@ fn buffers_named_only_by_written_back_descriptors_are_relocated() {
     // Chunks of one event: the ring's DMA comes several chunks after its base register.
     for (policy, chunk) in policies().into_iter().flat_map(|p| [(p, 4096), (p, 1)]) {
         let mut vmm = Vmm::new(watched_rx_trace(), chunk, opts(policy));
-        let mut desc = new_buf.to_le_bytes().to_vec();
-        desc.extend_from_slice(&[0u8; 8]);
-        vmm.put_mem(new_ring, &desc);
-        vmm.write(RDBAL, new_ring as u32);
-        vmm.write(RDBAH, 0);
-        vmm.write(RDT, 8);
-        assert_eq!(vmm.read(STATUS), 2);
+        ring_bring_up(&mut vmm, new_ring, Some(new_buf));
         assert_eq!(vmm.irqs(0), 1);
         assert_eq!(vmm.read(ICR), 0x80);
         assert_eq!(vmm.mem_bytes(new_buf, 64), vec![0xAA; 64], "{policy:?}");
@@ -905,13 +919,7 @@ fn inferred_writes_land_only_where_the_guest_keeps_its_buffers() {
         // The same layout as recorded: the descriptor confirms the buffer, the ring register the
         // ring.
         let mut vmm = Vmm::new(watched_rx_trace(), 4096, opts(policy));
-        let mut desc = BUF.to_le_bytes().to_vec();
-        desc.extend_from_slice(&[0u8; 8]);
-        vmm.put_mem(RING, &desc);
-        vmm.write(RDBAL, RING as u32);
-        vmm.write(RDBAH, 0);
-        vmm.write(RDT, 8);
-        assert_eq!(vmm.read(STATUS), 2);
+        ring_bring_up(&mut vmm, RING, Some(BUF));
         assert_eq!(vmm.mem_bytes(BUF, 64), vec![0xAA; 64], "{policy:?}");
         assert_eq!(vmm.mem_bytes(RING, 1), vec![0x40]);
         let c = vmm.dev.report().counters;
@@ -920,10 +928,7 @@ fn inferred_writes_land_only_where_the_guest_keeps_its_buffers() {
         // The guest's memory holds no descriptor where the recorded one was, and nothing says
         // where its buffer went: the recorded buffer's page is left alone.
         let mut vmm = Vmm::new(watched_rx_trace(), 4096, opts(policy));
-        vmm.write(RDBAL, RING as u32);
-        vmm.write(RDBAH, 0);
-        vmm.write(RDT, 8);
-        assert_eq!(vmm.read(STATUS), 2);
+        ring_bring_up(&mut vmm, RING, None);
         assert_eq!(vmm.mem_bytes(BUF, 64), vec![0; 64], "{policy:?}");
         let c = vmm.dev.report().counters;
         assert_eq!(c.dma_writes_unconfirmed, 1, "{policy:?}: {c:?}");
@@ -1018,13 +1023,7 @@ fn the_report_lists_each_divergence_in_order() {
 /// A receive recorded by a watch set on a legacy descriptor: the device writes the frame and then
 /// only the status byte, so no before bytes name the buffer.
 fn status_only_rx_trace() -> Trace {
-    let mut t = Trace::new();
-    t.irq_setup(2, MSIX_VECTORS);
-    t.dma_map(0, 1 << 30);
-    t.write(RDBAL, RING as u32);
-    t.write(RDBAH, 0);
-    t.write(RDT, 8);
-    t.read(STATUS, 0x2);
+    let mut t = ring_bring_up_trace();
     t.dma_write(BUF, &[0xAA; 64], Some(&[0; 64]));
     t.dma_write(RING + 12, &[1], Some(&[0]));
     t.irq(2, 0);
@@ -1036,13 +1035,7 @@ fn status_only_rx_trace() -> Trace {
 fn the_guests_own_ring_confirms_its_buffers() {
     for (guest_buf, chunk) in [(BUF, 4096), (BUF, 1), (0x80_4000, 4096)] {
         let mut vmm = Vmm::new(status_only_rx_trace(), chunk, opts(Policy::resync()));
-        let mut desc = guest_buf.to_le_bytes().to_vec();
-        desc.extend_from_slice(&[0u8; 8]);
-        vmm.put_mem(RING, &desc);
-        vmm.write(RDBAL, RING as u32);
-        vmm.write(RDBAH, 0);
-        vmm.write(RDT, 8);
-        assert_eq!(vmm.read(STATUS), 2);
+        ring_bring_up(&mut vmm, RING, Some(guest_buf));
         assert_eq!(vmm.read(ICR), 0x80);
         assert_eq!(
             vmm.mem_bytes(RING + 12, 1),
@@ -1066,21 +1059,14 @@ fn the_guests_own_ring_confirms_its_buffers() {
 #[test]
 fn a_guessed_relocation_span_does_not_carry_writes_past_the_named_page() {
     let new_ring = 0x80_0000u64;
-    let mut t = Trace::new();
-    t.irq_setup(2, MSIX_VECTORS);
-    t.dma_map(0, 1 << 30);
-    t.write(RDBAL, RING as u32);
-    t.write(RDBAH, 0);
-    t.read(STATUS, 0x2);
+    let mut t = ring_bring_up_trace();
     // The ring's write-back, then a recorded write two pages further on: inside the relocation's
     // 64 KiB guess, but nothing says the replay guest keeps anything of the device's there.
     t.dma_write(RING + 12, &[1], Some(&[0]));
     t.dma_write(RING + 0x2000, &[0xEE; 32], Some(&[0; 32]));
     t.read(ICR, 0x80);
     let mut vmm = Vmm::new(t, 4096, opts(Policy::resync()));
-    vmm.write(RDBAL, new_ring as u32);
-    vmm.write(RDBAH, 0);
-    assert_eq!(vmm.read(STATUS), 2);
+    ring_bring_up(&mut vmm, new_ring, None);
     assert_eq!(vmm.read(ICR), 0x80);
     assert_eq!(
         vmm.dev.state_ref().relocations().translate(RING + 0x2000),

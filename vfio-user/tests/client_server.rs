@@ -133,21 +133,27 @@ fn posted_writes_and_write_multi_are_applied_in_order() {
     );
 }
 
-#[test]
-fn msix_irqs_reach_eventfds_and_masked_vectors_fire_on_unmask() {
-    let h = Harness::start(ServerOptions::default());
-    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
-    let fds: Vec<_> = (0..4).map(|_| eventfd::create().unwrap()).collect();
+/// Wires MSI-X vectors 0..count to new eventfds in one SET_IRQS request.
+fn wire_msix(c: &mut Client, count: u32) -> Vec<std::os::fd::OwnedFd> {
+    let fds: Vec<_> = (0..count).map(|_| eventfd::create().unwrap()).collect();
     let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
     c.set_irqs(
         2,
         0,
-        4,
+        count,
         IrqAction::Trigger,
-        &IrqData::Eventfd(vec![true; 4]),
+        &IrqData::Eventfd(vec![true; count as usize]),
         &borrowed,
     )
     .unwrap();
+    fds
+}
+
+#[test]
+fn msix_irqs_reach_eventfds_and_masked_vectors_fire_on_unmask() {
+    let h = Harness::start(ServerOptions::default());
+    let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
+    let fds = wire_msix(&mut c, 4);
     assert_eq!(run_cmd(&mut c, 3 | (2 << 8)), 0);
     assert_eq!(eventfd::drain(&fds[2]).unwrap(), 1);
     assert_eq!(eventfd::drain(&fds[1]).unwrap(), 0);
@@ -645,17 +651,7 @@ fn more_eventfds_than_the_server_takes_per_message_are_sent_in_pieces() {
     });
     let mut c = Client::connect(h.path(), ClientOptions::default()).unwrap();
     assert_eq!(c.server_capabilities().max_msg_fds, 3);
-    let fds: Vec<_> = (0..4).map(|_| eventfd::create().unwrap()).collect();
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    c.set_irqs(
-        2,
-        0,
-        4,
-        IrqAction::Trigger,
-        &IrqData::Eventfd(vec![true; 4]),
-        &borrowed,
-    )
-    .unwrap();
+    let fds = wire_msix(&mut c, 4);
     for v in 0..4u32 {
         assert_eq!(run_cmd(&mut c, 3 | (v << 8)), 0);
         for (k, fd) in fds.iter().enumerate() {
