@@ -1086,3 +1086,25 @@ fn a_guessed_relocation_span_does_not_carry_writes_past_the_named_page() {
     let c = vmm.dev.report().counters;
     assert_eq!((c.dma_writes_applied, c.dma_writes_unconfirmed), (1, 1));
 }
+
+#[test]
+fn a_small_control_value_is_not_an_address_even_on_a_dma_page() {
+    const ITR: u64 = 0xC4;
+    let mut t = Trace::new();
+    t.dma_map(0, 1 << 30);
+    t.write(ITR, 0x117);
+    t.read(STATUS, 2);
+    // A watch set once saw page 0 written: the page is "used by DMA" in the recording.
+    t.dma_write(0x100, &[1; 8], Some(&[0; 8]));
+    t.read(ICR, 0);
+    for policy in [Policy::resync(), Policy::Model] {
+        let mut t2 = Trace::new();
+        t2.events = t.events.clone();
+        let mut vmm = Vmm::new(t2, 4096, opts(policy));
+        vmm.write(ITR, 0x1b2);
+        assert_eq!(vmm.read(STATUS), 2);
+        let r = vmm.dev.report();
+        assert!(r.relocations.is_empty(), "{policy:?}: {:?}", r.relocations);
+        assert!(r.diverged, "a changed control value is a divergence");
+    }
+}

@@ -29,6 +29,9 @@ mod summary;
 /// How many divergences the report lists (the first with context, then the next ones).
 const MAX_LISTED_DIVERGENCES: usize = 32;
 
+/// Smallest register value taken for a DMA address without a register map naming the register.
+const MIN_REGISTER_ADDRESS: u64 = 1 << 16;
+
 /// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
 const MIN_POINTER: u64 = 1 << 20;
 
@@ -1062,6 +1065,12 @@ impl Replayer {
     /// nothing, and a changed control value must stay a divergence. `act: None` is a guest address
     /// not known yet (half of it is a guess): only the recording's side is checked.
     fn looks_like_recorded_address(&self, rec: u64, act: Option<u64>) -> bool {
+        // Values in the first 64 KiB are counts, thresholds and flags far more often than DMA
+        // addresses (an interrupt throttling rate of 279 was once "relocated" to 434), and a
+        // watch set that saw such a value name page 0 makes page 0 a "DMA page".
+        if rec < MIN_REGISTER_ADDRESS || act.is_some_and(|a| a < MIN_REGISTER_ADDRESS) {
+            return false;
+        }
         if self.is_recorded_dma_page(rec) {
             return true;
         }
