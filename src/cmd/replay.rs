@@ -169,7 +169,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let last = sessions.last().context("no session")?;
     let c = &last.counters;
     eprintln!(
-        "hwrr: {} connection(s), {} requests; last session: {} accesses, {} matched, {} skipped, {} inserted, {} fallbacks, {} polls extended, {} shortened, {} irqs delivered, {} DMA writes applied{}",
+        "hwrr: {} connection(s), {} requests; last session: {} accesses, {} matched, {} skipped, {} inserted, {} fallbacks, {} polls extended, {} shortened, {} irqs delivered, {} DMA writes applied ({} withheld from unconfirmed pages){}",
         served.connections,
         served.requests,
         c.accesses,
@@ -181,8 +181,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         c.poll_shortened,
         c.irqs_delivered,
         c.dma_writes_applied,
+        c.dma_writes_unconfirmed,
         match &last.first_divergence {
-            Some(d) => format!("; DIVERGED at seq {}: {}", d.seq, d.reason),
+            Some(d) => format!(
+                "; DIVERGED {} time(s), first at seq {}: {}",
+                c.mismatches, d.seq, d.reason
+            ),
             None => String::new(),
         }
     );
