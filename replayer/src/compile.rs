@@ -102,7 +102,7 @@ pub(crate) struct CompiledChunk {
     /// such as e1000e MDIC). Built on first use, like `last_values`.
     polled_after_write: OnceLock<HashSet<RegKey>>,
     /// Pages named by register writes. Built on first use, like `last_values`.
-    register_named_pages: OnceLock<HashMap<u64, (RegKey, u64)>>,
+    register_named_pages: OnceLock<HashMap<u64, NamedPage>>,
 }
 
 impl CompiledChunk {
@@ -128,9 +128,9 @@ impl CompiledChunk {
     }
 
     /// Pages (IOVA / 4 KiB, page 0 excluded) named by the chunk's register writes, with the
-    /// register and value that named them (the last such write): 64-bit values, 32-bit values,
-    /// and 32-bit pairs (a register and the one 4 bytes above it as the high half).
-    pub fn register_named_pages(&self) -> &HashMap<u64, (RegKey, u64)> {
+    /// write that named them (the last such write): 64-bit values, 32-bit values, and 32-bit pairs
+    /// (a register and the one 4 bytes above it as the high half).
+    pub fn register_named_pages(&self) -> &HashMap<u64, NamedPage> {
         self.register_named_pages.get_or_init(|| {
             let mut pages = HashMap::new();
             let mut last: HashMap<(u8, u64), u64> = HashMap::new();
@@ -138,7 +138,12 @@ impl CompiledChunk {
                 let key = (op.region, op.offset, op.size);
                 let mut name = |addr: u64| {
                     if addr / PAGE != 0 {
-                        pages.insert(addr / PAGE, (key, op.value));
+                        let named = NamedPage {
+                            key,
+                            value: op.value,
+                            addr,
+                        };
+                        pages.insert(addr / PAGE, named);
                     }
                 };
                 match op.size {
@@ -179,6 +184,15 @@ impl CompiledChunk {
             set
         })
     }
+}
+
+/// A register write that named a page: the register, the value written to it, and the whole
+/// address it formed (with its partner half for a 32-bit pair).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NamedPage {
+    pub key: RegKey,
+    pub value: u64,
+    pub addr: u64,
 }
 
 /// What the compiler needs to know about the device.

@@ -1108,3 +1108,26 @@ fn a_small_control_value_is_not_an_address_even_on_a_dma_page() {
         assert!(r.diverged, "a changed control value is a divergence");
     }
 }
+
+#[test]
+fn a_page_the_guest_named_at_its_relocated_address_takes_the_write() {
+    const DMA_ADDR: u64 = 0x3000;
+    let new_ring = 0x80_0000u64;
+    let mut t = ring_bring_up_trace();
+    // The driver points a DMA engine two pages into the area its ring starts: inside the ring
+    // relocation's guess, named by a register of its own.
+    t.write(DMA_ADDR, (RING + 0x2000) as u32);
+    t.dma_write(RING + 12, &[1], Some(&[0]));
+    t.dma_write(RING + 0x2000, &[0xEE; 32], Some(&[0; 32]));
+    t.read(ICR, 0x80);
+    let mut vmm = Vmm::new(t, 4096, opts(Policy::Strict));
+    ring_bring_up(&mut vmm, new_ring, None);
+    vmm.write(DMA_ADDR, (new_ring + 0x2000) as u32);
+    assert_eq!(vmm.read(ICR), 0x80);
+    let r = vmm.dev.report();
+    assert!(!r.diverged, "{:?}", r.first_divergence);
+    assert_eq!(vmm.mem_bytes(new_ring + 0x2000, 32), vec![0xEE; 32]);
+    assert_eq!(vmm.mem_bytes(RING + 0x2000, 32), vec![0; 32]);
+    assert_eq!(vmm.mem_bytes(new_ring + 12, 1), vec![1]);
+    assert_eq!(r.counters.dma_writes_unconfirmed, 0);
+}

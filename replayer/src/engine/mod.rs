@@ -892,22 +892,36 @@ impl Replayer {
     /// `Some(false)` when it wrote another, `None` when no register named the page.
     fn named_by_register(&self, rec: u64) -> Option<bool> {
         let page = rec / PAGE;
-        let guest_agrees = |key: &RegKey, value: u64| match self.state.model.get(key) {
-            Some((_, v)) => *v == value,
-            None => true,
-        };
         let current = self.state.cursor.chunk;
         if current < self.shared.chunk_count {
-            if let Some((key, value)) = self.cur.register_named_pages().get(&page) {
-                return Some(guest_agrees(key, *value));
+            if let Some(named) = self.cur.register_named_pages().get(&page) {
+                return Some(self.guest_named_too(named));
             }
         }
-        for (_, summary) in self.shared.chunks_before(current) {
-            if let Some((key, value)) = summary.register_named_pages.get(&page) {
-                return Some(guest_agrees(key, *value));
-            }
+        self.shared
+            .chunks_before(current)
+            .find_map(|(_, summary)| summary.register_named_pages.get(&page).copied())
+            .map(|named| self.guest_named_too(&named))
+    }
+
+    /// Whether the guest's last write of the register that named a page (the register model
+    /// holds the guest's value where it differed from the recording) names the same page, or the
+    /// page the relocation map moved it to.
+    fn guest_named_too(&self, named: &crate::compile::NamedPage) -> bool {
+        let Some((_, guest)) = self.state.model.get(&named.key) else {
+            return true;
+        };
+        if *guest == named.value {
+            return true;
         }
-        None
+        let moved = self.state.relocations.translate(named.addr);
+        let part = match named.key.2 {
+            8 => moved,
+            // The half of the address this register holds.
+            _ if named.addr & 0xFFFF_FFFF == named.value => moved & 0xFFFF_FFFF,
+            _ => moved >> 32,
+        };
+        moved != named.addr && part == *guest
     }
 
     /// `bytes` (recorded at IOVA `iova`) with every 8-byte aligned word that the relocation map

@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::*;
+use crate::compile::NamedPage;
 
 /// How many recorded ops a look-around covers in each direction.
 pub(super) const LOOKAROUND_OPS: usize = 1 << 16;
@@ -31,7 +32,7 @@ pub(crate) struct ChunkSummary {
     /// The register the chunk's last guest call writes (its response starts in the next chunk).
     pub ends_with_write: Option<RegKey>,
     /// Pages named by register writes, with the register and value (the last such write).
-    pub register_named_pages: HashMap<u64, (RegKey, u64)>,
+    pub register_named_pages: HashMap<u64, NamedPage>,
 }
 
 impl ChunkSummary {
