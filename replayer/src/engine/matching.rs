@@ -55,31 +55,9 @@ impl Replayer {
     /// The first recorded guest call after the polling run of `lr` that the cursor is in (identical
     /// reads, possibly across chunks, with device actions between them), without moving the cursor.
     pub(super) fn after_run(&self, lr: Op) -> Option<(Cursor, Op)> {
-        let mut chunk_idx = self.state.cursor.chunk;
-        let mut chunk = Arc::clone(&self.cur);
-        let mut i = self.state.cursor.op;
-        loop {
-            while let Some(o) = chunk.ops.get(i) {
-                if o.kind.is_guest_call()
-                    && !(o.kind == OpKind::Read && o.same_key(&lr) && o.value == lr.value)
-                {
-                    return Some((
-                        Cursor {
-                            chunk: chunk_idx,
-                            op: i,
-                        },
-                        *o,
-                    ));
-                }
-                i += 1;
-            }
-            chunk_idx += 1;
-            if chunk_idx >= self.shared.chunk_count {
-                return None;
-            }
-            chunk = self.shared.chunk(chunk_idx).ok()?;
-            i = 0;
-        }
+        self.find_call(0, u32::MAX, |_, o| {
+            !(o.kind == OpKind::Read && o.same_key(&lr) && o.value == lr.value)
+        })
     }
 
     /// `shorten_polls`: the guest has read this run (the read at the cursor) more than K times;
@@ -729,7 +707,7 @@ impl Replayer {
 
     /// Finds the guest's access within `window` recorded guest calls after the cursor.
     pub(super) fn lookahead(
-        &mut self,
+        &self,
         kind: OpKind,
         region: u8,
         offset: u64,
@@ -737,32 +715,51 @@ impl Replayer {
         value: u64,
         window: u32,
     ) -> Option<Cursor> {
+        self.find_ahead(window, |_, o| {
+            o.kind == kind
+                && o.region == region
+                && o.offset == offset
+                && o.size == size
+                && (kind != OpKind::Write || o.value == value || self.is_relocated(o, value))
+        })
+    }
+
+    /// The first of the `window` recorded guest calls after the one at the cursor that `matches`
+    /// (given its chunk, for payloads), across chunks.
+    fn find_ahead(
+        &self,
+        window: u32,
+        matches: impl FnMut(&CompiledChunk, &Op) -> bool,
+    ) -> Option<Cursor> {
+        self.find_call(1, window, matches).map(|(at, _)| at)
+    }
+
+    /// The first recorded guest call from the cursor on that `matches`, skipping the first
+    /// `skip` calls and looking at no more than `window` after them, across chunks.
+    fn find_call(
+        &self,
+        skip: u32,
+        window: u32,
+        mut matches: impl FnMut(&CompiledChunk, &Op) -> bool,
+    ) -> Option<(Cursor, Op)> {
         let mut chunk_idx = self.state.cursor.chunk;
         let mut chunk = Arc::clone(&self.cur);
         let mut i = self.state.cursor.op;
         let mut seen = 0u32;
         loop {
-            while i < chunk.ops.len() {
-                let o = chunk.ops[i];
+            while let Some(o) = chunk.ops.get(i) {
                 if o.kind.is_guest_call() {
-                    if seen > window {
+                    if seen.saturating_sub(skip) >= window {
                         return None;
                     }
-                    if seen > 0
-                        && o.kind == kind
-                        && o.region == region
-                        && o.offset == offset
-                        && o.size == size
-                        && (kind != OpKind::Write
-                            || o.value == value
-                            || self.is_relocated(&o, value))
-                    {
-                        return Some(Cursor {
+                    if seen >= skip && matches(&chunk, o) {
+                        let at = Cursor {
                             chunk: chunk_idx,
                             op: i,
-                        });
+                        };
+                        return Some((at, *o));
                     }
-                    seen += 1;
+                    seen = seen.saturating_add(1);
                 }
                 i += 1;
             }
@@ -809,42 +806,16 @@ impl Replayer {
         window: u32,
     ) -> Option<Cursor> {
         let kind = if write { OpKind::Write } else { OpKind::Read };
-        let mut chunk_idx = self.state.cursor.chunk;
-        let mut chunk = Arc::clone(&self.cur);
-        let mut i = self.state.cursor.op;
-        let mut seen = 0u32;
-        loop {
-            while let Some(o) = chunk.ops.get(i) {
-                if o.kind.is_guest_call() {
-                    if seen > window {
-                        return None;
-                    }
-                    let same = seen > 0
-                        && o.kind == kind
-                        && o.region == region
-                        && o.offset == offset
-                        && o.size == 0
-                        && chunk
-                            .bytes
-                            .get(o.aux as usize)
-                            .is_some_and(|p| p.len() == data.len() && (!write || p == data));
-                    if same {
-                        return Some(Cursor {
-                            chunk: chunk_idx,
-                            op: i,
-                        });
-                    }
-                    seen += 1;
-                }
-                i += 1;
-            }
-            chunk_idx += 1;
-            if chunk_idx >= self.shared.chunk_count {
-                return None;
-            }
-            chunk = self.shared.chunk(chunk_idx).ok()?;
-            i = 0;
-        }
+        self.find_ahead(window, |chunk, o| {
+            o.kind == kind
+                && o.region == region
+                && o.offset == offset
+                && o.size == 0
+                && chunk
+                    .bytes
+                    .get(o.aux as usize)
+                    .is_some_and(|p| p.len() == data.len() && (!write || p == data))
+        })
     }
 
     /// Moves the cursor to `target`, performing device actions on the way; returns how many
