@@ -15,7 +15,10 @@
 
 #![deny(missing_docs)]
 
+#[cfg(test)]
+mod alloc_count;
 mod clock;
+mod entry;
 mod header;
 mod queue;
 mod relay;

@@ -19,7 +19,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::Duration;
 
-use hwrr_formats::Event;
+use crate::entry::Entry;
 
 /// The claim counter's bit that marks the queue closed.
 const CLOSED: u64 = 1 << 63;
@@ -31,11 +31,14 @@ const SPINS_BEFORE_SLEEP: u32 = 200;
 #[repr(align(128))]
 struct CachePadded<T>(T);
 
+/// One cache line: a producer filling one slot never shares a line with the consumer reading the
+/// one before.
+#[repr(C, align(64))]
 struct Slot {
     /// `position` when the slot is free for the producer of `position`; `position + 1` once that
     /// producer published its event (the ring has at least 2 slots, so the two never meet).
     state: AtomicU64,
-    event: UnsafeCell<MaybeUninit<Event>>,
+    event: UnsafeCell<MaybeUninit<Entry>>,
 }
 
 /// What a producer's attempt came to.
@@ -72,9 +75,9 @@ pub(crate) struct EventQueue {
 // SAFETY: each slot's event is written only by the one producer that claimed its position (and
 // only while `state == position`), and read only by the single consumer after the producer's
 // release store made `state == position + 1`; the acquire/release pair on `state` orders the
-// accesses. Events are `Send`.
+// accesses. Entries are `Send`.
 unsafe impl Sync for EventQueue {}
-// SAFETY: as above; the queue owns its events, which are `Send`.
+// SAFETY: as above; the queue owns its entries, which are `Send`.
 unsafe impl Send for EventQueue {}
 
 impl EventQueue {
@@ -134,7 +137,7 @@ impl EventQueue {
     /// Writes `event` into the claimed `position` (waiting, and counting a stall, while the ring
     /// is full) and publishes it.
     #[inline]
-    pub(crate) fn fill(&self, position: u64, event: Event) -> Pushed {
+    pub(crate) fn fill(&self, position: u64, event: Entry) -> Pushed {
         let slot = self.slot(position);
         if slot.state.load(Ordering::Acquire) != position && !self.wait_for_slot(slot, position) {
             return Pushed::Closed;
@@ -256,7 +259,7 @@ impl Consumer {
 
     /// Takes the next event, if it was published.
     #[inline]
-    pub(crate) fn pop(&mut self, queue: &EventQueue) -> Option<Event> {
+    pub(crate) fn pop(&mut self, queue: &EventQueue) -> Option<Entry> {
         let slot = queue.slot(self.head);
         if slot.state.load(Ordering::Acquire) != self.head + 1 {
             return None;
@@ -322,15 +325,22 @@ mod tests {
     use hwrr_formats::{EventKind, Marker};
     use std::sync::Arc;
 
-    fn marker(seq: u64, label: &str) -> Event {
-        Event::new(
-            seq,
-            0,
-            EventKind::Marker(Marker {
-                label: label.to_string(),
-                data: None,
-            }),
-        )
+    /// Entries carry their number in the stamp here, to check the order they come out in.
+    fn marker(n: u64, label: &str) -> Entry {
+        let kind = EventKind::Marker(Marker {
+            label: label.to_string(),
+            data: None,
+        });
+        Entry::event(n, 0, 0, kind)
+    }
+
+    fn reset(n: u64) -> Entry {
+        Entry::event(n, 0, 0, EventKind::Reset)
+    }
+
+    #[test]
+    fn a_slot_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
     }
 
     #[test]
@@ -349,13 +359,10 @@ mod tests {
             for i in 0..4 {
                 let p = q.claim().unwrap();
                 assert_eq!(p, lap * 4 + i);
-                assert!(matches!(
-                    q.fill(p, Event::new(p, p, EventKind::Reset)),
-                    Pushed::Queued
-                ));
+                assert!(matches!(q.fill(p, reset(p)), Pushed::Queued));
             }
             for i in 0..4 {
-                assert_eq!(c.pop(&q).unwrap().seq, lap * 4 + i);
+                assert_eq!(c.pop(&q).unwrap().t_ns(), lap * 4 + i);
             }
             assert!(c.pop(&q).is_none());
         }
@@ -371,22 +378,27 @@ mod tests {
         // A position claimed before the close is still filled and drained.
         assert!(matches!(q.fill(p, marker(0, "late")), Pushed::Queued));
         let mut c = Consumer::new();
-        assert_eq!(c.pop(&q).unwrap().seq, 0);
+        assert_eq!(c.pop(&q).unwrap().t_ns(), 0);
         assert_eq!(q.claimed(), 1);
     }
 
-    /// Events left in the ring (heap data included) are dropped with it; under Miri or a leak
-    /// checker this shows the drop is exact.
+    /// Events left in the ring (heap data included) are dropped with it, each exactly once.
     #[test]
     fn unread_events_are_dropped_with_the_queue() {
-        let q = EventQueue::new(4);
-        for i in 0..3 {
-            let p = q.claim().unwrap();
-            q.fill(p, marker(i, "heap-allocated label"));
-        }
-        let mut c = Consumer::new();
-        assert_eq!(c.pop(&q).unwrap().seq, 0);
-        drop(q);
+        let leaked = crate::alloc_count::live_bytes_change(|| {
+            let q = EventQueue::new(4);
+            // Two laps, so that slots hold events of the second lap.
+            for i in 0..7 {
+                let p = q.claim().unwrap();
+                q.fill(p, marker(i, "heap-allocated label"));
+                if i < 4 {
+                    let mut c = Consumer { head: i, freed: 0 };
+                    assert_eq!(c.pop(&q).unwrap().t_ns(), i);
+                }
+            }
+            drop(q);
+        });
+        assert_eq!(leaked, 0);
     }
 
     /// Four producers push through a 4-slot ring into a slow consumer: every event arrives exactly
@@ -405,8 +417,8 @@ mod tests {
                 while n < 4 * per_producer {
                     match c.pop(&q) {
                         Some(ev) => {
-                            let producer = (ev.seq >> 32) as usize;
-                            let i = ev.seq & 0xffff_ffff;
+                            let producer = (ev.t_ns() >> 32) as usize;
+                            let i = ev.t_ns() & 0xffff_ffff;
                             assert_eq!(last[producer].map_or(0, |l| l + 1), i);
                             last[producer] = Some(i);
                             n += 1;
@@ -429,7 +441,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..per_producer {
                         let p = q.claim().unwrap();
-                        let ev = Event::new(producer << 32 | i, 0, EventKind::Reset);
+                        let ev = reset(producer << 32 | i);
                         assert!(matches!(q.fill(p, ev), Pushed::Queued));
                     }
                 })
@@ -451,16 +463,13 @@ mod tests {
         let q = Arc::new(EventQueue::new(2));
         for i in 0..2 {
             let p = q.claim().unwrap();
-            q.fill(p, Event::new(i, 0, EventKind::Reset));
+            q.fill(p, reset(i));
         }
         let blocked = {
             let q = q.clone();
             std::thread::spawn(move || {
                 let p = q.claim().unwrap();
-                matches!(
-                    q.fill(p, Event::new(2, 0, EventKind::Reset)),
-                    Pushed::Closed
-                )
+                matches!(q.fill(p, reset(2)), Pushed::Closed)
             })
         };
         while q.stalls() == 0 {

@@ -1,6 +1,5 @@
 //! The tap: forwards every `Device` call to a backend and logs it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,8 +29,9 @@ pub struct Tap<D: Device> {
     inner: D,
     recorder: RecorderHandle,
     relay: IrqRelay,
-    /// Region kinds by index, so an access is logged as MMIO or PIO without asking the backend.
-    region_kinds: HashMap<u32, RegionKind>,
+    /// Which region indices are I/O ports, so an access is logged as MMIO or PIO without asking
+    /// the backend (or hashing: region indices are small).
+    pio_regions: Vec<bool>,
     /// Infers DMA into memory the device writes directly; `None` when disabled.
     watch: Option<Arc<WatchSet>>,
     /// Stops the periodic sweep when the tap goes away (declared after `relay`, dropped after it).
@@ -51,12 +51,15 @@ impl<D: Device> Tap<D> {
         recorder: RecorderHandle,
         watch: WatchOptions,
     ) -> std::io::Result<Self> {
-        let region_kinds = inner
-            .describe()
-            .regions
-            .iter()
-            .map(|r| (r.index, r.kind))
-            .collect();
+        let regions = inner.describe().regions;
+        let mut pio_regions = Vec::new();
+        for r in regions.iter().filter(|r| r.kind == RegionKind::Pio) {
+            let index = r.index as usize;
+            if pio_regions.len() <= index {
+                pio_regions.resize(index + 1, false);
+            }
+            pio_regions[index] = true;
+        }
         let sweep = watch.sweep_interval;
         let watch = watch
             .enabled
@@ -70,7 +73,7 @@ impl<D: Device> Tap<D> {
             inner,
             recorder,
             relay,
-            region_kinds,
+            pio_regions,
             watch,
             _sweeper: sweeper,
         })
@@ -102,7 +105,11 @@ impl<D: Device> Tap<D> {
     }
 
     fn region_event(&self, region: u32, write: bool, access: RegionAccess) -> EventKind {
-        let pio = self.region_kinds.get(&region) == Some(&RegionKind::Pio);
+        let pio = self
+            .pio_regions
+            .get(region as usize)
+            .copied()
+            .unwrap_or(false);
         match (pio, write) {
             (false, false) => EventKind::MmioRead(access),
             (false, true) => EventKind::MmioWrite(access),

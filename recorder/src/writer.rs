@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use hwrr_formats::{Event, EventKind, FormatError, TraceHeader, TraceWriter, WriterOptions};
 
 use crate::clock::{Clock, ClockSource, RECALIBRATE_EVERY};
-use crate::queue::{Consumer, EventQueue};
+use crate::entry::{Entry, Role};
+use crate::queue::{Consumer, EventQueue, Pushed};
 
 /// Errors of the recorder.
 #[derive(Debug, thiserror::Error)]
@@ -58,31 +59,27 @@ pub struct RecorderStats {
 
 /// What producers and the writer thread share.
 ///
-/// Producers take a stamp from the clock, a slot in the lock-free queue and a sequence number (two
-/// `fetch_add`s, no lock); the writer thread puts events back in sequence order and raises each
-/// stamp to the previous one, so stamps are non-decreasing along the stream whichever thread
-/// logged. A stamp is read before its sequence number is taken, so raising it never moves it past
-/// the moment its sequence number was handed out.
+/// A producer reads the clock, then takes a place in the lock-free queue (one `fetch_add`) and
+/// fills it: no lock, no allocation for register accesses, interrupts and DMA map/unmap. The
+/// writer thread numbers events in queue order and raises each stamp to the previous one, so
+/// stamps are non-decreasing along the stream whichever thread logged. A stamp is read before its
+/// place is taken, so raising it never moves it past the moment the place was handed out.
 struct Shared {
     queue: EventQueue,
     clock: Clock,
-    /// The next sequence number; on its own cache line (producers on every core write it).
-    next_seq: SeqCounter,
     /// Events written to the trace (for the stats).
     written: AtomicU64,
     /// Set by [`Recorder::finish`]: the writer closes the queue, drains it and finishes the trace.
     finishing: AtomicBool,
 }
 
-#[repr(align(128))]
-struct SeqCounter(AtomicU64);
-
 /// A place in the event stream, reserved when a call starts so that what the device does during
 /// the call (DMA, interrupts) is ordered after the call that caused it. Submit it with
 /// [`RecorderHandle::submit`]; a ticket dropped unsubmitted becomes an `hwrr.abandoned` marker so the
 /// stream has no hole.
 pub struct Ticket<'a> {
-    seq: u64,
+    /// The placeholder's queue position (`None` when reserved after the recorder finished).
+    position: Option<u64>,
     t_ns: u64,
     handle: Option<&'a RecorderHandle>,
 }
@@ -97,8 +94,8 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.fill(self.seq, self.t_ns, abandoned(), 0, 0);
+        if let (Some(h), Some(position)) = (self.handle.take(), self.position) {
+            h.push(Entry::completion(position, 0, 0, abandoned()));
         }
     }
 }
@@ -151,7 +148,6 @@ impl Recorder {
         let shared = Arc::new(Shared {
             queue: EventQueue::new(opts.queue_capacity),
             clock,
-            next_seq: SeqCounter(AtomicU64::new(0)),
             written: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
         });
@@ -246,18 +242,22 @@ fn write_loop<W: std::io::Write>(
 ) -> Result<(), RecorderError> {
     let queue = &shared.queue;
     let mut consumer = Consumer::new();
-    let mut reorder = Reorder::default();
+    let mut sequencer = Sequencer::default();
     let mut last_calibration = Instant::now();
     let mut end: Option<u64> = None;
     loop {
         consumer.sample_depth(queue);
         let mut taken = 0u32;
-        while let Some(ev) = consumer.pop(queue) {
-            reorder.push(ev, writer)?;
+        loop {
+            let position = consumer.taken();
+            let Some(entry) = consumer.pop(queue) else {
+                break;
+            };
+            sequencer.push(position, entry, writer)?;
             taken = taken.wrapping_add(1);
             if taken % 16384 == 0 {
                 consumer.sample_depth(queue);
-                shared.written.store(reorder.written, Ordering::Relaxed);
+                shared.written.store(sequencer.written, Ordering::Relaxed);
                 if last_calibration.elapsed() >= RECALIBRATE_EVERY {
                     shared.clock.recalibrate();
                     last_calibration = Instant::now();
@@ -265,12 +265,12 @@ fn write_loop<W: std::io::Write>(
             }
         }
         consumer.release(queue);
-        shared.written.store(reorder.written, Ordering::Relaxed);
+        shared.written.store(sequencer.written, Ordering::Relaxed);
         if let Some(end) = end {
             if consumer.taken() >= end {
                 break;
             }
-            // A producer claimed a place before the close and is still filling it.
+            // A producer took a place before the close and is still filling it.
             std::thread::yield_now();
             continue;
         }
@@ -285,10 +285,9 @@ fn write_loop<W: std::io::Write>(
         }
         consumer.wait(queue, tick);
     }
-    // Places reserved and never submitted before the close leave holes: they become markers, so
-    // the stream stays dense.
-    reorder.fill_holes(writer)?;
-    shared.written.store(reorder.written, Ordering::Relaxed);
+    // Places reserved and never submitted before the close become markers.
+    sequencer.abandon_open(writer)?;
+    shared.written.store(sequencer.written, Ordering::Relaxed);
     Ok(())
 }
 
@@ -304,48 +303,26 @@ impl RecorderHandle {
         &self.shared.clock
     }
 
+    /// Queues an entry; returns its queue position, or `None` after the close (the entry is
+    /// dropped: the trace is complete). Blocks, and counts a stall, while the queue is full.
     #[inline]
-    fn next_seq(&self) -> u64 {
-        self.shared.next_seq.0.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues an event for an already taken sequence number. Dropped after the close.
-    #[inline]
-    fn fill(&self, seq: u64, t_ns: u64, kind: EventKind, status: u32, duration_ns: u64) {
-        if let Some(position) = self.shared.queue.claim() {
-            self.put(position, seq, t_ns, kind, status, duration_ns);
+    fn push(&self, entry: Entry) -> Option<u64> {
+        let queue = &self.shared.queue;
+        let position = queue.claim()?;
+        match queue.fill(position, entry) {
+            Pushed::Queued => Some(position),
+            // The writer failed (`finish` reports it) and is gone.
+            Pushed::Closed => None,
         }
-    }
-
-    #[inline]
-    fn put(
-        &self,
-        position: u64,
-        seq: u64,
-        t_ns: u64,
-        kind: EventKind,
-        status: u32,
-        duration_ns: u64,
-    ) {
-        let ev = Event {
-            seq,
-            t_ns,
-            status,
-            duration_ns,
-            kind,
-        };
-        // After the close (or when the writer failed, which `finish` reports) the event goes.
-        let _ = self.shared.queue.fill(position, ev);
     }
 
     /// Reserves the next place in the stream, stamped now.
     #[inline]
     pub fn reserve(&self) -> Ticket<'_> {
-        // The stamp before the sequence number: see `Shared`.
+        // The stamp before the place: see `Shared`.
         let t_ns = self.now_ns();
-        let seq = self.next_seq();
         Ticket {
-            seq,
+            position: self.push(Entry::placeholder(t_ns)),
             t_ns,
             handle: Some(self),
         }
@@ -355,7 +332,9 @@ impl RecorderHandle {
     #[inline]
     pub fn submit(&self, mut ticket: Ticket<'_>, kind: EventKind, status: u32, duration_ns: u64) {
         ticket.handle = None;
-        self.fill(ticket.seq, ticket.t_ns, kind, status, duration_ns);
+        if let Some(position) = ticket.position {
+            self.push(Entry::completion(position, status, duration_ns, kind));
+        }
     }
 
     /// Logs one event at the next place in the stream, stamped now.
@@ -369,44 +348,87 @@ impl RecorderHandle {
     /// stamps never decrease). Blocks, and counts a stall, while the queue is full.
     #[inline]
     pub fn log_at(&self, kind: EventKind, status: u32, duration_ns: u64, t_ns: u64) {
-        // The queue slot before the sequence number: after the close no number is taken, so the
-        // close leaves no hole.
-        if let Some(position) = self.shared.queue.claim() {
-            let seq = self.next_seq();
-            self.put(position, seq, t_ns, kind, status, duration_ns);
-        }
+        self.push(Entry::event(t_ns, status, duration_ns, kind));
     }
 
-    /// Events logged so far (places taken in the queue).
+    /// Entries queued so far (a reserved place counts once when reserved and once when
+    /// submitted).
     pub fn logged(&self) -> u64 {
         self.shared.queue.claimed()
     }
 }
 
-/// Puts events back in sequence order before they reach the trace writer, and raises each stamp
-/// to the one before it.
+/// Numbers entries in queue order and writes them as events, holding what follows a placeholder
+/// until its completion arrives; raises each stamp to the one before it.
 #[derive(Default)]
-struct Reorder {
-    next: u64,
+struct Sequencer {
+    /// The sequence number of the next event written (= of `held[0]`).
+    next_write: u64,
+    /// Events numbered and not yet written because a placeholder before them is still open.
+    held: std::collections::VecDeque<Held>,
+    /// Open placeholders: queue position → sequence number.
+    open: std::collections::HashMap<u64, u64>,
     last_t_ns: u64,
     written: u64,
-    waiting: std::collections::BTreeMap<u64, Event>,
 }
 
-impl Reorder {
+enum Held {
+    Ready(Event),
+    Open { t_ns: u64 },
+}
+
+impl Sequencer {
     #[inline]
     fn push<W: std::io::Write>(
         &mut self,
-        ev: Event,
+        position: u64,
+        entry: Entry,
         writer: &mut TraceWriter<W>,
     ) -> Result<(), RecorderError> {
-        if ev.seq != self.next {
-            self.waiting.insert(ev.seq, ev);
-            return Ok(());
+        match entry.role() {
+            Role::Event => {
+                let seq = self.next_write + self.held.len() as u64;
+                let t_ns = entry.t_ns();
+                let event = entry.into_event(seq, t_ns);
+                if self.held.is_empty() {
+                    self.write(event, writer)?;
+                } else {
+                    self.held.push_back(Held::Ready(event));
+                }
+            }
+            Role::Placeholder => {
+                let seq = self.next_write + self.held.len() as u64;
+                self.open.insert(position, seq);
+                self.held.push_back(Held::Open { t_ns: entry.t_ns() });
+            }
+            Role::Completes(placeholder) => {
+                // Producers queue a completion only after its placeholder, once: it is open.
+                let Some(seq) = self.open.remove(&placeholder) else {
+                    return Err(RecorderError::Thread(format!(
+                        "a completion for queue position {placeholder}, which holds no open place"
+                    )));
+                };
+                let index = (seq - self.next_write) as usize;
+                if let Some(held) = self.held.get_mut(index) {
+                    if let Held::Open { t_ns } = *held {
+                        *held = Held::Ready(entry.into_event(seq, t_ns));
+                    }
+                }
+                self.write_ready(writer)?;
+            }
         }
-        self.write(ev, writer)?;
-        while let Some(ev) = self.waiting.remove(&self.next) {
-            self.write(ev, writer)?;
+        Ok(())
+    }
+
+    /// Writes held events from the front up to the first open placeholder.
+    fn write_ready<W: std::io::Write>(
+        &mut self,
+        writer: &mut TraceWriter<W>,
+    ) -> Result<(), RecorderError> {
+        while let Some(Held::Ready(_)) = self.held.front() {
+            if let Some(Held::Ready(event)) = self.held.pop_front() {
+                self.write(event, writer)?;
+            }
         }
         Ok(())
     }
@@ -414,36 +436,35 @@ impl Reorder {
     #[inline]
     fn write<W: std::io::Write>(
         &mut self,
-        mut ev: Event,
+        mut event: Event,
         writer: &mut TraceWriter<W>,
     ) -> Result<(), RecorderError> {
-        ev.t_ns = ev.t_ns.max(self.last_t_ns);
-        writer.append(&ev)?;
-        self.last_t_ns = ev.t_ns;
-        self.next += 1;
+        event.t_ns = event.t_ns.max(self.last_t_ns);
+        writer.append(&event)?;
+        self.last_t_ns = event.t_ns;
+        self.next_write += 1;
         self.written += 1;
         Ok(())
     }
 
-    /// Writes what waits behind missing sequence numbers, a marker in each hole.
-    fn fill_holes<W: std::io::Write>(
+    /// Writes everything held, an `hwrr.abandoned` marker for each place never filled.
+    fn abandon_open<W: std::io::Write>(
         &mut self,
         writer: &mut TraceWriter<W>,
     ) -> Result<(), RecorderError> {
-        while let Some((&seq, _)) = self.waiting.first_key_value() {
-            while self.next < seq {
-                let hole = Event {
-                    seq: self.next,
-                    t_ns: self.last_t_ns,
+        self.open.clear();
+        while let Some(held) = self.held.pop_front() {
+            let event = match held {
+                Held::Ready(event) => event,
+                Held::Open { t_ns } => Event {
+                    seq: self.next_write,
+                    t_ns,
                     status: 0,
                     duration_ns: 0,
                     kind: abandoned(),
-                };
-                self.write(hole, writer)?;
-            }
-            if let Some(ev) = self.waiting.remove(&seq) {
-                self.write(ev, writer)?;
-            }
+                },
+            };
+            self.write(event, writer)?;
         }
         Ok(())
     }
