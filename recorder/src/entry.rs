@@ -178,7 +178,7 @@ impl Entry {
     }
 
     /// Unpacks the event, numbered `seq` and stamped `t_ns`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn into_event(mut self, seq: u64, t_ns: u64) -> Event {
         let value = |e: &Entry| AccessData::Value {
             size: e.size,

@@ -261,6 +261,7 @@ impl Consumer {
     #[inline]
     pub(crate) fn pop(&mut self, queue: &EventQueue) -> Option<Entry> {
         let slot = queue.slot(self.head);
+
         if slot.state.load(Ordering::Acquire) != self.head + 1 {
             return None;
         }
