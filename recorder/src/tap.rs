@@ -1,7 +1,6 @@
 //! The tap: forwards every `Device` call to a backend and logs it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use hwrr_device::{Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result};
 use hwrr_formats::{
@@ -18,10 +17,6 @@ fn status_of<T>(r: &Result<T>) -> u32 {
         Ok(_) => 0,
         Err(e) => e.errno().unsigned_abs(),
     }
-}
-
-fn elapsed_ns(t0: Instant) -> u64 {
-    t0.elapsed().as_nanos() as u64
 }
 
 /// A backend with every call logged to a recorder.
@@ -188,22 +183,22 @@ impl<D: Device> Device for Tap<D> {
     }
 
     fn config_read(&mut self, offset: u32, data: &mut [u8]) -> Result<()> {
-        let t0 = Instant::now();
+        let t0 = self.recorder.now_ns();
         let r = self.inner.config_read(offset, data);
-        let dur = elapsed_ns(t0);
+        let t1 = self.recorder.now_ns();
         let kind = EventKind::ConfigRead(ConfigAccess {
             offset,
             data: AccessData::from_le_bytes(data),
         });
-        self.recorder.log(kind, status_of(&r), dur);
+        self.recorder
+            .log_at(kind, status_of(&r), t1.saturating_sub(t0), t1);
         r
     }
 
     fn config_write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.config_write(offset, data);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         let kind = EventKind::ConfigWrite(ConfigAccess {
             offset,
             data: AccessData::from_le_bytes(data),
@@ -215,11 +210,10 @@ impl<D: Device> Device for Tap<D> {
     fn set_irqs(&mut self, mut request: IrqSetRequest) -> Result<()> {
         let setup = request.setup.clone();
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self
             .substitute_fds(&mut request)
             .and_then(|()| self.inner.set_irqs(request));
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::IrqSetup(setup), status_of(&r), dur);
         r
@@ -229,9 +223,8 @@ impl<D: Device> Device for Tap<D> {
         let mapping = region.mapping;
         let memory = region.memory.clone();
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.dma_map(region);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::DmaMap(mapping), status_of(&r), dur);
         if let (Ok(()), Some(w)) = (&r, &self.watch) {
@@ -246,9 +239,8 @@ impl<D: Device> Device for Tap<D> {
             w.remove_mapping(mapping);
         }
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.dma_unmap(mapping);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::DmaUnmap(mapping), status_of(&r), dur);
         r
@@ -256,9 +248,8 @@ impl<D: Device> Device for Tap<D> {
 
     fn reset(&mut self) -> Result<()> {
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.reset();
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::Reset, status_of(&r), dur);
         r
@@ -312,16 +303,17 @@ impl LoggingMemory {
 
 impl GuestMemory for LoggingMemory {
     fn read(&self, iova: u64, buf: &mut [u8]) -> Result<()> {
-        let t0 = Instant::now();
+        let t0 = self.recorder.now_ns();
         let r = self.inner.read(iova, buf);
-        let dur = elapsed_ns(t0);
-        self.recorder.log(
+        let t1 = self.recorder.now_ns();
+        self.recorder.log_at(
             EventKind::DmaRead(DmaRead {
                 iova,
                 data: buf.to_vec(),
             }),
             status_of(&r),
-            dur,
+            t1.saturating_sub(t0),
+            t1,
         );
         r
     }
@@ -343,17 +335,18 @@ impl LoggingMemory {
             Ok(()) => Some(before),
             Err(_) => None,
         };
-        let t0 = Instant::now();
+        let t0 = self.recorder.now_ns();
         let r = self.inner.write(iova, data);
-        let dur = elapsed_ns(t0);
-        self.recorder.log(
+        let t1 = self.recorder.now_ns();
+        self.recorder.log_at(
             EventKind::DmaWrite(DmaWrite {
                 iova,
                 data: data.to_vec(),
                 before,
             }),
             status_of(&r),
-            dur,
+            t1.saturating_sub(t0),
+            t1,
         );
         r
     }

@@ -385,8 +385,9 @@ struct Sequencer {
     next_write: u64,
     /// Events numbered and not yet written because a placeholder before them is still open.
     held: std::collections::VecDeque<Held>,
-    /// Open placeholders: queue position → sequence number.
-    open: std::collections::HashMap<u64, u64>,
+    /// Open placeholders as (queue position, sequence number): one per call in progress, so a
+    /// handful at most.
+    open: Vec<(u64, u64)>,
     last_t_ns: u64,
     written: u64,
 }
@@ -417,12 +418,13 @@ impl Sequencer {
             }
             Role::Placeholder => {
                 let seq = self.next_write + self.held.len() as u64;
-                self.open.insert(position, seq);
+                self.open.push((position, seq));
                 self.held.push_back(Held::Open { t_ns: entry.t_ns() });
             }
             Role::Completes(placeholder) => {
                 // Producers queue a completion only after its placeholder, once: it is open.
-                let Some(seq) = self.open.remove(&placeholder) else {
+                let found = self.open.iter().position(|(p, _)| *p == placeholder);
+                let Some((_, seq)) = found.map(|i| self.open.swap_remove(i)) else {
                     return Err(RecorderError::Thread(format!(
                         "a completion for queue position {placeholder}, which holds no open place"
                     )));
