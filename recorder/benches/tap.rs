@@ -101,6 +101,11 @@ fn device() -> MemDevice {
     }
 }
 
+/// The queue size `hwrr record` uses.
+fn default_capacity() -> usize {
+    RecorderOptions::default().queue_capacity
+}
+
 /// A recorder writing a real trace (zstd chunks) into a sink.
 fn sink_recorder(queue_capacity: usize) -> Recorder {
     let header = TraceHeader::default();
@@ -193,7 +198,7 @@ fn tap_overhead(c: &mut Criterion) {
         bare.region_write(0, (i & 255) * 4, &(i as u32).to_le_bytes())
             .expect("write");
     });
-    let recorder = sink_recorder(1 << 16);
+    let recorder = sink_recorder(default_capacity());
     let mut tap = Tap::new(device(), recorder.handle()).expect("tap");
     let tap_read = ns_per(n, |i| {
         tap.region_read(0, (i & 255) * 4, &mut buf).expect("read");
@@ -218,7 +223,7 @@ fn tap_overhead(c: &mut Criterion) {
     );
 
     let ram = Arc::new(MappedMemory::anonymous(1 << 20).expect("ram"));
-    let recorder = sink_recorder(1 << 16);
+    let recorder = sink_recorder(default_capacity());
     let mut watched = watched_tap(&recorder, &ram);
     let m = 200_000u64;
     let watched_read = ns_per(m, |i| {
@@ -245,7 +250,7 @@ fn tap_overhead(c: &mut Criterion) {
             black_box(&buf);
         })
     });
-    let recorder = sink_recorder(1 << 16);
+    let recorder = sink_recorder(default_capacity());
     let mut tap =
         Tap::with_options(device(), recorder.handle(), WatchOptions::disabled()).expect("tap");
     g.bench_function("read_watch_off", |b| {
@@ -330,7 +335,7 @@ fn writer_throughput(c: &mut Criterion) {
     );
 
     // As fast as one producer can log.
-    let recorder = sink_recorder(1 << 16);
+    let recorder = sink_recorder(default_capacity());
     let handle = recorder.handle();
     let t0 = Instant::now();
     let producer = ns_per(n, |i| handle.log(event(i), 0, 0));
@@ -354,25 +359,27 @@ fn writer_throughput(c: &mut Criterion) {
     );
 
     // Offered at the target rate: does the writer keep up without stalling the producer?
-    let rate = 20e6;
-    let recorder = sink_recorder(1 << 16);
-    let handle = recorder.handle();
-    let t0 = Instant::now();
-    let mut i = 0u64;
-    while i < n {
-        for _ in 0..1000 {
-            handle.log(event(i), 0, 0);
-            i += 1;
+    // With a 64 Ki queue and with the default one.
+    for capacity in [1 << 16, default_capacity()] {
+        let rate = 20e6;
+        let recorder = sink_recorder(capacity);
+        let handle = recorder.handle();
+        let t0 = Instant::now();
+        let mut i = 0u64;
+        while i < n {
+            for _ in 0..1000 {
+                handle.log(event(i), 0, 0);
+                i += 1;
+            }
+            while (t0.elapsed().as_secs_f64() * rate) < i as f64 {
+                std::hint::spin_loop();
+            }
         }
-        while (t0.elapsed().as_secs_f64() * rate) < i as f64 {
-            std::hint::spin_loop();
-        }
-    }
-    let offered = n as f64 / t0.elapsed().as_secs_f64();
-    drop(handle);
-    let stats = recorder.finish().expect("finish");
-    let total = t0.elapsed();
-    eprintln!(
+        let offered = n as f64 / t0.elapsed().as_secs_f64();
+        drop(handle);
+        let stats = recorder.finish().expect("finish");
+        let total = t0.elapsed();
+        eprintln!(
         "writer, paced at {:.0} M events/s: offered {:.1} M events/s, written at {:.1} M events/s \
          end to end, {} stalls, queue high-water {} of {} (target: >= 20 M events/s without \
          stalls)",
@@ -381,18 +388,21 @@ fn writer_throughput(c: &mut Criterion) {
         n as f64 / total.as_secs_f64() / 1e6,
         stats.stalls,
         stats.queue_high_water,
-        1 << 16
+        capacity
     );
+    }
 
     let mut g = c.benchmark_group("writer");
-    let batch = 100_000u64;
+    // Large enough that starting a recorder (allocating the queue, calibrating the clock: about
+    // 2 ms) is a few percent of an iteration.
+    let batch = 1_000_000u64;
     g.throughput(Throughput::Elements(batch));
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("events_end_to_end", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
-                let recorder = sink_recorder(1 << 16);
+                let recorder = sink_recorder(default_capacity());
                 let handle = recorder.handle();
                 let t0 = Instant::now();
                 for i in 0..batch {

@@ -68,7 +68,7 @@ pub(crate) struct EventQueue {
     sleepers: AtomicUsize,
     room_lock: Mutex<()>,
     room: Condvar,
-    /// The consumer thread, woken every half ring of claims (and by stalled producers).
+    /// The consumer thread, woken every eighth of a ring of claims (and by stalled producers).
     consumer: OnceLock<Thread>,
 }
 
@@ -147,9 +147,10 @@ impl EventQueue {
         // release store below hands it over.
         unsafe { (*slot.event.get()).write(event) };
         slot.state.store(position + 1, Ordering::Release);
-        // Wake the consumer every half ring: often enough that it never lets the ring fill while
-        // it could be draining, rarely enough that the wake-up costs nothing per event.
-        if position & (self.mask >> 1) == 0 {
+        // Wake the consumer every eighth of the ring: the ring stays shallow, so the consumer can
+        // be kept off the CPU for most of a ring's worth of events before anyone stalls, and the
+        // wake-up (a futex call only when the consumer sleeps) costs nothing per event.
+        if position & (self.mask >> 3) == 0 {
             self.wake_consumer();
         }
         Pushed::Queued
