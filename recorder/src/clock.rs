@@ -259,8 +259,7 @@ impl TscClock {
         use std::sync::atomic::{fence, Ordering};
         loop {
             let v1 = self.version.load(Ordering::Acquire);
-            // The TSC is read after the version (LFENCE orders it after that load), like the
-            // kernel's vDSO: see `recalibrate` for why.
+            // The TSC is read after the version, like the kernel's vDSO: see `recalibrate`.
             let ticks = if read_tsc { tsc::read() } else { 0 };
             let anchor_ticks = self.anchor_ticks.load(Ordering::Relaxed);
             let anchor_ns = self.anchor_ns.load(Ordering::Relaxed);
@@ -314,10 +313,10 @@ impl TscClock {
         // read from the TSC, and readers read the TSC after the version: a reader that gets the
         // old conversion read its TSC before the anchor, so it maps to at most the old conversion
         // at the anchor, which is where the new conversion starts. No reading is ever below an
-        // earlier one (short of an out-of-order window of a few ns times a rate change of a few
-        // ppm: far below a nanosecond).
+        // earlier one (short of the few cycles an unfenced RDTSC may run ahead, times a rate
+        // change of a few ppm: far below a nanosecond).
         self.version.store(v + 1, Ordering::SeqCst);
-        let anchor_ticks = tsc::read();
+        let anchor_ticks = tsc::read_ordered();
         let anchor_ns = convert_with(old, anchor_ticks) + step;
         self.anchor_ticks.store(anchor_ticks, Ordering::Relaxed);
         self.anchor_ns.store(anchor_ns, Ordering::Relaxed);
@@ -363,12 +362,24 @@ mod tsc {
         }
     }
 
-    /// The TSC, ordered after every earlier instruction (as the kernel's `rdtsc_ordered`): a stamp
-    /// read after a sequence number was taken is not read before it.
+    /// The TSC, unordered: RDTSC may execute a few cycles before or after its neighbours. The
+    /// access path reads it twice per call, and an LFENCE in front (which waits for every earlier
+    /// load, cache misses included) cost 25 ns per access there. Nothing depends on the order at
+    /// that scale: the writer raises each stamp to the one before it in the stream.
     #[inline]
     pub fn read() -> u64 {
+        // SAFETY: RDTSC has no operands and exists on every x86_64 CPU; the TSC is only used as
+        // a clock when it was detected invariant.
+        unsafe { std::arch::x86_64::_rdtsc() }
+    }
+
+    /// The TSC, read after every earlier instruction completed (LFENCE first, as the kernel's
+    /// `rdtsc_ordered`): for calibration and re-anchoring, where the pairing with another clock
+    /// or with the sequence lock matters.
+    #[inline]
+    pub fn read_ordered() -> u64 {
         // SAFETY: LFENCE and RDTSC have no memory operands and exist on every x86_64 CPU (SSE2 is
-        // part of the base ISA); the TSC is only read when it was detected invariant.
+        // part of the base ISA).
         unsafe {
             std::arch::x86_64::_mm_lfence();
             std::arch::x86_64::_rdtsc()
@@ -381,15 +392,15 @@ mod tsc {
     pub fn paired_reading(start: Instant) -> (u64, u64) {
         let mut best: Option<(u64, u64, u64)> = None;
         for _ in 0..5 {
-            let before = read();
+            let before = read_ordered();
             let ns = start.elapsed().as_nanos() as u64;
-            let after = read();
+            let after = read_ordered();
             let width = after.saturating_sub(before);
             if best.map_or(true, |(w, _, _)| width < w) {
                 best = Some((width, before + width / 2, ns));
             }
         }
-        let (_, ticks, ns) = best.unwrap_or((0, read(), start.elapsed().as_nanos() as u64));
+        let (_, ticks, ns) = best.unwrap_or((0, read_ordered(), start.elapsed().as_nanos() as u64));
         (ticks, ns)
     }
 }
@@ -403,6 +414,10 @@ mod tsc {
     }
 
     pub fn read() -> u64 {
+        0
+    }
+
+    pub fn read_ordered() -> u64 {
         0
     }
 
@@ -492,6 +507,24 @@ mod tests {
         assert!(clock.offset_from_monotonic_ns().abs() < 1_000_000);
     }
 
+    /// A reading that happens after everything before it and before everything after it: the
+    /// clock's own RDTSC is unfenced (it may run a few cycles early or late), so a test that
+    /// compares readings across threads puts fences around it.
+    fn fenced(clock: &Clock) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: LFENCE has no operands and exists on every x86_64 CPU.
+        unsafe {
+            std::arch::x86_64::_mm_lfence()
+        };
+        let t = clock.now_ns();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        unsafe {
+            std::arch::x86_64::_mm_lfence()
+        };
+        t
+    }
+
     /// Every thread's readings are non-decreasing while another thread keeps re-anchoring the
     /// conversion, and readings taken after another thread's reading (ordered by an atomic) are
     /// not below it.
@@ -521,7 +554,7 @@ mod tests {
                         for _ in 0..200_000 {
                             // A reading published by any thread before this one started.
                             let seen = latest.load(Ordering::SeqCst);
-                            let t = clock.now_ns();
+                            let t = fenced(&clock);
                             assert!(t >= last, "went back on one thread: {last} then {t}");
                             assert!(
                                 t >= seen,

@@ -65,19 +65,19 @@ unsafe impl Send for Entry {}
 
 impl Entry {
     /// An event stamped `t_ns`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn event(t_ns: u64, status: u32, duration_ns: u64, kind: EventKind) -> Self {
         Self::pack(ROLE_EVENT, 0, t_ns, status, duration_ns, kind)
     }
 
     /// A place in the stream, stamped `t_ns`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn placeholder(t_ns: u64) -> Self {
         Self::pack(ROLE_PLACEHOLDER, 0, t_ns, 0, 0, EventKind::Reset)
     }
 
     /// The content of the placeholder queued at `position` (its stamp is the placeholder's).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn completion(
         position: u64,
         status: u32,
@@ -102,7 +102,9 @@ impl Entry {
         self.t_ns
     }
 
-    #[inline]
+    // Inlined into every producer, so the compiler folds the `EventKind` the caller just built
+    // and this match into direct stores.
+    #[inline(always)]
     fn pack(
         role: u8,
         placeholder: u64,

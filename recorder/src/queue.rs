@@ -128,7 +128,7 @@ impl EventQueue {
 
     /// Claims a position, or `None` once the queue is closed. The caller must then
     /// [`EventQueue::fill`] it: the consumer waits for every position claimed before the close.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn claim(&self) -> Option<u64> {
         let position = self.tail.0.fetch_add(1, Ordering::Relaxed);
         (position & CLOSED == 0).then_some(position)
@@ -136,7 +136,7 @@ impl EventQueue {
 
     /// Writes `event` into the claimed `position` (waiting, and counting a stall, while the ring
     /// is full) and publishes it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fill(&self, position: u64, event: Entry) -> Pushed {
         let slot = self.slot(position);
         if slot.state.load(Ordering::Acquire) != position && !self.wait_for_slot(slot, position) {

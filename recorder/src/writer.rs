@@ -327,7 +327,7 @@ impl RecorderHandle {
 
     /// Queues an entry; returns its queue position, or `None` after the close (the entry is
     /// dropped: the trace is complete). Blocks, and counts a stall, while the queue is full.
-    #[inline]
+    #[inline(always)]
     fn push(&self, entry: Entry) -> Option<u64> {
         let queue = &self.shared.queue;
         let position = queue.claim()?;

@@ -43,6 +43,23 @@ fn read_all(path: &std::path::Path) -> Vec<Event> {
     reader.iter().map(|e| e.unwrap()).collect()
 }
 
+/// The recorder's clock, read after everything before and before everything after (its RDTSC is
+/// unfenced on the access path: it may run a few cycles early or late).
+fn fenced(handle: &RecorderHandle) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: LFENCE has no operands and exists on every x86_64 CPU.
+    unsafe {
+        std::arch::x86_64::_mm_lfence()
+    };
+    let t = handle.now_ns();
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as above.
+    unsafe {
+        std::arch::x86_64::_mm_lfence()
+    };
+    t
+}
+
 /// What one producer saw of one of its calls: the clock just before and just after.
 struct Bracket {
     producer: u32,
@@ -83,18 +100,18 @@ fn concurrent_producers(clock: Clock) {
                 while i < per_producer {
                     if i % 7 == 3 && i + 1 < per_producer {
                         // A reserved place, an event logged while it is held, then the fill.
-                        let before = handle.now_ns();
+                        let before = fenced(&handle);
                         let ticket = handle.reserve();
-                        let after = handle.now_ns();
+                        let after = fenced(&handle);
                         brackets.push(Bracket {
                             producer,
                             i,
                             before,
                             after,
                         });
-                        let before = handle.now_ns();
+                        let before = fenced(&handle);
                         handle.log(access(producer, i + 1), 0, 0);
-                        let after = handle.now_ns();
+                        let after = fenced(&handle);
                         brackets.push(Bracket {
                             producer,
                             i: i + 1,
@@ -104,9 +121,9 @@ fn concurrent_producers(clock: Clock) {
                         handle.submit(ticket, access(producer, i), 0, 0);
                         i += 2;
                     } else {
-                        let before = handle.now_ns();
+                        let before = fenced(&handle);
                         handle.log_at(access(producer, i), 0, 0, handle.now_ns());
-                        let after = handle.now_ns();
+                        let after = fenced(&handle);
                         brackets.push(Bracket {
                             producer,
                             i,
