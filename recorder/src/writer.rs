@@ -433,12 +433,19 @@ impl Sequencer {
                     )));
                 };
                 let index = (seq - self.next_write) as usize;
-                if let Some(held) = self.held.get_mut(index) {
-                    if let Held::Open { t_ns } = *held {
-                        *held = Held::Ready(entry.into_event(seq, t_ns));
+                match self.held.get(index) {
+                    // The oldest place: write it straight away (the common case: nothing else
+                    // was logged while the call ran), then whatever waited behind it.
+                    Some(&Held::Open { t_ns }) if index == 0 => {
+                        self.held.pop_front();
+                        self.write(entry.into_event(seq, t_ns), writer)?;
+                        self.write_ready(writer)?;
                     }
+                    Some(&Held::Open { t_ns }) => {
+                        self.held[index] = Held::Ready(entry.into_event(seq, t_ns));
+                    }
+                    _ => {}
                 }
-                self.write_ready(writer)?;
             }
         }
         Ok(())
