@@ -4,6 +4,8 @@
 //!   the bare device (`tap/bare_*`). Target: < 200 ns added per access. Variants: the watch set off,
 //!   and on with one 64 KiB ring watched (every read then diffs the ring: the price of capturing
 //!   direct DMA).
+//! - `clock/*`: one reading of the recorder's clock (the TSC where usable) against
+//!   `Instant::elapsed` (`clock_gettime`).
 //! - `writer/*`: sustained events per second from one producer through the queue, the sequencing
 //!   stage and the trace writer (zstd) into a sink. Target: ≥ 20 M events/s without stalls.
 //!
@@ -25,7 +27,7 @@ use hwrr_formats::{
     region_flags, AccessData, DmaMapping, EventKind, RegionAccess, RegionInfo, RegionKind,
     TraceHeader, TraceWriter, WriterOptions,
 };
-use hwrr_recorder::{Recorder, RecorderOptions, Tap, WatchOptions};
+use hwrr_recorder::{Clock, Recorder, RecorderOptions, Tap, WatchOptions};
 
 /// Registers in memory: the cheapest device there is, so the tap's cost is what remains.
 struct MemDevice {
@@ -418,5 +420,35 @@ fn writer_throughput(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, tap_overhead, writer_throughput);
+/// The recorder's clock against `Instant::elapsed` (`clock_gettime` through the vDSO), which it
+/// replaces where the TSC is usable.
+fn clock_cost(c: &mut Criterion) {
+    let n = 10_000_000u64;
+    let start = Instant::now();
+    let baseline = ns_per(n, |_| {
+        black_box(start.elapsed());
+    });
+    let chosen = Clock::new();
+    let tsc = ns_per(n, |_| {
+        black_box(chosen.now_ns());
+    });
+    let monotonic = Clock::monotonic();
+    let fallback = ns_per(n, |_| {
+        black_box(monotonic.now_ns());
+    });
+    eprintln!(
+        "clock: Instant::elapsed {:.1} ns; recorder clock ({}) {:.1} ns; its monotonic fallback \
+         {:.1} ns (CPU time per reading)",
+        baseline.cpu,
+        chosen.source().name(),
+        tsc.cpu,
+        fallback.cpu
+    );
+    let mut g = c.benchmark_group("clock");
+    g.bench_function("instant_elapsed", |b| b.iter(|| black_box(start.elapsed())));
+    g.bench_function("recorder_clock", |b| b.iter(|| black_box(chosen.now_ns())));
+    g.finish();
+}
+
+criterion_group!(benches, clock_cost, tap_overhead, writer_throughput);
 criterion_main!(benches);
