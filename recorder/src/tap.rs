@@ -25,8 +25,9 @@ pub struct Tap<D: Device> {
     recorder: RecorderHandle,
     relay: IrqRelay,
     /// Which region indices are I/O ports, so an access is logged as MMIO or PIO without asking
-    /// the backend (or hashing: region indices are small).
-    pio_regions: Vec<bool>,
+    /// the backend: a bit per index below 64 (VFIO's are below 10), a list for the rest (the
+    /// backend's description is not trusted to keep indices small).
+    pio_regions: (u64, Vec<u32>),
     /// Infers DMA into memory the device writes directly; `None` when disabled.
     watch: Option<Arc<WatchSet>>,
     /// Stops the periodic sweep when the tap goes away (declared after `relay`, dropped after it).
@@ -46,14 +47,13 @@ impl<D: Device> Tap<D> {
         recorder: RecorderHandle,
         watch: WatchOptions,
     ) -> std::io::Result<Self> {
-        let regions = inner.describe().regions;
-        let mut pio_regions = Vec::new();
-        for r in regions.iter().filter(|r| r.kind == RegionKind::Pio) {
-            let index = r.index as usize;
-            if pio_regions.len() <= index {
-                pio_regions.resize(index + 1, false);
+        let mut pio_regions = (0u64, Vec::new());
+        for r in inner.describe().regions {
+            match (r.kind, r.index) {
+                (RegionKind::Pio, index @ 0..=63) => pio_regions.0 |= 1 << index,
+                (RegionKind::Pio, index) => pio_regions.1.push(index),
+                _ => {}
             }
-            pio_regions[index] = true;
         }
         let sweep = watch.sweep_interval;
         let watch = watch
@@ -100,11 +100,10 @@ impl<D: Device> Tap<D> {
     }
 
     fn region_event(&self, region: u32, write: bool, access: RegionAccess) -> EventKind {
-        let pio = self
-            .pio_regions
-            .get(region as usize)
-            .copied()
-            .unwrap_or(false);
+        let pio = match region {
+            0..=63 => self.pio_regions.0 & (1 << region) != 0,
+            _ => self.pio_regions.1.contains(&region),
+        };
         match (pio, write) {
             (false, false) => EventKind::MmioRead(access),
             (false, true) => EventKind::MmioWrite(access),
