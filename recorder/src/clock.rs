@@ -257,6 +257,7 @@ impl TscClock {
     #[inline]
     fn params_and_ticks(&self, read_tsc: bool) -> ((u64, u64, u64), u64) {
         use std::sync::atomic::{fence, Ordering};
+        let mut tries = 0u32;
         loop {
             let v1 = self.version.load(Ordering::Acquire);
             // The TSC is read after the version, like the kernel's vDSO: see `recalibrate`.
@@ -269,7 +270,15 @@ impl TscClock {
             if v1 == v2 && v1 & 1 == 0 {
                 return ((anchor_ticks, anchor_ns, mult), ticks);
             }
-            std::hint::spin_loop();
+            // A re-anchoring is being published: a few stores, unless the thread doing it was
+            // preempted in the middle; then give the CPU away rather than spin through its time
+            // slice (it may be waiting for this very CPU).
+            tries += 1;
+            if tries % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 
