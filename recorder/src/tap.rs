@@ -1,8 +1,6 @@
 //! The tap: forwards every `Device` call to a backend and logs it.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use hwrr_device::{Device, DeviceDescription, DmaRegion, GuestMemory, IrqSetRequest, Result};
 use hwrr_formats::{
@@ -21,17 +19,15 @@ fn status_of<T>(r: &Result<T>) -> u32 {
     }
 }
 
-fn elapsed_ns(t0: Instant) -> u64 {
-    t0.elapsed().as_nanos() as u64
-}
-
 /// A backend with every call logged to a recorder.
 pub struct Tap<D: Device> {
     inner: D,
     recorder: RecorderHandle,
     relay: IrqRelay,
-    /// Region kinds by index, so an access is logged as MMIO or PIO without asking the backend.
-    region_kinds: HashMap<u32, RegionKind>,
+    /// Which region indices are I/O ports, so an access is logged as MMIO or PIO without asking
+    /// the backend: a bit per index below 64 (VFIO's are below 10), a list for the rest (the
+    /// backend's description is not trusted to keep indices small).
+    pio_regions: (u64, Vec<u32>),
     /// Infers DMA into memory the device writes directly; `None` when disabled.
     watch: Option<Arc<WatchSet>>,
     /// Stops the periodic sweep when the tap goes away (declared after `relay`, dropped after it).
@@ -51,12 +47,14 @@ impl<D: Device> Tap<D> {
         recorder: RecorderHandle,
         watch: WatchOptions,
     ) -> std::io::Result<Self> {
-        let region_kinds = inner
-            .describe()
-            .regions
-            .iter()
-            .map(|r| (r.index, r.kind))
-            .collect();
+        let mut pio_regions = (0u64, Vec::new());
+        for r in inner.describe().regions {
+            match (r.kind, r.index) {
+                (RegionKind::Pio, index @ 0..=63) => pio_regions.0 |= 1 << index,
+                (RegionKind::Pio, index) => pio_regions.1.push(index),
+                _ => {}
+            }
+        }
         let sweep = watch.sweep_interval;
         let watch = watch
             .enabled
@@ -70,7 +68,7 @@ impl<D: Device> Tap<D> {
             inner,
             recorder,
             relay,
-            region_kinds,
+            pio_regions,
             watch,
             _sweeper: sweeper,
         })
@@ -102,7 +100,10 @@ impl<D: Device> Tap<D> {
     }
 
     fn region_event(&self, region: u32, write: bool, access: RegionAccess) -> EventKind {
-        let pio = self.region_kinds.get(&region) == Some(&RegionKind::Pio);
+        let pio = match region {
+            0..=63 => self.pio_regions.0 & (1 << region) != 0,
+            _ => self.pio_regions.1.contains(&region),
+        };
         match (pio, write) {
             (false, false) => EventKind::MmioRead(access),
             (false, true) => EventKind::MmioWrite(access),
@@ -181,22 +182,22 @@ impl<D: Device> Device for Tap<D> {
     }
 
     fn config_read(&mut self, offset: u32, data: &mut [u8]) -> Result<()> {
-        let t0 = Instant::now();
+        let t0 = self.recorder.now_ns();
         let r = self.inner.config_read(offset, data);
-        let dur = elapsed_ns(t0);
+        let t1 = self.recorder.now_ns();
         let kind = EventKind::ConfigRead(ConfigAccess {
             offset,
             data: AccessData::from_le_bytes(data),
         });
-        self.recorder.log(kind, status_of(&r), dur);
+        self.recorder
+            .log_at(kind, status_of(&r), t1.saturating_sub(t0), t1);
         r
     }
 
     fn config_write(&mut self, offset: u32, data: &[u8]) -> Result<()> {
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.config_write(offset, data);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         let kind = EventKind::ConfigWrite(ConfigAccess {
             offset,
             data: AccessData::from_le_bytes(data),
@@ -208,11 +209,10 @@ impl<D: Device> Device for Tap<D> {
     fn set_irqs(&mut self, mut request: IrqSetRequest) -> Result<()> {
         let setup = request.setup.clone();
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self
             .substitute_fds(&mut request)
             .and_then(|()| self.inner.set_irqs(request));
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::IrqSetup(setup), status_of(&r), dur);
         r
@@ -222,9 +222,8 @@ impl<D: Device> Device for Tap<D> {
         let mapping = region.mapping;
         let memory = region.memory.clone();
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.dma_map(region);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::DmaMap(mapping), status_of(&r), dur);
         if let (Ok(()), Some(w)) = (&r, &self.watch) {
@@ -239,9 +238,8 @@ impl<D: Device> Device for Tap<D> {
             w.remove_mapping(mapping);
         }
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.dma_unmap(mapping);
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::DmaUnmap(mapping), status_of(&r), dur);
         r
@@ -249,9 +247,8 @@ impl<D: Device> Device for Tap<D> {
 
     fn reset(&mut self) -> Result<()> {
         let ticket = self.recorder.reserve();
-        let t0 = Instant::now();
         let r = self.inner.reset();
-        let dur = elapsed_ns(t0);
+        let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         self.recorder
             .submit(ticket, EventKind::Reset, status_of(&r), dur);
         r
@@ -305,16 +302,17 @@ impl LoggingMemory {
 
 impl GuestMemory for LoggingMemory {
     fn read(&self, iova: u64, buf: &mut [u8]) -> Result<()> {
-        let t0 = Instant::now();
+        let t0 = self.recorder.now_ns();
         let r = self.inner.read(iova, buf);
-        let dur = elapsed_ns(t0);
-        self.recorder.log(
+        let t1 = self.recorder.now_ns();
+        self.recorder.log_at(
             EventKind::DmaRead(DmaRead {
                 iova,
                 data: buf.to_vec(),
             }),
             status_of(&r),
-            dur,
+            t1.saturating_sub(t0),
+            t1,
         );
         r
     }
@@ -336,17 +334,18 @@ impl LoggingMemory {
             Ok(()) => Some(before),
             Err(_) => None,
         };
-        let t0 = Instant::now();
+        let t0 = self.recorder.now_ns();
         let r = self.inner.write(iova, data);
-        let dur = elapsed_ns(t0);
-        self.recorder.log(
+        let t1 = self.recorder.now_ns();
+        self.recorder.log_at(
             EventKind::DmaWrite(DmaWrite {
                 iova,
                 data: data.to_vec(),
                 before,
             }),
             status_of(&r),
-            dur,
+            t1.saturating_sub(t0),
+            t1,
         );
         r
     }

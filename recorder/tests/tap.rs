@@ -304,3 +304,95 @@ fn a_full_queue_stalls_but_drops_nothing() {
     assert_eq!(reader.event_count(), n);
     assert_eq!(reader.iter().count() as u64, n);
 }
+
+/// Region kinds come from the backend's description, whatever the indices: an I/O-port region
+/// with a large index is logged as port I/O, a memory region next to it as MMIO.
+#[test]
+fn accesses_are_classified_by_the_described_region_kind_at_any_index() {
+    struct Wide;
+    impl Device for Wide {
+        fn describe(&self) -> DeviceDescription {
+            let region = |index, kind| RegionInfo {
+                index,
+                kind,
+                size: 16,
+                flags: region_flags::READ | region_flags::WRITE,
+                alias_of: None,
+            };
+            DeviceDescription {
+                regions: vec![
+                    region(63, RegionKind::Pio),
+                    region(64, RegionKind::Mmio),
+                    region(u32::MAX, RegionKind::Pio),
+                ],
+                ..Default::default()
+            }
+        }
+        fn region_read(&mut self, _region: u32, _offset: u64, data: &mut [u8]) -> Result<()> {
+            data.fill(1);
+            Ok(())
+        }
+        fn region_write(&mut self, _region: u32, _offset: u64, _data: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn config_read(&mut self, _offset: u32, data: &mut [u8]) -> Result<()> {
+            data.fill(0);
+            Ok(())
+        }
+        fn config_write(&mut self, _offset: u32, _data: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn set_irqs(&mut self, _request: IrqSetRequest) -> Result<()> {
+            Ok(())
+        }
+        fn dma_map(&mut self, _region: DmaRegion) -> Result<()> {
+            Ok(())
+        }
+        fn dma_unmap(&mut self, _mapping: DmaMapping) -> Result<()> {
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn attach_memory(&mut self, _memory: Arc<dyn GuestMemory>) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder =
+        Recorder::create(&path, &TraceHeader::default(), RecorderOptions::default()).unwrap();
+    let mut tap = Tap::new(Wide, recorder.handle()).unwrap();
+    let mut v = [0u8; 4];
+    for region in [63, 64, u32::MAX, 0, 65] {
+        tap.region_read(region, 0, &mut v).unwrap();
+        tap.region_write(region, 0, &v).unwrap();
+    }
+    drop(tap);
+    recorder.finish().unwrap();
+    let reader = TraceReader::open(&path).unwrap();
+    let got: Vec<(String, u32)> = reader
+        .iter()
+        .map(|e| match e.unwrap().kind {
+            EventKind::MmioRead(a) => ("mmio_read".to_string(), a.region),
+            EventKind::MmioWrite(a) => ("mmio_write".to_string(), a.region),
+            EventKind::PioRead(a) => ("pio_read".to_string(), a.region),
+            EventKind::PioWrite(a) => ("pio_write".to_string(), a.region),
+            k => panic!("unexpected {k:?}"),
+        })
+        .collect();
+    let want: Vec<(String, u32)> = [
+        ("pio", 63),
+        ("mmio", 64),
+        ("pio", u32::MAX),
+        ("mmio", 0),
+        ("mmio", 65),
+    ]
+    .iter()
+    .flat_map(|(kind, region)| {
+        [
+            (format!("{kind}_read"), *region),
+            (format!("{kind}_write"), *region),
+        ]
+    })
+    .collect();
+    assert_eq!(got, want);
+}
