@@ -128,14 +128,16 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
         }
     }
     drop(backend);
+    let clock = recorder.clock_source().name();
     let stats = recorder.finish()?;
     eprintln!(
-        "hwrr: wrote {} events, {} bytes to {} (queue high-water {}, {} stalls)",
+        "hwrr: wrote {} events, {} bytes to {} (queue high-water {}, {} stalls, clock {clock}, writer CPU {:.1} ms)",
         stats.events,
         stats.bytes,
         args.output.display(),
         stats.queue_high_water,
-        stats.stalls
+        stats.stalls,
+        stats.writer_cpu_ns as f64 / 1e6
     );
     if let Some(w) = watch_stats {
         eprintln!(
