@@ -1,6 +1,7 @@
 //! Prints bytes per access and single-run encode/decode speed of the imported corpus logs at given
 //! writer settings, for exploring settings quickly (the benchmark is the reference):
-//! `cargo run --release -p hwrr-formats --example corpus_size [chunk_events] [zstd_level]`.
+//! `cargo run --release -p hwrr-formats --example corpus_size [chunk_events] [zstd_level] [v1|v2]`.
+//! It also checks that every event reads back as written.
 
 #[path = "../benches/support/corpus.rs"]
 mod corpus;
@@ -17,6 +18,9 @@ fn main() -> Result<(), FormatError> {
     }
     if let Some(l) = args.get(2).and_then(|a| a.parse().ok()) {
         opts.zstd_level = l;
+    }
+    if args.get(3).is_some_and(|a| a == "v1") {
+        opts.event_encoding = EventEncoding::V1;
     }
     for name in ["rtl8139-linux-8139cp", "nvme-linux-nvme"] {
         let Some((header, events)) = corpus::import(name) else {
@@ -39,6 +43,8 @@ fn main() -> Result<(), FormatError> {
             n += cols.len();
         }
         let dec = start.elapsed();
+        let back: Vec<Event> = r.iter().collect::<Result<_, _>>()?;
+        assert!(back == events, "{name}: events do not read back as written");
         let accesses = summary.counts.accesses();
         println!(
             "{name}: {} events ({n} decoded), {accesses} accesses, {} bytes, {:.3} bytes/access, \

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::*;
+use crate::layout::{ENCODING_V1, ENCODING_V2};
+use crate::timecode::{TimeDecoder, TimeEncoder, NON_ACCESS};
 
 /// Number of streams in an event chunk payload.
 pub const STREAM_COUNT: usize = 9;
@@ -112,6 +114,13 @@ impl<'a> Rd<'a> {
         Ok(s)
     }
 
+    /// Everything not read yet.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let rest = self.b.get(self.p..).unwrap_or(&[]);
+        self.p = self.b.len();
+        rest
+    }
+
     pub(crate) fn at_end(&self) -> bool {
         self.p >= self.b.len()
     }
@@ -167,6 +176,8 @@ struct EncoderKey {
 pub(crate) struct EncodedChunk {
     /// Uncompressed payload.
     pub payload: Vec<u8>,
+    /// Chunk encoding of the payload.
+    pub encoding: u8,
     pub first_seq: u64,
     pub count: u32,
     pub first_t_ns: u64,
@@ -176,6 +187,7 @@ pub(crate) struct EncodedChunk {
 
 /// Accumulates events of one chunk into column streams.
 pub(crate) struct ChunkEncoder {
+    encoding: u8,
     count: u32,
     first_seq: u64,
     first_t_ns: u64,
@@ -188,11 +200,16 @@ pub(crate) struct ChunkEncoder {
     key_cache: Box<[Option<(EncoderKey, u32)>]>,
     last_values: Vec<u64>,
     counts: [u32; KindTag::COUNT],
+    /// Per event: its access-key symbol, or [`NON_ACCESS`] | its tag (the v2 time contexts).
+    event_keys: Vec<u32>,
+    time_encoder: TimeEncoder,
 }
 
 impl ChunkEncoder {
-    pub(crate) fn new() -> Self {
+    /// An encoder of chunks in `encoding` ([`ENCODING_V1`] or [`ENCODING_V2`]).
+    pub(crate) fn new(encoding: u8) -> Self {
         ChunkEncoder {
+            encoding,
             count: 0,
             first_seq: 0,
             first_t_ns: 0,
@@ -205,6 +222,8 @@ impl ChunkEncoder {
             key_cache: vec![None; 1 << KEY_CACHE_BITS].into_boxed_slice(),
             last_values: Vec::new(),
             counts: [0; KindTag::COUNT],
+            event_keys: Vec::new(),
+            time_encoder: TimeEncoder::default(),
         }
     }
 
@@ -240,9 +259,13 @@ impl ChunkEncoder {
             EventKind::MmioRead(a)
             | EventKind::MmioWrite(a)
             | EventKind::PioRead(a)
-            | EventKind::PioWrite(a) => self.push_access(tag, a.region, a.offset, &a.data, blob)?,
+            | EventKind::PioWrite(a) => {
+                let sym = self.push_access(tag, a.region, a.offset, &a.data, blob)?;
+                self.event_keys.push(sym);
+            }
             EventKind::ConfigRead(c) | EventKind::ConfigWrite(c) => {
-                self.push_access(tag, 0, c.offset as u64, &c.data, blob)?
+                let sym = self.push_access(tag, 0, c.offset as u64, &c.data, blob)?;
+                self.event_keys.push(sym);
             }
             EventKind::Irq(i) => {
                 let m = &mut self.streams[S_MISC];
@@ -313,6 +336,9 @@ impl ChunkEncoder {
                 self.streams[S_BYTES].extend_from_slice(mk.label.as_bytes());
             }
         }
+        if !tag.is_access() {
+            self.event_keys.push(NON_ACCESS | tag as u32);
+        }
         self.streams[S_TAGS].push(tag as u8);
         self.deltas.push(ev.t_ns - self.last_t_ns);
         self.last_t_ns = ev.t_ns;
@@ -341,7 +367,7 @@ impl ChunkEncoder {
         offset: u64,
         data: &AccessData,
         blob: &mut dyn FnMut(&[u8]) -> u64,
-    ) -> Result<(), String> {
+    ) -> Result<u32, String> {
         let width = match data {
             AccessData::Value { size, .. } => {
                 if !matches!(size, 1 | 2 | 4 | 8) {
@@ -395,17 +421,30 @@ impl ChunkEncoder {
                 }
             }
         }
-        Ok(())
+        Ok(sym)
     }
 
     /// Closes the chunk: returns its payload and resets the encoder for the next chunk.
     pub(crate) fn finish(&mut self) -> EncodedChunk {
         let quantum = deltas_gcd(&self.deltas);
         let time = &mut self.streams[S_TIME];
-        put_varint(time, quantum);
         let divider = Divider::new(quantum);
-        for d in &self.deltas {
-            put_varint(time, divider.div(*d));
+        if self.encoding == ENCODING_V2 {
+            for d in self.deltas.iter_mut() {
+                *d = divider.div(*d);
+            }
+            self.time_encoder.encode(
+                time,
+                quantum,
+                &self.deltas,
+                &self.event_keys,
+                self.last_values.len(),
+            );
+        } else {
+            put_varint(time, quantum);
+            for d in &self.deltas {
+                put_varint(time, divider.div(*d));
+            }
         }
         let total: usize = self.streams.iter().map(|s| s.len()).sum();
         let mut payload = Vec::with_capacity(4 * STREAM_COUNT + total);
@@ -417,6 +456,7 @@ impl ChunkEncoder {
         }
         let out = EncodedChunk {
             payload,
+            encoding: self.encoding,
             first_seq: self.first_seq,
             count: self.count,
             first_t_ns: self.first_t_ns,
@@ -425,6 +465,7 @@ impl ChunkEncoder {
         };
         self.count = 0;
         self.deltas.clear();
+        self.event_keys.clear();
         for s in &mut self.streams {
             s.clear();
         }
@@ -535,6 +576,8 @@ fn split_streams(payload: &[u8]) -> Result<[&[u8]; STREAM_COUNT], String> {
 
 /// Expected shape of a chunk, from its header.
 pub(crate) struct ChunkShape {
+    /// Payload encoding ([`ENCODING_V1`] or [`ENCODING_V2`]).
+    pub encoding: u8,
     pub first_seq: u64,
     pub count: u32,
     pub first_t_ns: u64,
@@ -727,28 +770,16 @@ pub(crate) fn decode_columns(
     }
     cols.tags.extend_from_slice(tags);
 
-    let mut time = Rd::new(streams[S_TIME], "time");
-    let quantum = time.varint()?;
-    if quantum == 0 {
-        return Err("time quantum is 0".into());
-    }
-    cols.t_ns.reserve(n);
-    let mut t = shape.first_t_ns;
-    for i in 0..n {
-        let dt = time
-            .varint()?
-            .checked_mul(quantum)
-            .ok_or("time delta overflows")?;
-        if i == 0 && dt != 0 {
-            return Err("first event's time differs from the chunk header".into());
+    // v2 time contexts need every event's key, so v2 time is decoded after the other streams.
+    let time_decoder = match shape.encoding {
+        ENCODING_V1 => {
+            decode_time_v1(streams[S_TIME], shape, n, &mut cols.t_ns)?;
+            None
         }
-        t = t.checked_add(dt).ok_or("timestamp overflows")?;
-        cols.t_ns.push(t);
-    }
-    if t != shape.last_t_ns {
-        return Err("last event's time differs from the chunk header".into());
-    }
-    time.expect_end()?;
+        ENCODING_V2 => Some(TimeDecoder::parse(streams[S_TIME], n)?),
+        e => return Err(format!("unknown event chunk encoding {e}")),
+    };
+    let mut classes: Vec<u8> = Vec::with_capacity(if time_decoder.is_some() { n } else { 0 });
 
     for (name, stream, out) in [
         (
@@ -816,6 +847,9 @@ pub(crate) fn decode_columns(
             if key.tag != tag {
                 return Err(format!("access symbol {sym} belongs to another kind"));
             }
+            if let Some(td) = &time_decoder {
+                classes.push(td.access_class(sym as u32));
+            }
             if key.width != WIDTH_BYTES {
                 let last = &mut last_values[sym as usize];
                 let value = values.varint()? ^ *last;
@@ -836,12 +870,18 @@ pub(crate) fn decode_columns(
             };
             access_kind(tag, key.region, key.offset, data)
         } else if tag == KindTag::Irq {
+            if time_decoder.is_some() {
+                classes.push(TimeDecoder::other_class(tag_byte));
+            }
             let index = misc.varint_u32()?;
             let vector = misc.varint_u32()?;
             cols.key.push(NO_KEY);
             cols.value.push((index as u64) << 32 | vector as u64);
             continue;
         } else {
+            if time_decoder.is_some() {
+                classes.push(TimeDecoder::other_class(tag_byte));
+            }
             decode_other(tag, &mut misc, &mut bytes, blobs)?
         };
         cols.key.push(NO_KEY);
@@ -867,7 +907,8 @@ pub(crate) fn decode_columns(
         };
         cols.others.push(Event {
             seq: shape.first_seq + i as u64,
-            t_ns: cols.t_ns[i],
+            // v2: filled in once time is decoded.
+            t_ns: cols.t_ns.get(i).copied().unwrap_or(0),
             status,
             duration_ns,
             kind,
@@ -876,7 +917,48 @@ pub(crate) fn decode_columns(
     for rd in [&keys, &syms, &values, &bytes, &misc] {
         rd.expect_end()?;
     }
+    if let Some(td) = time_decoder {
+        let last = td.decode(&classes, shape.first_t_ns, &mut cols.t_ns)?;
+        if last != shape.last_t_ns {
+            return Err("last event's time differs from the chunk header".into());
+        }
+        for ev in &mut cols.others {
+            // `seq - first_seq` is the event's index, below `n` by construction.
+            ev.t_ns = cols.t_ns[(ev.seq - shape.first_seq) as usize];
+        }
+    }
     Ok(())
+}
+
+/// Decodes the v1 time stream: a varint quantum, then one varint delta per event.
+fn decode_time_v1(
+    stream: &[u8],
+    shape: &ChunkShape,
+    n: usize,
+    out: &mut Vec<u64>,
+) -> Result<(), String> {
+    let mut time = Rd::new(stream, "time");
+    let quantum = time.varint()?;
+    if quantum == 0 {
+        return Err("time quantum is 0".into());
+    }
+    out.reserve(n);
+    let mut t = shape.first_t_ns;
+    for i in 0..n {
+        let dt = time
+            .varint()?
+            .checked_mul(quantum)
+            .ok_or("time delta overflows")?;
+        if i == 0 && dt != 0 {
+            return Err("first event's time differs from the chunk header".into());
+        }
+        t = t.checked_add(dt).ok_or("timestamp overflows")?;
+        out.push(t);
+    }
+    if t != shape.last_t_ns {
+        return Err("last event's time differs from the chunk header".into());
+    }
+    time.expect_end()
 }
 
 /// Destination of a sparse stream's (index, value) pairs.

@@ -52,7 +52,7 @@ pub(crate) struct ParsedHeader {
 /// Parses and checks the header block at the start of `bytes` (the ROM is not resolved).
 pub(crate) fn parse_header(bytes: &[u8]) -> Result<ParsedHeader, FormatError> {
     let prefix = FileHeaderPrefix::parse(bytes)?;
-    if prefix.version != FORMAT_VERSION {
+    if prefix.version != FORMAT_VERSION && prefix.version != FORMAT_VERSION_1 {
         return Err(FormatError::UnsupportedVersion {
             found: prefix.version,
             supported: FORMAT_VERSION,
@@ -588,6 +588,7 @@ impl TraceReader {
             ));
         }
         let shape = ChunkShape {
+            encoding: h.encoding,
             first_seq: h.first_id,
             count: h.count,
             first_t_ns: h.first_t_ns,

@@ -28,6 +28,38 @@ pub struct WriterOptions {
     pub zstd_level: i32,
     /// Pending blob bytes that force a blob chunk out before the event chunk is full.
     pub blob_chunk_bytes: usize,
+    /// Event chunk encoding, which also sets the file's version: [`EventEncoding::V2`] (the
+    /// default) writes version 2 files, [`EventEncoding::V1`] version 1 files that older readers
+    /// read.
+    pub event_encoding: EventEncoding,
+}
+
+/// The event chunk encodings a writer can produce (`docs/FORMAT.md` §3.2, §3.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventEncoding {
+    /// Encoding 1 (format version 1): time deltas as varints, compressed by zstd with the rest.
+    V1,
+    /// Encoding 2 (format version 2): time deltas rANS-coded under access-key contexts.
+    #[default]
+    V2,
+}
+
+impl EventEncoding {
+    /// The chunk `encoding` byte.
+    pub fn chunk_encoding(self) -> u8 {
+        match self {
+            EventEncoding::V1 => ENCODING_V1,
+            EventEncoding::V2 => ENCODING_V2,
+        }
+    }
+
+    /// The file `version` of a trace whose event chunks use this encoding.
+    pub fn file_version(self) -> u16 {
+        match self {
+            EventEncoding::V1 => FORMAT_VERSION_1,
+            EventEncoding::V2 => FORMAT_VERSION,
+        }
+    }
 }
 
 impl Default for WriterOptions {
@@ -39,6 +71,7 @@ impl Default for WriterOptions {
             flush_interval: Some(Duration::from_millis(100)),
             zstd_level: 3,
             blob_chunk_bytes: 4 << 20,
+            event_encoding: EventEncoding::default(),
         }
     }
 }
@@ -117,11 +150,12 @@ impl<W: Write> TraceWriter<W> {
     /// Writes the header (and the ROM blob, if any) to `out`.
     pub fn new(out: W, header: &TraceHeader, opts: WriterOptions) -> Result<Self, FormatError> {
         let compressor = zstd::bulk::Compressor::new(opts.zstd_level)?;
+        let encoding = opts.event_encoding;
         let first_seq = header.start_state.as_ref().map_or(0, |s| s.first_seq);
         let mut w = TraceWriter {
             out,
             opts,
-            encoder: ChunkEncoder::new(),
+            encoder: ChunkEncoder::new(encoding.chunk_encoding()),
             compressor,
             blobs: BlobStore {
                 ids: HashMap::new(),
@@ -146,7 +180,7 @@ impl<W: Write> TraceWriter<W> {
             None => (NO_ROM, 0),
         };
         let prefix = FileHeaderPrefix {
-            version: FORMAT_VERSION,
+            version: w.opts.event_encoding.file_version(),
             json_zlen: u32::try_from(json_z.len())
                 .map_err(|_| FormatError::HeaderEncode("header too large".into()))?,
             json_len: u32::try_from(json.len())
@@ -218,7 +252,7 @@ impl<W: Write> TraceWriter<W> {
             let z = self.compressor.compress(&chunk.payload)?;
             let header = ChunkHeader {
                 chunk_type: CHUNK_TYPE_EVENTS,
-                encoding: ENCODING_V1,
+                encoding: chunk.encoding,
                 payload_zlen: u32::try_from(z.len()).map_err(|_| chunk_too_big(chunk.first_seq))?,
                 payload_len: u32::try_from(chunk.payload.len())
                     .ok()
