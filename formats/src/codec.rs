@@ -28,6 +28,22 @@ const S_MISC: usize = 6;
 const S_STATUS: usize = 7;
 const S_DURATION: usize = 8;
 
+/// Order of the streams in a v1 payload (and in its length table).
+const ORDER_V1: [usize; STREAM_COUNT] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+/// Order of the streams in a v2 payload: the time stream last, so the part zstd compresses is a
+/// prefix and the entropy-coded time stream a suffix stored as is.
+const ORDER_V2: [usize; STREAM_COUNT] = [
+    S_TAGS, S_KEYS, S_SYMS, S_VALUES, S_BYTES, S_MISC, S_STATUS, S_DURATION, S_TIME,
+];
+
+fn stream_order(encoding: u8) -> &'static [usize; STREAM_COUNT] {
+    if encoding == ENCODING_V2 {
+        &ORDER_V2
+    } else {
+        &ORDER_V1
+    }
+}
+
 /// Width byte of a key whose accesses carry raw bytes.
 const WIDTH_BYTES: u8 = 0;
 
@@ -178,6 +194,8 @@ pub(crate) struct EncodedChunk {
     pub payload: Vec<u8>,
     /// Chunk encoding of the payload.
     pub encoding: u8,
+    /// Encoding 2: length of the time stream, the payload's suffix that is stored uncompressed.
+    pub raw_suffix: usize,
     pub first_seq: u64,
     pub count: u32,
     pub first_t_ns: u64,
@@ -448,15 +466,22 @@ impl ChunkEncoder {
         }
         let total: usize = self.streams.iter().map(|s| s.len()).sum();
         let mut payload = Vec::with_capacity(4 * STREAM_COUNT + total);
-        for s in &self.streams {
-            payload.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        let order = stream_order(self.encoding);
+        for &s in order {
+            payload.extend_from_slice(&(self.streams[s].len() as u32).to_le_bytes());
         }
-        for s in &self.streams {
-            payload.extend_from_slice(s);
+        for &s in order {
+            payload.extend_from_slice(&self.streams[s]);
         }
+        let raw_suffix = if self.encoding == ENCODING_V2 {
+            self.streams[S_TIME].len()
+        } else {
+            0
+        };
         let out = EncodedChunk {
             payload,
             encoding: self.encoding,
+            raw_suffix,
             first_seq: self.first_seq,
             count: self.count,
             first_t_ns: self.first_t_ns,
@@ -550,13 +575,14 @@ pub(crate) trait BlobSource {
 }
 
 /// Splits a payload into its streams.
-fn split_streams(payload: &[u8]) -> Result<[&[u8]; STREAM_COUNT], String> {
+fn split_streams(payload: &[u8], encoding: u8) -> Result<[&[u8]; STREAM_COUNT], String> {
     if payload.len() < 4 * STREAM_COUNT {
         return Err("payload shorter than its stream table".into());
     }
     let mut out: [&[u8]; STREAM_COUNT] = [&[]; STREAM_COUNT];
     let mut pos = 4 * STREAM_COUNT;
-    for (i, s) in out.iter_mut().enumerate() {
+    for (i, &stream) in stream_order(encoding).iter().enumerate() {
+        let s = &mut out[stream];
         let len = crate::layout::u32_at(payload, 4 * i) as usize;
         let end = pos
             .checked_add(len)
@@ -735,7 +761,7 @@ pub(crate) fn decode_columns(
 ) -> Result<(), String> {
     cols.clear();
     cols.first_seq = shape.first_seq;
-    let streams = split_streams(payload)?;
+    let streams = split_streams(payload, shape.encoding)?;
     let n = shape.count as usize;
     let tags = streams[S_TAGS];
     if tags.len() != n {

@@ -29,8 +29,9 @@ pub(crate) const CONTEXTS: usize = CLASS_COUNT * CLASS_COUNT * BUCKETS;
 const DIRECT: u64 = 64;
 /// Symbols: 64 direct deltas, then 4 per binary exponent 6..=63.
 pub(crate) const SYMBOLS: usize = DIRECT as usize + 58 * 4;
-/// Largest table precision (log2 of a table's frequency total).
-const MAX_PRECISION: u32 = 12;
+/// Largest table precision (log2 of a table's frequency total). 11 bits keep a decoding slot in
+/// 32 bits (symbol 9, frequency 12, bias 11) and the tables of a chunk in cache.
+const MAX_PRECISION: u32 = 11;
 /// Lower bound of the rANS state; the state lives in [RANS_L, 2^32) and moves 16 bits at a time.
 const RANS_L: u32 = 1 << 16;
 /// Estimated cost in bits of one stored table entry and of one table header (for the encoder's
@@ -156,11 +157,12 @@ fn normalize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
         .map(|(s, c)| (s as u16, *c))
         .collect();
     let nnz = freqs.len() as u64;
-    // A table never has more slots than about four per event it codes: bounded decoder memory.
+    // A table never has more slots than about two per event it codes: bounded decoder memory,
+    // and small tables stay small in cache.
     let precision = if nnz <= 1 {
         0
     } else {
-        ceil_log2(nnz).max(ceil_log2(total) + 1).min(MAX_PRECISION)
+        ceil_log2(nnz).max(ceil_log2(total)).min(MAX_PRECISION)
     };
     let m = 1u64 << precision;
     let mut sum = 0u64;
@@ -432,7 +434,7 @@ pub(crate) struct TimeDecoder<'a> {
     quantum: u64,
     class_map: &'a [u8],
     lut: Vec<u64>,
-    slots: Vec<u64>,
+    slots: Vec<u32>,
     rans: &'a [u8],
     raw: &'a [u8],
 }
@@ -458,8 +460,8 @@ impl<'a> TimeDecoder<'a> {
         if table_count > stream.len() as u64 {
             return Err("time stream claims more tables than it holds".into());
         }
-        let slot_limit = 4 * count as u64;
-        let mut slots: Vec<u64> = Vec::new();
+        let slot_limit = 2 * count as u64;
+        let mut slots: Vec<u32> = Vec::new();
         let mut entries = Vec::with_capacity(table_count as usize);
         let mut last_order: Option<u64> = None;
         for _ in 0..table_count {
@@ -514,8 +516,8 @@ impl<'a> TimeDecoder<'a> {
                 let Some(freq) = freq else {
                     return Err("time table frequencies exceed its total".into());
                 };
-                for slot in cum..cum + freq {
-                    slots.push(sym | freq << 16 | (slot - cum) << 32);
+                for bias in 0..freq {
+                    slots.push((sym | freq << 9 | bias << 21) as u32);
                 }
                 cum += freq;
             }
@@ -587,7 +589,7 @@ impl<'a> TimeDecoder<'a> {
             let slot = (entry >> 4) + (x & ((1u32 << precision) - 1)) as u64;
             // In range: slots of a table are contiguous and every state maps inside its table.
             let s = self.slots[slot as usize];
-            let (sym, freq, bias) = (s & 0xffff, (s >> 16) as u32 & 0xffff, (s >> 32) as u32);
+            let (sym, freq, bias) = ((s & 0x1ff) as u64, (s >> 9) & 0xfff, s >> 21);
             x = freq * (x >> precision) + bias;
             if x < RANS_L {
                 let Some(w) = rans.get(pos..pos + 2) else {

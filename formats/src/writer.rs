@@ -249,7 +249,18 @@ impl<W: Write> TraceWriter<W> {
         self.write_pending_blobs()?;
         if !self.encoder.is_empty() {
             let chunk = self.encoder.finish();
-            let z = self.compressor.compress(&chunk.payload)?;
+            let framed = chunk.payload.len() - chunk.raw_suffix;
+            let z = if chunk.encoding == ENCODING_V2 {
+                // The entropy-coded suffix gains nothing from zstd and would slow both ways.
+                let frame = self.compressor.compress(&chunk.payload[..framed])?;
+                let mut z = Vec::with_capacity(4 + frame.len() + chunk.raw_suffix);
+                z.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+                z.extend_from_slice(&frame);
+                z.extend_from_slice(&chunk.payload[framed..]);
+                z
+            } else {
+                self.compressor.compress(&chunk.payload)?
+            };
             let header = ChunkHeader {
                 chunk_type: CHUNK_TYPE_EVENTS,
                 encoding: chunk.encoding,
