@@ -39,7 +39,10 @@ fn main() -> Result<(), FormatError> {
         let mut cols = ChunkColumns::default();
         let mut n = 0;
         let mut dec = std::time::Duration::MAX;
-        let runs = std::env::var("DECODE_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(20);
+        let runs = std::env::var("DECODE_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(20);
         for _ in 0..runs {
             let start = Instant::now();
             n = 0;

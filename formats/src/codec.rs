@@ -11,7 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::*;
 use crate::layout::{ENCODING_V1, ENCODING_V2};
-use crate::timecode::{TimeDecoder, TimeEncoder, NON_ACCESS};
+use crate::timecode::{TimeDecoder, TimeEncoder, CLASS_START, NON_ACCESS};
 
 /// Number of streams in an event chunk payload.
 pub const STREAM_COUNT: usize = 9;
@@ -805,7 +805,11 @@ pub(crate) fn decode_columns(
         ENCODING_V2 => Some(TimeDecoder::parse(streams[S_TIME], n)?),
         e => return Err(format!("unknown event chunk encoding {e}")),
     };
-    let mut classes: Vec<u8> = Vec::with_capacity(if time_decoder.is_some() { n } else { 0 });
+    let mut classes: Vec<u8> = Vec::new();
+    if time_decoder.is_some() {
+        classes.reserve(n + 1);
+        classes.push(CLASS_START);
+    }
 
     for (name, stream, out) in [
         (

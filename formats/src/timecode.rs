@@ -32,12 +32,29 @@ pub(crate) const SYMBOLS: usize = DIRECT as usize + 58 * 4;
 /// Largest table precision (log2 of a table's frequency total). 11 bits keep a decoding slot in
 /// 32 bits (symbol 9, frequency 12, bias 11) and the tables of a chunk in cache.
 const MAX_PRECISION: u32 = 11;
+/// Independent rANS lanes: the chunk's events are cut into this many consecutive runs, each with
+/// its own state, so the decoder interleaves four dependency chains instead of waiting on one.
+pub(crate) const LANES: usize = 4;
+
+/// First event of each lane (and the end), for a chunk of `n` events.
+pub(crate) fn lane_bounds(n: usize) -> [usize; LANES + 1] {
+    let per = n.div_ceil(LANES);
+    let mut b = [0; LANES + 1];
+    for (k, v) in b.iter_mut().enumerate() {
+        *v = (k * per).min(n);
+    }
+    b
+}
+
 /// Lower bound of the rANS state; the state lives in [RANS_L, 2^32) and moves 16 bits at a time.
 const RANS_L: u32 = 1 << 16;
 /// Estimated cost in bits of one stored table entry and of one table header (for the encoder's
 /// decision whether a table pays for itself; zstd shrinks the real thing somewhat).
 const TABLE_ENTRY_BITS: f64 = 12.0;
 const TABLE_HEADER_BITS: f64 = 24.0;
+
+/// Symbol of the decoder's stand-in table for contexts without a table.
+const INVALID_SYMBOL: u64 = 0x1ff;
 
 /// Table kinds in the stream, in the order they must appear.
 const KIND_GLOBAL: u8 = 0;
@@ -90,7 +107,7 @@ pub(crate) struct TimeEncoder {
     residual: Vec<u32>,
     global: Vec<u32>,
     enc: Vec<u32>,
-    lut: Vec<u64>,
+    lut: Vec<u32>,
     ctx_of_event: Vec<u32>,
     sym_of_event: Vec<u16>,
     sym_uses: Vec<(u32, u32)>,
@@ -198,10 +215,10 @@ fn normalize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
 
 /// Fills the context lookup table from table definitions the way the decoder does: global first,
 /// then class tables over every (previous class, bucket), then per-context tables. Entries are
-/// `slot_offset << 4 | precision`, or `u64::MAX` for a context with no table.
-fn fill_lut(lut: &mut Vec<u64>, tables: &[(u8, u32, u64)]) {
+/// `slot_offset << 4 | precision`, or `missing` for a context with no table.
+fn fill_lut(lut: &mut Vec<u32>, tables: &[(u8, u32, u32)], missing: u32) {
     lut.clear();
-    lut.resize(CONTEXTS, u64::MAX);
+    lut.resize(CONTEXTS, missing);
     for &(kind, coord, entry) in tables {
         match kind {
             KIND_GLOBAL => lut.fill(entry),
@@ -262,9 +279,14 @@ impl TimeEncoder {
         self.counts.clear();
         self.ctx_of_event.clear();
         self.sym_of_event.clear();
+        let bounds = lane_bounds(n);
         let mut prev_class = CLASS_START;
         let mut prev_delta = 0u64;
-        for (&d, &k) in deltas.iter().zip(event_keys) {
+        for (i, (&d, &k)) in deltas.iter().zip(event_keys).enumerate() {
+            if bounds[1..LANES].contains(&i) {
+                // A lane does not see the previous lane's deltas.
+                prev_delta = 0;
+            }
             let class = if k & NON_ACCESS != 0 {
                 non_access_class((k & !NON_ACCESS) as u8)
             } else {
@@ -374,69 +396,81 @@ impl TimeEncoder {
                 self.enc[t * SYMBOLS + s as usize] = f << 16 | cum;
                 cum += f;
             }
-            lut_entries.push((def.kind, def.coord, (t as u64) << 4 | def.precision as u64));
+            lut_entries.push((def.kind, def.coord, (t as u32) << 4 | def.precision));
         }
-        fill_lut(&mut self.lut, &lut_entries);
+        fill_lut(&mut self.lut, &lut_entries, u32::MAX);
 
-        // rANS, last event first, so the decoder reads forwards.
-        self.words.clear();
-        let mut x: u32 = RANS_L;
-        for i in (0..n).rev() {
-            let entry = self.lut[self.ctx_of_event[i] as usize];
-            let (t, precision) = ((entry >> 4) as usize, (entry & 15) as u32);
-            let fc = self.enc[t * SYMBOLS + self.sym_of_event[i] as usize];
-            let (freq, cum) = (fc >> 16, fc & 0xffff);
-            let x_max = (1u64 << (32 - precision)) * freq as u64;
-            if x as u64 >= x_max {
-                self.words.push(x as u16);
-                x >>= 16;
-            }
-            x = ((x / freq) << precision) + (x % freq) + cum;
-        }
-        let rans_len = 4 + 2 * self.words.len();
-        put_varint(out, rans_len as u64);
-        out.extend_from_slice(&x.to_le_bytes());
-        for w in self.words.iter().rev() {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-
-        // Extra bits of the large deltas, in event order, least significant bit first.
-        let mut acc = 0u64;
-        let mut fill = 0u32;
-        for &d in deltas {
-            let (_, nbits, extra) = symbolize(d);
-            if nbits == 0 {
-                continue;
-            }
-            let mut value = extra;
-            let mut left = nbits;
-            while left > 0 {
-                let take = left.min(32);
-                acc |= (value & ((1u64 << take) - 1)) << fill;
-                fill += take;
-                value >>= take;
-                left -= take;
-                while fill >= 8 {
-                    out.push(acc as u8);
-                    acc >>= 8;
-                    fill -= 8;
+        // rANS per lane, last event first, so the decoder reads forwards.
+        for lane in 0..LANES {
+            self.words.clear();
+            let mut x: u32 = RANS_L;
+            for i in (bounds[lane]..bounds[lane + 1]).rev() {
+                let entry = self.lut[self.ctx_of_event[i] as usize];
+                let (t, precision) = ((entry >> 4) as usize, (entry & 15) as u32);
+                let fc = self.enc[t * SYMBOLS + self.sym_of_event[i] as usize];
+                let (freq, cum) = (fc >> 16, fc & 0xffff);
+                let x_max = (1u64 << (32 - precision)) * freq as u64;
+                if x as u64 >= x_max {
+                    self.words.push(x as u16);
+                    x >>= 16;
                 }
+                x = ((x / freq) << precision) + (x % freq) + cum;
             }
-        }
-        if fill > 0 {
-            out.push(acc as u8);
+            let rans_len = 4 + 2 * self.words.len();
+            put_varint(out, rans_len as u64);
+            out.extend_from_slice(&x.to_le_bytes());
+            for w in self.words.iter().rev() {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            write_extra_bits(out, &deltas[bounds[lane]..bounds[lane + 1]]);
         }
     }
+}
+
+/// Writes the extra bits of the large deltas among `deltas`, in order, least significant bit
+/// first, preceded by their byte length.
+fn write_extra_bits(out: &mut Vec<u8>, deltas: &[u64]) {
+    let mut bytes = Vec::new();
+    let mut acc = 0u64;
+    let mut fill = 0u32;
+    for &d in deltas {
+        let (_, nbits, extra) = symbolize(d);
+        let mut value = extra;
+        let mut left = nbits;
+        while left > 0 {
+            let take = left.min(32);
+            acc |= (value & ((1u64 << take) - 1)) << fill;
+            fill += take;
+            value >>= take;
+            left -= take;
+            while fill >= 8 {
+                bytes.push(acc as u8);
+                acc >>= 8;
+                fill -= 8;
+            }
+        }
+    }
+    if fill > 0 {
+        bytes.push(acc as u8);
+    }
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(&bytes);
+}
+
+/// A lane's coded sections.
+#[derive(Clone, Copy, Default)]
+struct LaneInput<'a> {
+    rans: &'a [u8],
+    raw: &'a [u8],
 }
 
 /// A parsed time stream, ready to decode once the events' classes are known.
 pub(crate) struct TimeDecoder<'a> {
     quantum: u64,
     class_map: &'a [u8],
-    lut: Vec<u64>,
+    lut: Vec<u32>,
     slots: Vec<u32>,
-    rans: &'a [u8],
-    raw: &'a [u8],
+    lanes: [LaneInput<'a>; LANES],
 }
 
 impl<'a> TimeDecoder<'a> {
@@ -524,23 +558,43 @@ impl<'a> TimeDecoder<'a> {
             if cum != size {
                 return Err("time table frequencies do not add up to its total".into());
             }
-            entries.push((kind, coord as u32, offset << 4 | precision as u64));
+            // Fits: at most 20,545 tables of at most 2^11 slots each.
+            entries.push((kind, coord as u32, (offset as u32) << 4 | precision));
         }
-        let rans_len = rd.varint()?;
-        if rans_len < 4 || rans_len % 2 != 0 {
-            return Err("time rANS section has an invalid length".into());
+        let mut lanes = [LaneInput::default(); LANES];
+        for lane in &mut lanes {
+            let rans_len = rd.varint()?;
+            if rans_len < 4 || rans_len % 2 != 0 {
+                return Err("time rANS section has an invalid length".into());
+            }
+            lane.rans = rd.bytes(rans_len as usize)?;
+            let raw_len = rd.varint()?;
+            lane.raw =
+                rd.bytes(usize::try_from(raw_len).map_err(|_| "time extra bits too long")?)?;
         }
-        let rans = rd.bytes(rans_len as usize)?;
-        let raw = rd.rest();
+        if !rd.at_end() {
+            return Err("time stream has unused bytes".into());
+        }
+        // Contexts without a table decode from a one-slot table whose symbol is invalid, so the
+        // hot loop needs no check of its own.
+        let missing = (slots.len() as u32) << 4;
+        slots.push(INVALID_SYMBOL as u32 | 1 << 9);
         let mut lut = Vec::new();
-        fill_lut(&mut lut, &entries);
+        fill_lut(&mut lut, &entries, missing);
+        if std::env::var_os("TC_DEBUG").is_some() {
+            eprintln!(
+                "tables {} slots {} count {count} kinds {:?}",
+                entries.len(),
+                slots.len(),
+                [0u8, 1, 2].map(|k| entries.iter().filter(|e| e.0 == k).count())
+            );
+        }
         Ok(TimeDecoder {
             quantum,
             class_map,
             lut,
             slots,
-            rans,
-            raw,
+            lanes,
         })
     }
 
@@ -559,69 +613,116 @@ impl<'a> TimeDecoder<'a> {
         non_access_class(tag)
     }
 
-    /// Decodes one timestamp per class in `classes` into `out`, starting from `first_t_ns`, and
-    /// checks that the first delta is 0 and that every byte of the stream is used. Returns the
-    /// last timestamp.
+    /// Decodes the timestamps of events whose classes are `classes[1..]` (`classes[0]` is
+    /// [`CLASS_START`]) into `out`, starting from `first_t_ns`, and checks that the first delta is
+    /// 0 and that every byte of the stream is used. Returns the last timestamp.
     pub(crate) fn decode(
         &self,
         classes: &[u8],
         first_t_ns: u64,
         out: &mut Vec<u64>,
     ) -> Result<u64, String> {
-        let rans = self.rans;
-        let mut x = u32::from_le_bytes([rans[0], rans[1], rans[2], rans[3]]);
-        if x < RANS_L {
-            return Err("time rANS state is out of range".into());
+        let n = classes.len().saturating_sub(1);
+        let bounds = lane_bounds(n);
+        let base = out.len();
+        out.resize(base + n, 0);
+        let deltas = &mut out[base..];
+        let mut lanes: [LaneState<'_>; LANES] = std::array::from_fn(|k| LaneState {
+            x: 0,
+            pos: 4,
+            rans: self.lanes[k].rans,
+            raw: BitReader::new(self.lanes[k].raw),
+            prev_delta: 0,
+        });
+        for lane in &mut lanes {
+            let r = lane.rans;
+            lane.x = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            if lane.x < RANS_L {
+                return Err("time rANS state is out of range".into());
+            }
         }
-        let mut pos = 4usize;
-        let mut raw = BitReader::new(self.raw);
+        // The lanes' dependency chains are independent: stepping them in turn lets the CPU overlap
+        // them. Every lane but the last has `per` events; all four run together for the last
+        // lane's length.
+        let per = bounds[1] - bounds[0];
+        let together = bounds[LANES] - bounds[LANES - 1];
+        for j in 0..together {
+            for (k, lane) in lanes.iter_mut().enumerate() {
+                let i = bounds[k] + j;
+                deltas[i] = self.step(lane, classes[i], classes[i + 1])?;
+            }
+        }
+        for j in together..per {
+            for (k, lane) in lanes.iter_mut().enumerate().take(LANES - 1) {
+                let i = bounds[k] + j;
+                if i < bounds[k + 1] {
+                    deltas[i] = self.step(lane, classes[i], classes[i + 1])?;
+                }
+            }
+        }
+        if n > 0 && deltas[0] != 0 {
+            return Err("first event's time differs from the chunk header".into());
+        }
         let mut t = first_t_ns;
-        let mut prev_class = CLASS_START;
-        let mut prev_delta = 0u64;
-        let quantum = self.quantum;
-        out.reserve(classes.len());
-        for (i, &class) in classes.iter().enumerate() {
-            let entry = self.lut[context(prev_class, class, bucket(prev_delta))];
-            if entry == u64::MAX {
-                return Err("an event's time context has no table".into());
-            }
-            let precision = (entry & 15) as u32;
-            let slot = (entry >> 4) + (x & ((1u32 << precision) - 1)) as u64;
-            // In range: slots of a table are contiguous and every state maps inside its table.
-            let s = self.slots[slot as usize];
-            let (sym, freq, bias) = ((s & 0x1ff) as u64, (s >> 9) & 0xfff, s >> 21);
-            x = freq * (x >> precision) + bias;
-            if x < RANS_L {
-                let Some(w) = rans.get(pos..pos + 2) else {
-                    return Err("time rANS section ends early".into());
-                };
-                x = x << 16 | u16::from_le_bytes([w[0], w[1]]) as u32;
-                pos += 2;
-            }
-            let d = if sym < DIRECT {
-                sym
-            } else {
-                let e = 6 + (sym - DIRECT) / 4;
-                let nbits = (e - 2) as u32;
-                ((4 + (sym - DIRECT) % 4) << nbits) | raw.read(nbits)?
-            };
-            if i == 0 && d != 0 {
-                return Err("first event's time differs from the chunk header".into());
-            }
+        for d in deltas.iter_mut() {
             t = d
-                .checked_mul(quantum)
+                .checked_mul(self.quantum)
                 .and_then(|dt| t.checked_add(dt))
                 .ok_or("timestamp overflows")?;
-            out.push(t);
-            prev_class = class;
-            prev_delta = d;
+            *d = t;
         }
-        if x != RANS_L || pos != rans.len() {
-            return Err("time rANS section does not end where it should".into());
+        for lane in &lanes {
+            if lane.x != RANS_L || lane.pos != lane.rans.len() {
+                return Err("time rANS section does not end where it should".into());
+            }
+            lane.raw.expect_end()?;
         }
-        raw.expect_end()?;
         Ok(t)
     }
+
+    /// Decodes one delta (in quanta) of `lane`.
+    #[inline(always)]
+    fn step(&self, lane: &mut LaneState<'_>, prev_class: u8, class: u8) -> Result<u64, String> {
+        let entry = self.lut[context(prev_class, class, bucket(lane.prev_delta))];
+        let precision = entry & 15;
+        let slot = (entry >> 4) as usize + (lane.x & ((1u32 << precision) - 1)) as usize;
+        // In range: a table's slots are contiguous and the state's low bits stay inside them.
+        let s = self.slots[slot];
+        let (sym, freq, bias) = ((s & 0x1ff) as u64, (s >> 9) & 0xfff, s >> 21);
+        let x = freq * (lane.x >> precision) + bias;
+        // Branch-free refill: whether a state needs one is a coin toss the predictor loses. A
+        // refill past the section's end reads 0 and leaves `pos` beyond the end, which the final
+        // check reports.
+        let word = match lane.rans.get(lane.pos..lane.pos + 2) {
+            Some(w) => u16::from_le_bytes([w[0], w[1]]) as u32,
+            None => 0,
+        };
+        let refill = x < RANS_L;
+        let x = if refill { x << 16 | word } else { x };
+        lane.pos += 2 * refill as usize;
+        lane.x = x;
+        let d = if sym < DIRECT {
+            sym
+        } else {
+            if sym == INVALID_SYMBOL {
+                return Err("an event's time context has no table".into());
+            }
+            let e = 6 + (sym - DIRECT) / 4;
+            let nbits = (e - 2) as u32;
+            ((4 + (sym - DIRECT) % 4) << nbits) | lane.raw.read(nbits)?
+        };
+        lane.prev_delta = d;
+        Ok(d)
+    }
+}
+
+/// Decoding state of one lane.
+struct LaneState<'a> {
+    x: u32,
+    pos: usize,
+    rans: &'a [u8],
+    raw: BitReader<'a>,
+    prev_delta: u64,
 }
 
 /// Reads bits least significant first.
