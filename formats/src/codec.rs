@@ -13,8 +13,10 @@ use crate::event::*;
 use crate::layout::{ENCODING_V1, ENCODING_V2};
 use crate::timecode::{TimeDecoder, TimeEncoder, CLASS_START, NON_ACCESS};
 
-/// Number of streams in an event chunk payload.
+/// Number of streams in an encoding 1 event chunk payload.
 pub const STREAM_COUNT: usize = 9;
+/// Number of streams in an encoding 2 event chunk payload (the time stream is split in two).
+const STREAM_COUNT_V2: usize = 10;
 /// Access data longer than this many bytes goes to a blob instead of the inline byte stream.
 pub const INLINE_BYTES_MAX: usize = 64;
 
@@ -27,16 +29,18 @@ const S_BYTES: usize = 5;
 const S_MISC: usize = 6;
 const S_STATUS: usize = 7;
 const S_DURATION: usize = 8;
+/// Encoding 2: the rANS lanes of the time stream (`S_TIME` holds its model).
+const S_TIME_CODE: usize = 9;
 
 /// Order of the streams in a v1 payload (and in its length table).
 const ORDER_V1: [usize; STREAM_COUNT] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
 /// Order of the streams in a v2 payload: the time stream last, so the part zstd compresses is a
 /// prefix and the entropy-coded time stream a suffix stored as is.
-const ORDER_V2: [usize; STREAM_COUNT] = [
-    S_TAGS, S_KEYS, S_SYMS, S_VALUES, S_BYTES, S_MISC, S_STATUS, S_DURATION, S_TIME,
+const ORDER_V2: [usize; STREAM_COUNT_V2] = [
+    S_TAGS, S_KEYS, S_SYMS, S_VALUES, S_BYTES, S_MISC, S_STATUS, S_DURATION, S_TIME, S_TIME_CODE,
 ];
 
-fn stream_order(encoding: u8) -> &'static [usize; STREAM_COUNT] {
+fn stream_order(encoding: u8) -> &'static [usize] {
     if encoding == ENCODING_V2 {
         &ORDER_V2
     } else {
@@ -130,18 +134,11 @@ impl<'a> Rd<'a> {
         Ok(s)
     }
 
-    /// Everything not read yet.
-    pub(crate) fn rest(&mut self) -> &'a [u8] {
-        let rest = self.b.get(self.p..).unwrap_or(&[]);
-        self.p = self.b.len();
-        rest
-    }
-
     pub(crate) fn at_end(&self) -> bool {
         self.p >= self.b.len()
     }
 
-    fn expect_end(&self) -> Result<(), String> {
+    pub(crate) fn expect_end(&self) -> Result<(), String> {
         if self.at_end() {
             Ok(())
         } else {
@@ -211,7 +208,7 @@ pub(crate) struct ChunkEncoder {
     first_t_ns: u64,
     last_t_ns: u64,
     deltas: Vec<u64>,
-    streams: [Vec<u8>; STREAM_COUNT],
+    streams: [Vec<u8>; STREAM_COUNT_V2],
     last_status_idx: Option<u32>,
     last_duration_idx: Option<u32>,
     dict: HashMap<EncoderKey, u32, BuildHasherDefault<KeyHasher>>,
@@ -445,27 +442,29 @@ impl ChunkEncoder {
     /// Closes the chunk: returns its payload and resets the encoder for the next chunk.
     pub(crate) fn finish(&mut self) -> EncodedChunk {
         let quantum = deltas_gcd(&self.deltas);
-        let time = &mut self.streams[S_TIME];
         let divider = Divider::new(quantum);
         if self.encoding == ENCODING_V2 {
             for d in self.deltas.iter_mut() {
                 *d = divider.div(*d);
             }
+            let (head, code) = self.streams.split_at_mut(S_TIME_CODE);
             self.time_encoder.encode(
-                time,
+                &mut head[S_TIME],
+                &mut code[0],
                 quantum,
                 &self.deltas,
                 &self.event_keys,
                 self.last_values.len(),
             );
         } else {
+            let time = &mut self.streams[S_TIME];
             put_varint(time, quantum);
             for d in &self.deltas {
                 put_varint(time, divider.div(*d));
             }
         }
         let total: usize = self.streams.iter().map(|s| s.len()).sum();
-        let mut payload = Vec::with_capacity(4 * STREAM_COUNT + total);
+        let mut payload = Vec::with_capacity(4 * STREAM_COUNT_V2 + total);
         let order = stream_order(self.encoding);
         for &s in order {
             payload.extend_from_slice(&(self.streams[s].len() as u32).to_le_bytes());
@@ -474,7 +473,7 @@ impl ChunkEncoder {
             payload.extend_from_slice(&self.streams[s]);
         }
         let raw_suffix = if self.encoding == ENCODING_V2 {
-            self.streams[S_TIME].len()
+            self.streams[S_TIME_CODE].len()
         } else {
             0
         };
@@ -575,13 +574,14 @@ pub(crate) trait BlobSource {
 }
 
 /// Splits a payload into its streams.
-fn split_streams(payload: &[u8], encoding: u8) -> Result<[&[u8]; STREAM_COUNT], String> {
-    if payload.len() < 4 * STREAM_COUNT {
+fn split_streams(payload: &[u8], encoding: u8) -> Result<[&[u8]; STREAM_COUNT_V2], String> {
+    let order = stream_order(encoding);
+    if payload.len() < 4 * order.len() {
         return Err("payload shorter than its stream table".into());
     }
-    let mut out: [&[u8]; STREAM_COUNT] = [&[]; STREAM_COUNT];
-    let mut pos = 4 * STREAM_COUNT;
-    for (i, &stream) in stream_order(encoding).iter().enumerate() {
+    let mut out: [&[u8]; STREAM_COUNT_V2] = [&[]; STREAM_COUNT_V2];
+    let mut pos = 4 * order.len();
+    for (i, &stream) in order.iter().enumerate() {
         let s = &mut out[stream];
         let len = crate::layout::u32_at(payload, 4 * i) as usize;
         let end = pos
@@ -802,7 +802,7 @@ pub(crate) fn decode_columns(
             decode_time_v1(streams[S_TIME], shape, n, &mut cols.t_ns)?;
             None
         }
-        ENCODING_V2 => Some(TimeDecoder::parse(streams[S_TIME], n)?),
+        ENCODING_V2 => Some(TimeDecoder::parse(streams[S_TIME], streams[S_TIME_CODE], n)?),
         e => return Err(format!("unknown event chunk encoding {e}")),
     };
     let mut classes: Vec<u8> = Vec::new();

@@ -26,9 +26,10 @@ const BUCKETS: usize = 5;
 /// Number of contexts: (previous class, class, bucket).
 pub(crate) const CONTEXTS: usize = CLASS_COUNT * CLASS_COUNT * BUCKETS;
 /// Deltas below this are their own symbol.
-const DIRECT: u64 = 64;
+const DIRECT: u64 = 1 << DIRECT_BITS;
+const DIRECT_BITS: u32 = 7;
 /// Symbols: 64 direct deltas, then 4 per binary exponent 6..=63.
-pub(crate) const SYMBOLS: usize = DIRECT as usize + 58 * 4;
+pub(crate) const SYMBOLS: usize = DIRECT as usize + (64 - DIRECT_BITS as usize) * 4;
 /// Largest table precision (log2 of a table's frequency total). 11 bits keep a decoding slot in
 /// 32 bits (symbol 9, frequency 12, bias 11) and the tables of a chunk in cache.
 const MAX_PRECISION: u32 = 11;
@@ -85,7 +86,7 @@ fn symbolize(d: u64) -> (u16, u32, u64) {
     let extra = e - 2;
     let top = (d >> extra) & 3;
     (
-        (DIRECT + (e as u64 - 6) * 4 + top) as u16,
+        (DIRECT + (e - DIRECT_BITS) as u64 * 4 + top) as u16,
         extra,
         d & ((1u64 << extra) - 1),
     )
@@ -120,8 +121,12 @@ struct TableDef {
     /// Class (KIND_CLASS) or context index (KIND_CONTEXT).
     coord: u32,
     precision: u32,
-    /// (symbol, frequency), by symbol.
-    freqs: Vec<(u16, u32)>,
+    /// The symbols it codes, in increasing order.
+    symbols: Vec<u16>,
+    /// Their weight codes.
+    codes: Vec<u8>,
+    /// Their frequencies (from the codes).
+    freqs: Vec<u32>,
 }
 
 /// Bits to code `counts` with its own ideal table (its empirical entropy).
@@ -164,16 +169,60 @@ fn ceil_log2(x: u64) -> u32 {
     }
 }
 
-/// Quantizes `counts` to frequencies summing to a power of two (every used symbol keeps at least 1).
-fn normalize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
-    let total: u64 = counts.iter().map(|c| *c as u64).sum();
-    let mut freqs: Vec<(u16, u32)> = counts
+/// The weight a table stores for a symbol, by its one-byte code: exact up to 16, then a float
+/// with a 4-bit mantissa (at most 3 % off), up to 2^19.
+fn code_weight(code: u8) -> u64 {
+    if code < 16 {
+        code as u64 + 1
+    } else {
+        (17 + (code & 15) as u64) << ((code >> 4) - 1)
+    }
+}
+
+/// The code whose weight is nearest to `w` (at least 1).
+fn weight_code(w: u64) -> u8 {
+    let hi = (0..=255u8).find(|c| code_weight(*c) >= w).unwrap_or(255);
+    if hi > 0 && w - code_weight(hi - 1) < code_weight(hi).saturating_sub(w) {
+        hi - 1
+    } else {
+        hi
+    }
+}
+
+/// Frequencies summing to `2^precision` from weights (`weights.len() <= 2^precision`): every symbol
+/// gets 1 plus its share of the rest, rounded down, and what rounding leaves goes to the first
+/// symbol of largest weight. The decoder computes exactly this.
+fn frequencies(weights: &[u64], precision: u32) -> Vec<u32> {
+    let m = 1u64 << precision;
+    let spare = m - weights.len() as u64;
+    let total: u64 = weights.iter().sum::<u64>().max(1);
+    let mut freqs: Vec<u32> = weights
+        .iter()
+        .map(|w| 1 + (*w as u128 * spare as u128 / total as u128) as u32)
+        .collect();
+    let assigned: u64 = freqs.iter().map(|f| *f as u64).sum();
+    let mut largest = 0;
+    for (i, w) in weights.iter().enumerate() {
+        if *w > weights[largest] {
+            largest = i;
+        }
+    }
+    if let Some(f) = freqs.get_mut(largest) {
+        *f += (m - assigned) as u32;
+    }
+    freqs
+}
+
+/// Chooses the table for `counts`: its precision, codes and frequencies.
+fn quantize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
+    let used: Vec<(u16, u32)> = counts
         .iter()
         .enumerate()
         .filter(|(_, c)| **c != 0)
         .map(|(s, c)| (s as u16, *c))
         .collect();
-    let nnz = freqs.len() as u64;
+    let total: u64 = used.iter().map(|u| u.1 as u64).sum();
+    let nnz = used.len() as u64;
     // A table never has more slots than about two per event it codes: bounded decoder memory,
     // and small tables stay small in cache.
     let precision = if nnz <= 1 {
@@ -181,34 +230,21 @@ fn normalize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
     } else {
         ceil_log2(nnz).max(ceil_log2(total)).min(MAX_PRECISION)
     };
-    let m = 1u64 << precision;
-    let mut sum = 0u64;
-    for (_, f) in freqs.iter_mut() {
-        let scaled = ((*f as u64 * m * 2 + total) / (2 * total)).max(1);
-        *f = scaled as u32;
-        sum += scaled;
-    }
-    while sum != m {
-        // Adjust the largest frequency (the cheapest place to absorb rounding) until the total is
-        // exact; when shrinking, never below 1.
-        let (i, _) = freqs
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, (_, f))| *f)
-            .unwrap_or((0, &(0, 0)));
-        if sum < m {
-            freqs[i].1 += (m - sum) as u32;
-            sum = m;
-        } else {
-            let take = (sum - m).min(freqs[i].1 as u64 - 1);
-            freqs[i].1 -= take as u32;
-            sum -= take;
-        }
-    }
+    // Counts beyond the largest code weight are scaled down together.
+    let max = used.iter().map(|u| u.1).max().unwrap_or(1) as u64;
+    let shift = 64 - (max >> 19).leading_zeros();
+    let codes: Vec<u8> = used
+        .iter()
+        .map(|u| weight_code(((u.1 as u64) >> shift).max(1)))
+        .collect();
+    let weights: Vec<u64> = codes.iter().map(|c| code_weight(*c)).collect();
+    let freqs = frequencies(&weights, precision);
     TableDef {
         kind,
         coord,
         precision,
+        symbols: used.iter().map(|u| u.0).collect(),
+        codes,
         freqs,
     }
 }
@@ -239,6 +275,7 @@ impl TimeEncoder {
     pub(crate) fn encode(
         &mut self,
         out: &mut Vec<u8>,
+        code: &mut Vec<u8>,
         quantum: u64,
         deltas: &[u64],
         event_keys: &[u32],
@@ -341,7 +378,7 @@ impl TimeEncoder {
             let c = &self.counts[slot as usize * SYMBOLS..(slot as usize + 1) * SYMBOLS];
             let parent = &self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS];
             if pays_for_itself(c, parent) {
-                context_tables.push(normalize(KIND_CONTEXT, ctx, c));
+                context_tables.push(quantize(KIND_CONTEXT, ctx, c));
             } else {
                 for (r, v) in self.residual[class * SYMBOLS..(class + 1) * SYMBOLS]
                     .iter_mut()
@@ -359,7 +396,7 @@ impl TimeEncoder {
                 continue;
             }
             if pays_for_itself(r, &self.global) {
-                class_tables.push(normalize(KIND_CLASS, class as u32, r));
+                class_tables.push(quantize(KIND_CLASS, class as u32, r));
             } else {
                 for (g, v) in rest.iter_mut().zip(r) {
                     *g += v;
@@ -368,7 +405,7 @@ impl TimeEncoder {
         }
         let mut tables = Vec::new();
         if rest.iter().any(|v| *v != 0) {
-            tables.push(normalize(KIND_GLOBAL, 0, &rest));
+            tables.push(quantize(KIND_GLOBAL, 0, &rest));
         }
         tables.extend(class_tables);
         tables.extend(context_tables);
@@ -386,12 +423,12 @@ impl TimeEncoder {
                 _ => put_varint(out, def.coord as u64),
             }
             out.push(def.precision as u8);
-            put_varint(out, def.freqs.len() as u64);
+            put_varint(out, def.symbols.len() as u64);
             let mut next_sym = 0u16;
             let mut cum = 0u32;
-            for &(s, f) in &def.freqs {
+            for ((&s, &f), &code) in def.symbols.iter().zip(&def.freqs).zip(&def.codes) {
                 put_varint(out, (s - next_sym) as u64);
-                put_varint(out, f as u64 - 1);
+                out.push(code);
                 next_sym = s + 1;
                 self.enc[t * SYMBOLS + s as usize] = f << 16 | cum;
                 cum += f;
@@ -400,6 +437,9 @@ impl TimeEncoder {
         }
         fill_lut(&mut self.lut, &lut_entries, u32::MAX);
 
+        if std::env::var_os("TC_DEBUG").is_some() {
+            eprintln!("time stream header+tables: {} bytes, {} tables", out.len(), tables.len());
+        }
         // rANS per lane, last event first, so the decoder reads forwards.
         for lane in 0..LANES {
             self.words.clear();
@@ -417,12 +457,12 @@ impl TimeEncoder {
                 x = ((x / freq) << precision) + (x % freq) + cum;
             }
             let rans_len = 4 + 2 * self.words.len();
-            put_varint(out, rans_len as u64);
-            out.extend_from_slice(&x.to_le_bytes());
+            put_varint(code, rans_len as u64);
+            code.extend_from_slice(&x.to_le_bytes());
             for w in self.words.iter().rev() {
-                out.extend_from_slice(&w.to_le_bytes());
+                code.extend_from_slice(&w.to_le_bytes());
             }
-            write_extra_bits(out, &deltas[bounds[lane]..bounds[lane + 1]]);
+            write_extra_bits(code, &deltas[bounds[lane]..bounds[lane + 1]]);
         }
     }
 }
@@ -475,7 +515,7 @@ pub(crate) struct TimeDecoder<'a> {
 
 impl<'a> TimeDecoder<'a> {
     /// Parses the stream's tables. `count` is the chunk's event count (it bounds the tables).
-    pub(crate) fn parse(stream: &'a [u8], count: usize) -> Result<Self, String> {
+    pub(crate) fn parse(stream: &'a [u8], code: &'a [u8], count: usize) -> Result<Self, String> {
         let mut rd = Rd::new(stream, "time");
         let quantum = rd.varint()?;
         if quantum == 0 {
@@ -532,35 +572,33 @@ impl<'a> TimeDecoder<'a> {
                 return Err("time tables are larger than the chunk allows".into());
             }
             let nnz = rd.varint()?;
-            if nnz == 0 || nnz > SYMBOLS as u64 {
+            if nnz == 0 || nnz > SYMBOLS as u64 || nnz > size {
                 return Err(format!("time table with {nnz} symbols"));
             }
             let offset = slots.len() as u64;
+            let mut symbols = Vec::with_capacity(nnz as usize);
+            let mut weights = Vec::with_capacity(nnz as usize);
             let mut sym = 0u64;
-            let mut cum = 0u64;
             for i in 0..nnz {
-                sym += rd.varint()?;
-                if i > 0 {
-                    sym += 1;
-                }
-                if sym >= SYMBOLS as u64 {
-                    return Err("time table symbol out of range".into());
-                }
-                let freq = rd.varint()?.checked_add(1).filter(|f| cum + f <= size);
-                let Some(freq) = freq else {
-                    return Err("time table frequencies exceed its total".into());
-                };
+                sym = sym
+                    .checked_add(rd.varint()?)
+                    .and_then(|s| s.checked_add((i > 0) as u64))
+                    .filter(|s| *s < SYMBOLS as u64)
+                    .ok_or("time table symbol out of range")?;
+                symbols.push(sym);
+                weights.push(code_weight(rd.u8()?));
+            }
+            for (sym, freq) in symbols.iter().zip(frequencies(&weights, precision)) {
+                let freq = freq as u64;
                 for bias in 0..freq {
                     slots.push((sym | freq << 9 | bias << 21) as u32);
                 }
-                cum += freq;
-            }
-            if cum != size {
-                return Err("time table frequencies do not add up to its total".into());
             }
             // Fits: at most 20,545 tables of at most 2^11 slots each.
             entries.push((kind, coord as u32, (offset as u32) << 4 | precision));
         }
+        rd.expect_end()?;
+        let mut rd = Rd::new(code, "time code");
         let mut lanes = [LaneInput::default(); LANES];
         for lane in &mut lanes {
             let rans_len = rd.varint()?;
@@ -572,9 +610,7 @@ impl<'a> TimeDecoder<'a> {
             lane.raw =
                 rd.bytes(usize::try_from(raw_len).map_err(|_| "time extra bits too long")?)?;
         }
-        if !rd.at_end() {
-            return Err("time stream has unused bytes".into());
-        }
+        rd.expect_end()?;
         // Contexts without a table decode from a one-slot table whose symbol is invalid, so the
         // hot loop needs no check of its own.
         let missing = (slots.len() as u32) << 4;
@@ -627,19 +663,52 @@ impl<'a> TimeDecoder<'a> {
         let base = out.len();
         out.resize(base + n, 0);
         let deltas = &mut out[base..];
-        let mut lanes: [LaneState<'_>; LANES] = std::array::from_fn(|k| LaneState {
-            x: 0,
-            pos: 4,
-            rans: self.lanes[k].rans,
-            raw: BitReader::new(self.lanes[k].raw),
-            prev_delta: 0,
-        });
-        for lane in &mut lanes {
-            let r = lane.rans;
-            lane.x = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
-            if lane.x < RANS_L {
+        // Hot lane state in plain arrays indexed by constants (registers); the rarely used extra
+        // bit readers apart.
+        let mut x = [0u32; LANES];
+        let mut pos = [4usize; LANES];
+        let mut prev_bucket = [0usize; LANES];
+        let mut raw: [BitReader<'_>; LANES] =
+            std::array::from_fn(|k| BitReader::new(self.lanes[k].raw));
+        let rans: [&[u8]; LANES] = std::array::from_fn(|k| self.lanes[k].rans);
+        for k in 0..LANES {
+            let r = rans[k];
+            x[k] = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            if x[k] < RANS_L {
                 return Err("time rANS state is out of range".into());
             }
+        }
+        let lut = &self.lut[..];
+        let slots = &self.slots[..];
+        // One event of lane `k` at event index `i`.
+        macro_rules! step {
+            ($k:literal, $i:expr) => {{
+                let i = $i;
+                let entry = lut[context(classes[i], classes[i + 1], prev_bucket[$k])];
+                let precision = entry & 15;
+                let slot = (entry >> 4) as usize + (x[$k] & ((1u32 << precision) - 1)) as usize;
+                // In range: a table's slots are contiguous and the state's low bits stay in them.
+                let s = slots[slot];
+                let (sym, freq, bias) = ((s & 0x1ff) as u64, (s >> 9) & 0xfff, s >> 21);
+                let nx = freq * (x[$k] >> precision) + bias;
+                // Branch-free refill: whether a state needs one is a coin toss the predictor
+                // loses. A refill past the section's end reads 0 and leaves `pos` beyond the end,
+                // which the final check reports.
+                let word = match rans[$k].get(pos[$k]..pos[$k] + 2) {
+                    Some(w) => u16::from_le_bytes([w[0], w[1]]) as u32,
+                    None => 0,
+                };
+                let refill = nx < RANS_L;
+                x[$k] = if refill { nx << 16 | word } else { nx };
+                pos[$k] += 2 * refill as usize;
+                let d = if sym < DIRECT {
+                    sym
+                } else {
+                    large_delta(sym, &mut raw[$k])?
+                };
+                prev_bucket[$k] = bucket(d);
+                deltas[i] = d;
+            }};
         }
         // The lanes' dependency chains are independent: stepping them in turn lets the CPU overlap
         // them. Every lane but the last has `per` events; all four run together for the last
@@ -647,17 +716,20 @@ impl<'a> TimeDecoder<'a> {
         let per = bounds[1] - bounds[0];
         let together = bounds[LANES] - bounds[LANES - 1];
         for j in 0..together {
-            for (k, lane) in lanes.iter_mut().enumerate() {
-                let i = bounds[k] + j;
-                deltas[i] = self.step(lane, classes[i], classes[i + 1])?;
-            }
+            step!(0, bounds[0] + j);
+            step!(1, bounds[1] + j);
+            step!(2, bounds[2] + j);
+            step!(3, bounds[3] + j);
         }
         for j in together..per {
-            for (k, lane) in lanes.iter_mut().enumerate().take(LANES - 1) {
-                let i = bounds[k] + j;
-                if i < bounds[k + 1] {
-                    deltas[i] = self.step(lane, classes[i], classes[i + 1])?;
-                }
+            if bounds[0] + j < bounds[1] {
+                step!(0, bounds[0] + j);
+            }
+            if bounds[1] + j < bounds[2] {
+                step!(1, bounds[1] + j);
+            }
+            if bounds[2] + j < bounds[3] {
+                step!(2, bounds[2] + j);
             }
         }
         if n > 0 && deltas[0] != 0 {
@@ -671,58 +743,25 @@ impl<'a> TimeDecoder<'a> {
                 .ok_or("timestamp overflows")?;
             *d = t;
         }
-        for lane in &lanes {
-            if lane.x != RANS_L || lane.pos != lane.rans.len() {
+        for k in 0..LANES {
+            if x[k] != RANS_L || pos[k] != rans[k].len() {
                 return Err("time rANS section does not end where it should".into());
             }
-            lane.raw.expect_end()?;
+            raw[k].expect_end()?;
         }
         Ok(t)
     }
-
-    /// Decodes one delta (in quanta) of `lane`.
-    #[inline(always)]
-    fn step(&self, lane: &mut LaneState<'_>, prev_class: u8, class: u8) -> Result<u64, String> {
-        let entry = self.lut[context(prev_class, class, bucket(lane.prev_delta))];
-        let precision = entry & 15;
-        let slot = (entry >> 4) as usize + (lane.x & ((1u32 << precision) - 1)) as usize;
-        // In range: a table's slots are contiguous and the state's low bits stay inside them.
-        let s = self.slots[slot];
-        let (sym, freq, bias) = ((s & 0x1ff) as u64, (s >> 9) & 0xfff, s >> 21);
-        let x = freq * (lane.x >> precision) + bias;
-        // Branch-free refill: whether a state needs one is a coin toss the predictor loses. A
-        // refill past the section's end reads 0 and leaves `pos` beyond the end, which the final
-        // check reports.
-        let word = match lane.rans.get(lane.pos..lane.pos + 2) {
-            Some(w) => u16::from_le_bytes([w[0], w[1]]) as u32,
-            None => 0,
-        };
-        let refill = x < RANS_L;
-        let x = if refill { x << 16 | word } else { x };
-        lane.pos += 2 * refill as usize;
-        lane.x = x;
-        let d = if sym < DIRECT {
-            sym
-        } else {
-            if sym == INVALID_SYMBOL {
-                return Err("an event's time context has no table".into());
-            }
-            let e = 6 + (sym - DIRECT) / 4;
-            let nbits = (e - 2) as u32;
-            ((4 + (sym - DIRECT) % 4) << nbits) | lane.raw.read(nbits)?
-        };
-        lane.prev_delta = d;
-        Ok(d)
-    }
 }
 
-/// Decoding state of one lane.
-struct LaneState<'a> {
-    x: u32,
-    pos: usize,
-    rans: &'a [u8],
-    raw: BitReader<'a>,
-    prev_delta: u64,
+/// The delta of a symbol of 64 or more: its exponent and top bits, and extra bits from `raw`.
+#[cold]
+fn large_delta(sym: u64, raw: &mut BitReader<'_>) -> Result<u64, String> {
+    if sym == INVALID_SYMBOL {
+        return Err("an event's time context has no table".into());
+    }
+    let e = DIRECT_BITS as u64 + (sym - DIRECT) / 4;
+    let nbits = (e - 2) as u32;
+    Ok(((4 + (sym - DIRECT) % 4) << nbits) | raw.read(nbits)?)
 }
 
 /// Reads bits least significant first.
@@ -786,7 +825,7 @@ mod tests {
             let back = if sym < DIRECT {
                 sym
             } else {
-                let e = 6 + (sym - DIRECT) / 4;
+                let e = DIRECT_BITS as u64 + (sym - DIRECT) / 4;
                 assert_eq!(nbits as u64, e - 2);
                 ((4 + (sym - DIRECT) % 4) << (e - 2)) | extra
             };
@@ -800,7 +839,7 @@ mod tests {
         for (i, c) in [1u32, 1000, 1, 1, 7, 100_000, 3].iter().enumerate() {
             counts[i * 11] = *c;
         }
-        let t = normalize(KIND_GLOBAL, 0, &counts);
+        let t = quantize(KIND_GLOBAL, 0, &counts);
         assert_eq!(
             t.freqs.iter().map(|f| f.1 as u64).sum::<u64>(),
             1 << t.precision
@@ -809,6 +848,6 @@ mod tests {
         assert_eq!(t.freqs.len(), 7);
         let mut one = vec![0u32; SYMBOLS];
         one[5] = 9;
-        assert_eq!(normalize(KIND_GLOBAL, 0, &one).precision, 0);
+        assert_eq!(quantize(KIND_GLOBAL, 0, &one).precision, 0);
     }
 }
