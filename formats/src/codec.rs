@@ -37,7 +37,16 @@ const ORDER_V1: [usize; STREAM_COUNT] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
 /// Order of the streams in a v2 payload: the time stream last, so the part zstd compresses is a
 /// prefix and the entropy-coded time stream a suffix stored as is.
 const ORDER_V2: [usize; STREAM_COUNT_V2] = [
-    S_TAGS, S_KEYS, S_SYMS, S_VALUES, S_BYTES, S_MISC, S_STATUS, S_DURATION, S_TIME, S_TIME_CODE,
+    S_TAGS,
+    S_KEYS,
+    S_SYMS,
+    S_VALUES,
+    S_BYTES,
+    S_MISC,
+    S_STATUS,
+    S_DURATION,
+    S_TIME,
+    S_TIME_CODE,
 ];
 
 fn stream_order(encoding: u8) -> &'static [usize] {
@@ -802,7 +811,11 @@ pub(crate) fn decode_columns(
             decode_time_v1(streams[S_TIME], shape, n, &mut cols.t_ns)?;
             None
         }
-        ENCODING_V2 => Some(TimeDecoder::parse(streams[S_TIME], streams[S_TIME_CODE], n)?),
+        ENCODING_V2 => Some(TimeDecoder::parse(
+            streams[S_TIME],
+            streams[S_TIME_CODE],
+            n,
+        )?),
         e => return Err(format!("unknown event chunk encoding {e}")),
     };
     let mut classes: Vec<u8> = Vec::new();

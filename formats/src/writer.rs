@@ -253,9 +253,6 @@ impl<W: Write> TraceWriter<W> {
             let z = if chunk.encoding == ENCODING_V2 {
                 // The entropy-coded suffix gains nothing from zstd and would slow both ways.
                 let frame = self.compressor.compress(&chunk.payload[..framed])?;
-                if std::env::var_os("TC_DEBUG").is_some() {
-                    eprintln!("chunk {} events: frame {} (of {}) time {}", chunk.count, frame.len(), framed, chunk.raw_suffix);
-                }
                 let mut z = Vec::with_capacity(4 + frame.len() + chunk.raw_suffix);
                 z.extend_from_slice(&(frame.len() as u32).to_le_bytes());
                 z.extend_from_slice(&frame);
