@@ -823,20 +823,149 @@ mod tests {
     }
 
     #[test]
-    fn normalize_sums_to_a_power_of_two() {
+    fn quantized_tables_sum_to_a_power_of_two() {
         let mut counts = vec![0u32; SYMBOLS];
-        for (i, c) in [1u32, 1000, 1, 1, 7, 100_000, 3].iter().enumerate() {
+        for (i, c) in [1u32, 1000, 1, 1, 7, 100_000, 3, u32::MAX].iter().enumerate() {
             counts[i * 11] = *c;
         }
         let t = quantize(KIND_GLOBAL, 0, &counts);
         assert_eq!(
-            t.freqs.iter().map(|f| f.1 as u64).sum::<u64>(),
+            t.freqs.iter().map(|f| *f as u64).sum::<u64>(),
             1 << t.precision
         );
-        assert!(t.freqs.iter().all(|f| f.1 >= 1));
-        assert_eq!(t.freqs.len(), 7);
+        assert!(t.freqs.iter().all(|f| *f >= 1));
+        assert_eq!(t.freqs.len(), 8);
+        // The most frequent symbol gets the most slots.
+        let (best, _) = t.freqs.iter().enumerate().max_by_key(|f| f.1).unwrap();
+        assert_eq!(t.symbols[best], 77);
         let mut one = vec![0u32; SYMBOLS];
         one[5] = 9;
-        assert_eq!(quantize(KIND_GLOBAL, 0, &one).precision, 0);
+        let t = quantize(KIND_GLOBAL, 0, &one);
+        assert_eq!((t.precision, t.freqs.clone()), (0, vec![1]));
+    }
+
+    #[test]
+    fn weight_codes_are_monotonic_and_nearest() {
+        for c in 1..=255u8 {
+            assert!(code_weight(c) > code_weight(c - 1), "code {c}");
+        }
+        for w in 1..100_000u64 {
+            let c = weight_code(w);
+            let err = code_weight(c).abs_diff(w);
+            if c > 0 {
+                assert!(err <= code_weight(c - 1).abs_diff(w), "{w}");
+            }
+            if c < 255 {
+                assert!(err <= code_weight(c + 1).abs_diff(w), "{w}");
+            }
+            assert!(err * 32 <= w, "{w} coded as {}", code_weight(c));
+        }
+    }
+
+    /// A small xorshift generator: the tests need varied, reproducible data, not crypto.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn encode_sample(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<u64>, Vec<u8>) {
+        // Symbols are numbered by first use, so a chunk never has more keys than events.
+        let keys = 1 + (rng.next() % 80).min(n.saturating_sub(1) as u64) as usize;
+        let mut deltas = Vec::new();
+        let mut event_keys = Vec::new();
+        for i in 0..n {
+            let k = rng.next();
+            event_keys.push(if k % 5 == 0 {
+                NON_ACCESS | (6 + (k >> 8) % 8) as u32
+            } else {
+                ((k >> 8) % keys as u64) as u32
+            });
+            let d = match (rng.next() % 10, i) {
+                (_, 0) => 0,
+                // Any size in short chunks (whose sums may overflow), below 2^40 in long ones.
+                (0, _) => rng.next() >> (rng.next() % 64).max(if n > 100 { 24 } else { 0 }),
+                (1..=4, _) => 1 + rng.next() % 4,
+                _ => 20 + rng.next() % 200,
+            };
+            deltas.push(d);
+        }
+        let (mut model, mut code) = (Vec::new(), Vec::new());
+        let mut enc = TimeEncoder::default();
+        enc.encode(&mut model, &mut code, 1, &deltas, &event_keys, keys);
+        let decoder = TimeDecoder::parse(&model, &code, n).unwrap();
+        let mut classes = vec![CLASS_START];
+        for &k in &event_keys {
+            classes.push(if k & NON_ACCESS != 0 {
+                TimeDecoder::other_class((k & !NON_ACCESS) as u8)
+            } else {
+                decoder.access_class(k)
+            });
+        }
+        (model, code, deltas, classes)
+    }
+
+    #[test]
+    fn random_deltas_round_trip() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for n in [0usize, 1, 2, 3, 4, 5, 7, 100, 1000, 20_000] {
+            let (model, code, deltas, classes) = encode_sample(&mut rng, n);
+            let decoder = TimeDecoder::parse(&model, &code, n).unwrap();
+            let mut out = Vec::new();
+            // Quantum 1 from time 0: timestamps are the running sums, unless they overflow.
+            let mut want = Vec::new();
+            let mut t = Some(0u64);
+            for d in &deltas {
+                t = t.and_then(|t| t.checked_add(*d));
+                want.push(t);
+            }
+            match decoder.decode(&classes, 0, &mut out) {
+                Ok(last) => {
+                    assert!(want.iter().all(|t| t.is_some()));
+                    let want: Vec<u64> = want.into_iter().flatten().collect();
+                    assert_eq!(out, want);
+                    assert_eq!(Some(&last), want.last().or(Some(&0)));
+                }
+                Err(e) => {
+                    assert!(want.iter().any(|t| t.is_none()), "{n}: {e}");
+                    assert!(n <= 100, "{n}: long chunks must round trip");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_streams_are_errors_not_panics() {
+        let mut rng = Rng(12345);
+        let (model, code, _, classes) = encode_sample(&mut rng, 3000);
+        let mut rejected = 0;
+        for round in 0..3000 {
+            let (mut m, mut c) = (model.clone(), code.clone());
+            let target = if round % 2 == 0 { &mut m } else { &mut c };
+            match rng.next() % 3 {
+                0 => {
+                    let at = (rng.next() as usize) % target.len();
+                    target[at] ^= 1 << (rng.next() % 8);
+                }
+                1 => {
+                    let at = (rng.next() as usize) % target.len();
+                    target.truncate(at);
+                }
+                _ => {
+                    let at = (rng.next() as usize) % target.len();
+                    target[at] = rng.next() as u8;
+                }
+            }
+            let mut out = Vec::new();
+            let result =
+                TimeDecoder::parse(&m, &c, 3000).and_then(|d| d.decode(&classes, 0, &mut out));
+            rejected += result.is_err() as u32;
+        }
+        // Most damage is caught (a flipped extra bit or a changed weight code can still decode).
+        assert!(rejected > 2000, "only {rejected} of 3000 damaged streams rejected");
     }
 }
