@@ -825,7 +825,10 @@ mod tests {
     #[test]
     fn quantized_tables_sum_to_a_power_of_two() {
         let mut counts = vec![0u32; SYMBOLS];
-        for (i, c) in [1u32, 1000, 1, 1, 7, 100_000, 3, u32::MAX].iter().enumerate() {
+        for (i, c) in [1u32, 1000, 1, 1, 7, 100_000, 3, u32::MAX]
+            .iter()
+            .enumerate()
+        {
             counts[i * 11] = *c;
         }
         let t = quantize(KIND_GLOBAL, 0, &counts);
@@ -966,6 +969,9 @@ mod tests {
             rejected += result.is_err() as u32;
         }
         // Most damage is caught (a flipped extra bit or a changed weight code can still decode).
-        assert!(rejected > 2000, "only {rejected} of 3000 damaged streams rejected");
+        assert!(
+            rejected > 2000,
+            "only {rejected} of 3000 damaged streams rejected"
+        );
     }
 }
