@@ -443,7 +443,7 @@ impl TimeEncoder {
             let mut x: u32 = RANS_L;
             for i in (bounds[lane]..bounds[lane + 1]).rev() {
                 let entry = self.lut[self.ctx_of_event[i] as usize];
-                let (t, precision) = ((entry >> 4) as usize, (entry & 15) as u32);
+                let (t, precision) = ((entry >> 4) as usize, entry & 15);
                 let fc = self.enc[t * SYMBOLS + self.sym_of_event[i] as usize];
                 let (freq, cum) = (fc >> 16, fc & 0xffff);
                 let x_max = (1u64 << (32 - precision)) * freq as u64;

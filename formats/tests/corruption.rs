@@ -100,10 +100,10 @@ fn truncation_at_every_chunk_boundary_in(f: &Fixture) {
             Err(FormatError::MissingTrailer { .. })
         ));
         let want: u64 = f.chunks[..i].iter().map(|c| c.3).sum();
-        assert_recovers(&f, cut, want);
+        assert_recovers(f, cut, want);
     }
     // Cut right before the footer: everything survives.
-    assert_recovers(&f, &f.bytes[..f.footer_offset as usize], 2400);
+    assert_recovers(f, &f.bytes[..f.footer_offset as usize], 2400);
     // Cut inside the header: a clear error.
     for cut in [0usize, 7, 40, f.header_end as usize - 1] {
         let err = recover_bytes(&f.bytes[..cut]).unwrap_err();
@@ -127,7 +127,7 @@ fn truncation_at_pseudo_random_offsets_in(f: &Fixture) {
         let cut = f.header_end + (x >> 11) % (f.bytes.len() as u64 - f.header_end);
         let bytes = &f.bytes[..cut as usize];
         exercise(bytes);
-        assert_recovers(&f, bytes, f.events_before(cut).min(2400));
+        assert_recovers(f, bytes, f.events_before(cut).min(2400));
     }
 }
 
@@ -146,7 +146,7 @@ fn bit_flips_in_every_chunk_recover_the_prefix_before_it_in(f: &Fixture) {
             let mut bytes = f.bytes.clone();
             bytes[at as usize] ^= 0x10;
             exercise(&bytes);
-            assert_recovers(&f, &bytes, want);
+            assert_recovers(f, &bytes, want);
             let r = match TraceReader::from_bytes(bytes) {
                 Ok(r) => r,
                 // The first blob chunk holds the ROM, which opening resolves.
@@ -191,7 +191,7 @@ fn zeroed_chunk_in(f: &Fixture) {
         bytes[c.0 as usize..(c.0 + c.1) as usize].fill(0);
         exercise(&bytes);
         let want: u64 = f.chunks[..i].iter().map(|c| c.3).sum();
-        assert_recovers(&f, &bytes, want);
+        assert_recovers(f, &bytes, want);
         let r = match TraceReader::from_bytes(bytes) {
             Ok(r) => r,
             Err(FormatError::CorruptHeader { .. }) if i == 0 => continue,
@@ -241,7 +241,7 @@ fn bit_flips_in_header_and_footer_in(f: &Fixture) {
         );
         let (report, _) = recover_bytes(&bytes).unwrap();
         assert!(!report.had_footer);
-        assert_recovers(&f, &bytes, 2400);
+        assert_recovers(f, &bytes, 2400);
     }
 }
 
@@ -323,7 +323,7 @@ fn footers_that_lie_in(f: &Fixture) {
         ("first seq", Box::new(|b| add(b, 32, 5))),
     ];
     for (name, edit) in edits {
-        let bytes = lying_footer(&f, edit);
+        let bytes = lying_footer(f, edit);
         exercise(&bytes);
         let outcome = TraceReader::from_bytes(bytes.clone()).and_then(|r| {
             // Reading every chunk through the lying index must fail too, not return wrong events.
@@ -334,7 +334,7 @@ fn footers_that_lie_in(f: &Fixture) {
             Err(e) => assert!(e.is_corruption(), "{name}: {e}"),
             Ok(events) => panic!("{name}: lying footer accepted ({} events)", events.len()),
         }
-        assert_recovers(&f, &bytes, 2400);
+        assert_recovers(f, &bytes, 2400);
     }
 }
 
