@@ -54,6 +54,18 @@ const RANS_L: u32 = 1 << 16;
 const TABLE_ENTRY_BITS: f64 = 8.0;
 const TABLE_HEADER_BITS: f64 = 40.0;
 
+/// The bucket of every symbol's delta (symbols of 8 and more are all in bucket 4; the decoder's
+/// invalid symbol never reaches a lookup that matters).
+static BUCKET_OF_SYMBOL: [u8; 512] = {
+    let mut b = [4u8; 512];
+    let mut s = 0;
+    while s < 8 {
+        b[s] = (usize::BITS - s.leading_zeros()) as u8;
+        s += 1;
+    }
+    b
+};
+
 /// Symbol of the decoder's stand-in table for contexts without a table.
 const INVALID_SYMBOL: u64 = 0x1ff;
 
@@ -669,11 +681,17 @@ impl<'a> TimeDecoder<'a> {
         }
         let lut = &self.lut[..];
         let slots = &self.slots[..];
+        // The class part of every event's context, in one vectorizable pass: the lanes' loop then
+        // only adds the bucket.
+        let bases: Vec<u16> = classes
+            .windows(2)
+            .map(|w| context(w[0], w[1], 0) as u16)
+            .collect();
         // One event of lane `k` at event index `i`.
         macro_rules! step {
             ($k:literal, $i:expr) => {{
                 let i = $i;
-                let entry = lut[context(classes[i], classes[i + 1], prev_bucket[$k])];
+                let entry = lut[bases[i] as usize + prev_bucket[$k]];
                 let precision = entry & 15;
                 let slot = (entry >> 4) as usize + (x[$k] & ((1u32 << precision) - 1)) as usize;
                 // In range: a table's slots are contiguous and the state's low bits stay in them.
@@ -695,7 +713,7 @@ impl<'a> TimeDecoder<'a> {
                 } else {
                     large_delta(sym, &mut raw[$k])?
                 };
-                prev_bucket[$k] = bucket(d);
+                prev_bucket[$k] = BUCKET_OF_SYMBOL[sym as usize] as usize;
                 deltas[i] = d;
             }};
         }
@@ -724,12 +742,18 @@ impl<'a> TimeDecoder<'a> {
         if n > 0 && deltas[0] != 0 {
             return Err("first event's time differs from the chunk header".into());
         }
+        // Deltas are non-negative, so no timestamp overflows when the last one does not.
+        let total: u128 = deltas.iter().map(|d| *d as u128).sum();
+        let last = total
+            .checked_mul(self.quantum as u128)
+            .and_then(|span| span.checked_add(first_t_ns as u128))
+            .filter(|last| *last <= u64::MAX as u128);
+        if last.is_none() {
+            return Err("timestamp overflows".into());
+        }
         let mut t = first_t_ns;
         for d in deltas.iter_mut() {
-            t = d
-                .checked_mul(self.quantum)
-                .and_then(|dt| t.checked_add(dt))
-                .ok_or("timestamp overflows")?;
+            t += *d * self.quantum;
             *d = t;
         }
         for k in 0..LANES {
