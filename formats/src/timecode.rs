@@ -119,7 +119,10 @@ pub(crate) struct TimeEncoder {
     class_counts: Vec<u32>,
     residual: Vec<u32>,
     global: Vec<u32>,
+    /// Per table and symbol: frequency << 16 | cumulative frequency.
     enc: Vec<u32>,
+    /// Per table and symbol: ceil(2^64 / frequency), to divide by a multiplication (0 for 1).
+    reciprocal: Vec<u64>,
     lut: Vec<u32>,
     ctx_of_event: Vec<u32>,
     sym_of_event: Vec<u16>,
@@ -426,6 +429,8 @@ impl TimeEncoder {
         put_varint(out, tables.len() as u64);
         self.enc.clear();
         self.enc.resize(tables.len() * SYMBOLS, 0);
+        self.reciprocal.clear();
+        self.reciprocal.resize(tables.len() * SYMBOLS, 0);
         let mut lut_entries = Vec::with_capacity(tables.len());
         for (t, def) in tables.iter().enumerate() {
             out.push(def.kind);
@@ -443,6 +448,9 @@ impl TimeEncoder {
                 out.push(code);
                 next_sym = s + 1;
                 self.enc[t * SYMBOLS + s as usize] = f << 16 | cum;
+                if f > 1 {
+                    self.reciprocal[t * SYMBOLS + s as usize] = u64::MAX / f as u64 + 1;
+                }
                 cum += f;
             }
             lut_entries.push((def.kind, def.coord, (t as u32) << 4 | def.precision));
@@ -456,14 +464,20 @@ impl TimeEncoder {
             for i in (bounds[lane]..bounds[lane + 1]).rev() {
                 let entry = self.lut[self.ctx_of_event[i] as usize];
                 let (t, precision) = ((entry >> 4) as usize, entry & 15);
-                let fc = self.enc[t * SYMBOLS + self.sym_of_event[i] as usize];
+                let at = t * SYMBOLS + self.sym_of_event[i] as usize;
+                let fc = self.enc[at];
                 let (freq, cum) = (fc >> 16, fc & 0xffff);
                 let x_max = (1u64 << (32 - precision)) * freq as u64;
                 if x as u64 >= x_max {
                     self.words.push(x as u16);
                     x >>= 16;
                 }
-                x = ((x / freq) << precision) + (x % freq) + cum;
+                // x / freq by multiplication: exact for 32-bit x with ceil(2^64 / freq).
+                let q = match self.reciprocal[at] {
+                    0 => x,
+                    m => ((m as u128 * x as u128) >> 64) as u32,
+                };
+                x = (q << precision) + (x - q * freq) + cum;
             }
             let rans_len = 4 + 2 * self.words.len();
             put_varint(code, rans_len as u64);
