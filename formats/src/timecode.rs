@@ -459,7 +459,12 @@ impl TimeEncoder {
 
         // rANS per lane, last event first, so the decoder reads forwards.
         for lane in 0..LANES {
+            // At most one word per event; written unconditionally, kept when emitted (whether a
+            // state overflows is a coin toss a branch would lose).
+            let events = bounds[lane + 1] - bounds[lane];
             self.words.clear();
+            self.words.resize(events + 1, 0);
+            let mut emitted = 0usize;
             let mut x: u32 = RANS_L;
             for i in (bounds[lane]..bounds[lane + 1]).rev() {
                 let entry = self.lut[self.ctx_of_event[i] as usize];
@@ -468,10 +473,10 @@ impl TimeEncoder {
                 let fc = self.enc[at];
                 let (freq, cum) = (fc >> 16, fc & 0xffff);
                 let x_max = (1u64 << (32 - precision)) * freq as u64;
-                if x as u64 >= x_max {
-                    self.words.push(x as u16);
-                    x >>= 16;
-                }
+                let emit = x as u64 >= x_max;
+                self.words[emitted] = x as u16;
+                emitted += emit as usize;
+                x = if emit { x >> 16 } else { x };
                 // x / freq by multiplication: exact for 32-bit x with ceil(2^64 / freq).
                 let q = match self.reciprocal[at] {
                     0 => x,
@@ -479,6 +484,7 @@ impl TimeEncoder {
                 };
                 x = (q << precision) + (x - q * freq) + cum;
             }
+            self.words.truncate(emitted);
             let rans_len = 4 + 2 * self.words.len();
             put_varint(code, rans_len as u64);
             code.extend_from_slice(&x.to_le_bytes());
