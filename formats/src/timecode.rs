@@ -22,7 +22,7 @@ pub(crate) const CLASS_START: u8 = 55;
 /// Classes 56..=63 are the non-access kind tags 6..=13: class = tag + this.
 const NON_ACCESS_CLASS_OFFSET: u8 = 50;
 /// Buckets of the previous delta: 0, 1, 2..3, 4..7, 8 and more (in quanta).
-const BUCKETS: usize = 5;
+const BUCKETS: usize = 8;
 /// Number of contexts: (previous class, class, bucket).
 pub(crate) const CONTEXTS: usize = CLASS_COUNT * CLASS_COUNT * BUCKETS;
 /// Deltas below this are their own symbol.
@@ -57,9 +57,9 @@ const TABLE_HEADER_BITS: f64 = 40.0;
 /// The bucket of every symbol's delta (symbols of 8 and more are all in bucket 4; the decoder's
 /// invalid symbol never reaches a lookup that matters).
 static BUCKET_OF_SYMBOL: [u8; 512] = {
-    let mut b = [4u8; 512];
+    let mut b = [(BUCKETS - 1) as u8; 512];
     let mut s = 0;
-    while s < 8 {
+    while s < 1 << (BUCKETS - 2) {
         b[s] = (usize::BITS - s.leading_zeros()) as u8;
         s += 1;
     }
