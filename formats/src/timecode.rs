@@ -21,7 +21,8 @@ pub(crate) const CLASS_OTHER_KEY: u8 = 54;
 pub(crate) const CLASS_START: u8 = 55;
 /// Classes 56..=63 are the non-access kind tags 6..=13: class = tag + this.
 const NON_ACCESS_CLASS_OFFSET: u8 = 50;
-/// Buckets of the previous delta: 0, 1, 2..3, 4..7, 8 and more (in quanta).
+/// Buckets of the previous delta (in quanta) by bit length: 0, 1, 2..3, 4..7, ..., 32..63, 64 and
+/// more.
 const BUCKETS: usize = 8;
 /// Number of contexts: (previous class, class, bucket).
 pub(crate) const CONTEXTS: usize = CLASS_COUNT * CLASS_COUNT * BUCKETS;
@@ -54,8 +55,8 @@ const RANS_L: u32 = 1 << 16;
 const TABLE_ENTRY_BITS: f64 = 8.0;
 const TABLE_HEADER_BITS: f64 = 40.0;
 
-/// The bucket of every symbol's delta (symbols of 8 and more are all in bucket 4; the decoder's
-/// invalid symbol never reaches a lookup that matters).
+/// The bucket of every symbol's delta (symbols of 64 and more are all in the last bucket; the
+/// decoder's invalid symbol never reaches a lookup that matters).
 static BUCKET_OF_SYMBOL: [u8; 512] = {
     let mut b = [(BUCKETS - 1) as u8; 512];
     let mut s = 0;
@@ -623,7 +624,7 @@ impl<'a> TimeDecoder<'a> {
                     slots.push((sym | freq << 9 | bias << 21) as u32);
                 }
             }
-            // Fits: at most 20,545 tables of at most 2^11 slots each.
+            // Fits: at most 32,833 tables of at most 2^11 slots each, under 2^27 in all.
             entries.push((kind, coord as u32, (offset as u32) << 4 | precision));
         }
         rd.expect_end()?;
