@@ -239,29 +239,40 @@ fn slice_start_state() -> StartState {
     }
 }
 
-/// Register traffic with QEMU-like microsecond jitter, a few long pauses and one huge gap: enough
-/// events per chunk for v2's context, class and global time tables, its four lanes and its extra
-/// bits to all appear.
+/// Register traffic with QEMU-like microsecond jitter whose gaps depend on the pair of
+/// consecutive accesses, a few long pauses and one huge gap: enough events per chunk for all of
+/// v2's time tables (context, class, global), its four lanes and its extra bits to appear.
 fn timing_events() -> Vec<Event> {
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut t = 0u64;
+    let mut prev = 0u64;
     (0..3000u64)
         .map(|i| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let (kind, gap_us) = match i % 4 {
-                0 => (EventKind::PioWrite(mmio(2, 0x10, 2, i & 0xff)), 2 + x % 3),
-                1 => (EventKind::Irq(Irq { index: 0, vector: 0 }), 15 + x % 9),
-                2 => (EventKind::PioRead(mmio(2, 0x14, 2, 0x8000)), 1 + x % 2),
-                _ => (EventKind::PioWrite(mmio(2, 0x14, 2, 0x4000)), 30 + x % 40),
+            let which = if x % 61 == 0 { 5 } else { (x >> 8) % 5 };
+            let kind = match which {
+                0 => EventKind::PioWrite(mmio(2, 0x10, 2, i & 0xff)),
+                1 => EventKind::Irq(Irq {
+                    index: 0,
+                    vector: 0,
+                }),
+                2 => EventKind::PioRead(mmio(2, 0x14, 2, 0x8000)),
+                3 => EventKind::PioWrite(mmio(2, 0x14, 2, 0x4000)),
+                4 => EventKind::ConfigRead(ConfigAccess {
+                    offset: 4,
+                    data: AccessData::value(2, 7).unwrap(),
+                }),
+                _ => EventKind::Reset,
             };
             let gap_us = match i {
                 0 => 0,
                 1500 => 40_000_000_000,
                 _ if i % 97 == 0 => 1000 + x % 5000,
-                _ => gap_us,
+                _ => (1 + (prev * 7 + which * 3) % 11) * (1 + (prev + which) % 4) + (x >> 20) % 3,
             };
+            prev = which;
             t += gap_us * 1000;
             Event::new(i, t, kind)
         })
