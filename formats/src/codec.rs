@@ -819,10 +819,6 @@ pub(crate) fn decode_columns(
         e => return Err(format!("unknown event chunk encoding {e}")),
     };
     let mut classes: Vec<u8> = Vec::new();
-    if time_decoder.is_some() {
-        classes.reserve(n + 1);
-        classes.push(CLASS_START);
-    }
 
     for (name, stream, out) in [
         (
@@ -854,14 +850,30 @@ pub(crate) fn decode_columns(
     let mut bytes = Rd::new(streams[S_BYTES], "bytes");
     let mut misc = Rd::new(streams[S_MISC], "misc");
     let mut last_values: Vec<u64> = Vec::new();
-    cols.key.reserve(n);
-    cols.value.reserve(n);
+    // Every event writes exactly one key and one value: sized once and written by index, so the
+    // loop keeps no vector length in memory.
+    cols.key.resize(n, NO_KEY);
+    cols.value.resize(n, 0);
+    if time_decoder.is_some() {
+        classes.resize(n + 1, CLASS_START);
+    }
+    let ChunkColumns {
+        key: key_out,
+        value: value_out,
+        keys: dict,
+        others,
+        status: status_col,
+        duration: duration_col,
+        t_ns,
+        ..
+    } = cols;
+    let (key_out, value_out) = (&mut key_out[..n], &mut value_out[..n]);
     let (mut status_at, mut duration_at) = (0usize, 0usize);
     for (i, &tag_byte) in tags.iter().enumerate() {
         let tag = KindTag::ALL[tag_byte as usize];
         let kind = if tag.is_access() {
             let sym = syms.varint()?;
-            if sym == cols.keys.len() as u64 {
+            if sym == dict.len() as u64 {
                 let region = keys.varint_u32()?;
                 let offset = keys.varint()?;
                 let width = keys.u8()?;
@@ -875,7 +887,7 @@ pub(crate) fn decode_columns(
                 {
                     return Err("config access key with a region or a 64-bit offset".into());
                 }
-                cols.keys.push(AccessKey {
+                dict.push(AccessKey {
                     tag,
                     region,
                     offset,
@@ -883,22 +895,21 @@ pub(crate) fn decode_columns(
                 });
                 last_values.push(0);
             }
-            let key = *cols
-                .keys
+            let key = *dict
                 .get(sym as usize)
                 .ok_or_else(|| format!("access symbol {sym} is not in the dictionary"))?;
             if key.tag != tag {
                 return Err(format!("access symbol {sym} belongs to another kind"));
             }
             if let Some(td) = &time_decoder {
-                classes.push(td.access_class(sym as u32));
+                classes[i + 1] = td.access_class(sym as u32);
             }
             if key.width != WIDTH_BYTES {
                 let last = &mut last_values[sym as usize];
                 let value = values.varint()? ^ *last;
                 *last = value;
-                cols.key.push(sym as u32);
-                cols.value.push(value);
+                key_out[i] = sym as u32;
+                value_out[i] = value;
                 continue;
             }
             let len = values.varint()? as usize;
@@ -914,44 +925,40 @@ pub(crate) fn decode_columns(
             access_kind(tag, key.region, key.offset, data)
         } else if tag == KindTag::Irq {
             if time_decoder.is_some() {
-                classes.push(TimeDecoder::other_class(tag_byte));
+                classes[i + 1] = TimeDecoder::other_class(tag_byte);
             }
             let index = misc.varint_u32()?;
             let vector = misc.varint_u32()?;
-            cols.key.push(NO_KEY);
-            cols.value.push((index as u64) << 32 | vector as u64);
+            value_out[i] = (index as u64) << 32 | vector as u64;
             continue;
         } else {
             if time_decoder.is_some() {
-                classes.push(TimeDecoder::other_class(tag_byte));
+                classes[i + 1] = TimeDecoder::other_class(tag_byte);
             }
             decode_other(tag, &mut misc, &mut bytes, blobs)?
         };
-        cols.key.push(NO_KEY);
-        cols.value.push(0);
         let idx = i as u32;
-        while cols.status.get(status_at).is_some_and(|(at, _)| *at < idx) {
+        while status_col.get(status_at).is_some_and(|(at, _)| *at < idx) {
             status_at += 1;
         }
-        while cols
-            .duration
+        while duration_col
             .get(duration_at)
             .is_some_and(|(at, _)| *at < idx)
         {
             duration_at += 1;
         }
-        let status = match cols.status.get(status_at) {
+        let status = match status_col.get(status_at) {
             Some((at, s)) if *at == idx => *s,
             _ => 0,
         };
-        let duration_ns = match cols.duration.get(duration_at) {
+        let duration_ns = match duration_col.get(duration_at) {
             Some((at, d)) if *at == idx => *d,
             _ => 0,
         };
-        cols.others.push(Event {
+        others.push(Event {
             seq: shape.first_seq + i as u64,
             // v2: filled in once time is decoded.
-            t_ns: cols.t_ns.get(i).copied().unwrap_or(0),
+            t_ns: t_ns.get(i).copied().unwrap_or(0),
             status,
             duration_ns,
             kind,
@@ -961,13 +968,13 @@ pub(crate) fn decode_columns(
         rd.expect_end()?;
     }
     if let Some(td) = time_decoder {
-        let last = td.decode(&classes, shape.first_t_ns, &mut cols.t_ns)?;
+        let last = td.decode(&classes, shape.first_t_ns, t_ns)?;
         if last != shape.last_t_ns {
             return Err("last event's time differs from the chunk header".into());
         }
-        for ev in &mut cols.others {
+        for ev in others.iter_mut() {
             // `seq - first_seq` is the event's index, below `n` by construction.
-            ev.t_ns = cols.t_ns[(ev.seq - shape.first_seq) as usize];
+            ev.t_ns = t_ns[(ev.seq - shape.first_seq) as usize];
         }
     }
     Ok(())
