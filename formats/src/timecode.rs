@@ -125,7 +125,10 @@ pub(crate) struct TimeEncoder {
     /// Per table and symbol: ceil(2^64 / frequency), to divide by a multiplication (0 for 1).
     reciprocal: Vec<u64>,
     lut: Vec<u32>,
-    ctx_of_event: Vec<u32>,
+    /// Per event: its context's index in `used`.
+    slot_of_event: Vec<u32>,
+    /// Per used context: its table's `index << 4 | precision`.
+    table_of_slot: Vec<u32>,
     sym_of_event: Vec<u16>,
     sym_uses: Vec<(u32, u32)>,
     words: Vec<u16>,
@@ -330,7 +333,7 @@ impl TimeEncoder {
         self.ctx_slot.resize(CONTEXTS, u32::MAX);
         self.used.clear();
         self.counts.clear();
-        self.ctx_of_event.clear();
+        self.slot_of_event.clear();
         self.sym_of_event.clear();
         let bounds = lane_bounds(n);
         let mut prev_class = CLASS_START;
@@ -358,7 +361,7 @@ impl TimeEncoder {
             }
             let (sym, _, _) = symbolize(d);
             self.counts[slot as usize * SYMBOLS + sym as usize] += 1;
-            self.ctx_of_event.push(ctx as u32);
+            self.slot_of_event.push(slot);
             self.sym_of_event.push(sym);
             prev_class = class;
             prev_delta = d;
@@ -458,6 +461,11 @@ impl TimeEncoder {
         }
         fill_lut(&mut self.lut, &lut_entries, u32::MAX);
 
+        // The few used contexts' tables in a small array the per-event loop reads.
+        self.table_of_slot.clear();
+        self.table_of_slot
+            .extend(self.used.iter().map(|ctx| self.lut[*ctx as usize]));
+
         // rANS per lane, last event first, so the decoder reads forwards.
         for lane in 0..LANES {
             // At most one word per event; written unconditionally, kept when emitted (whether a
@@ -468,7 +476,7 @@ impl TimeEncoder {
             let mut emitted = 0usize;
             let mut x: u32 = RANS_L;
             for i in (bounds[lane]..bounds[lane + 1]).rev() {
-                let entry = self.lut[self.ctx_of_event[i] as usize];
+                let entry = self.table_of_slot[self.slot_of_event[i] as usize];
                 let (t, precision) = ((entry >> 4) as usize, entry & 15);
                 let at = t * SYMBOLS + self.sym_of_event[i] as usize;
                 let fc = self.enc[at];
