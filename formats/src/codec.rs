@@ -1,10 +1,11 @@
-//! The v1 chunk payload encodings: columnar event streams and blob tables.
+//! The chunk payload encodings: columnar event streams (encodings 1 and 2) and blob tables.
 //!
-//! An event chunk payload is nine streams (see `docs/FORMAT.md`): kind tags, time deltas divided by a
-//! per-chunk quantum, an access-key dictionary, access-key symbols, values XOR-coded against the last
-//! value of the same key, inline bytes, the fields of non-access events, and sparse status and
-//! duration streams. Repetitive register traffic turns into runs of identical small symbols, which
-//! zstd then squeezes.
+//! An encoding 1 event chunk payload is nine streams (see `docs/FORMAT.md`): kind tags, time deltas
+//! divided by a per-chunk quantum, an access-key dictionary, access-key symbols, values XOR-coded
+//! against the last value of the same key, inline bytes, the fields of non-access events, and
+//! sparse status and duration streams. Repetitive register traffic turns into runs of identical
+//! small symbols, which zstd then squeezes. Encoding 2 keeps the same streams but replaces the time
+//! deltas by a context-modelled rANS code (`timecode.rs`), stored after the zstd frame.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -6,8 +6,9 @@
 //! previous gap was). The encoder counts the chunk's deltas per context `(previous event's class,
 //! this event's class, bucket of the previous delta)`, gives a context its own frequency table when
 //! that pays for the table, lets the remaining contexts of a class share a class table and the rest
-//! share one global table, and codes each delta's symbol with a single rANS state under its
-//! context's table. Decoding is one table lookup and one multiply per event, with no adaptation.
+//! share one global table, and codes each delta's symbol under its context's table with rANS, in
+//! four independent lanes so a decoder overlaps their dependency chains. Decoding is two table
+//! lookups and one multiply per event, with no adaptation.
 //! `docs/FORMAT.md` §3.3 is the specification.
 
 use crate::codec::{put_varint, Rd};
