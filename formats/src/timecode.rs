@@ -290,8 +290,9 @@ fn fill_lut(lut: &mut Vec<u32>, tables: &[(u8, u32, u32)], missing: u32) {
 }
 
 impl TimeEncoder {
-    /// Appends the time stream of a chunk to `out`. `deltas` are in quanta; `event_keys[i]` is the
-    /// access-key symbol of event `i`, or [`NON_ACCESS`] | its tag.
+    /// Appends a chunk's time model stream to `out` and its time code stream to `code`. `deltas`
+    /// are in quanta; `event_keys[i]` is the access-key symbol of event `i`, or [`NON_ACCESS`] |
+    /// its tag; `key_count` is the size of the chunk's access-key dictionary.
     pub(crate) fn encode(
         &mut self,
         out: &mut Vec<u8>,
