@@ -189,9 +189,20 @@ fn ceil_log2(x: u64) -> u32 {
     }
 }
 
+/// Every code's weight, in code order (increasing).
+static CODE_WEIGHTS: [u64; 256] = {
+    let mut w = [0u64; 256];
+    let mut c = 0;
+    while c < 256 {
+        w[c] = code_weight(c as u8);
+        c += 1;
+    }
+    w
+};
+
 /// The weight a table stores for a symbol, by its one-byte code: exact up to 16, then a float
 /// with a 4-bit mantissa (at most 3 % off), up to 2^19.
-fn code_weight(code: u8) -> u64 {
+const fn code_weight(code: u8) -> u64 {
     if code < 16 {
         code as u64 + 1
     } else {
@@ -201,7 +212,8 @@ fn code_weight(code: u8) -> u64 {
 
 /// The code whose weight is nearest to `w` (at least 1).
 fn weight_code(w: u64) -> u8 {
-    let hi = (0..=255u8).find(|c| code_weight(*c) >= w).unwrap_or(255);
+    // Weights increase with the code: binary search for the first one at or above `w`.
+    let hi = CODE_WEIGHTS.partition_point(|cw| *cw < w).min(255) as u8;
     if hi > 0 && w - code_weight(hi - 1) < code_weight(hi).saturating_sub(w) {
         hi - 1
     } else {
