@@ -125,7 +125,6 @@ pub(crate) struct TimeEncoder {
     enc: Vec<u32>,
     /// Per table and symbol: ceil(2^64 / frequency), to divide by a multiplication (0 for 1).
     reciprocal: Vec<u64>,
-    lut: Vec<u32>,
     /// Per event: its context's index in `used`.
     slot_of_event: Vec<u32>,
     /// Per used context: its table's `index << 4 | precision`.
@@ -342,9 +341,14 @@ impl TimeEncoder {
         put_varint(out, map_len as u64);
         out.extend_from_slice(&class_map);
 
-        // Count symbols per context.
-        self.ctx_slot.clear();
-        self.ctx_slot.resize(CONTEXTS, u32::MAX);
+        // Count symbols per context. The context map is reset through the previous chunk's used
+        // contexts, not wholesale: small chunks would otherwise pay for all 32 Ki contexts.
+        if self.ctx_slot.len() != CONTEXTS {
+            self.ctx_slot = vec![u32::MAX; CONTEXTS];
+        }
+        for &ctx in &self.used {
+            self.ctx_slot[ctx as usize] = u32::MAX;
+        }
         self.used.clear();
         self.counts.clear();
         self.slot_of_event.clear();
@@ -384,8 +388,20 @@ impl TimeEncoder {
         // Choose tables: a context of its own when it beats its class's distribution, a class
         // table for the class's remaining contexts when it beats the global distribution, the
         // global table for everything else.
-        self.class_counts.clear();
+        // Rows of the classes this chunk uses, zeroed before use (the others are never read).
+        let mut classes_seen = 0u64;
+        for &ctx in &self.used {
+            classes_seen |= 1 << ((ctx as usize / BUCKETS) % CLASS_COUNT);
+        }
+        let seen: Vec<usize> = (0..CLASS_COUNT)
+            .filter(|c| classes_seen >> c & 1 == 1)
+            .collect();
         self.class_counts.resize(CLASS_COUNT * SYMBOLS, 0);
+        self.residual.resize(CLASS_COUNT * SYMBOLS, 0);
+        for &class in &seen {
+            self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS].fill(0);
+            self.residual[class * SYMBOLS..(class + 1) * SYMBOLS].fill(0);
+        }
         self.global.clear();
         self.global.resize(SYMBOLS, 0);
         for (slot, &ctx) in self.used.iter().enumerate() {
@@ -396,9 +412,9 @@ impl TimeEncoder {
                 self.global[s] += v;
             }
         }
-        self.residual.clear();
-        self.residual.resize(CLASS_COUNT * SYMBOLS, 0);
         let mut context_tables = Vec::new();
+        // Per used context: its own table's position among the context tables, if it gets one.
+        let mut own_table = vec![None; self.used.len()];
         let mut order: Vec<(u32, u32)> = self
             .used
             .iter()
@@ -411,6 +427,7 @@ impl TimeEncoder {
             let c = &self.counts[slot as usize * SYMBOLS..(slot as usize + 1) * SYMBOLS];
             let parent = &self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS];
             if pays_for_itself(c, parent) {
+                own_table[slot as usize] = Some(context_tables.len());
                 context_tables.push(quantize(KIND_CONTEXT, ctx, c));
             } else {
                 for (r, v) in self.residual[class * SYMBOLS..(class + 1) * SYMBOLS]
@@ -423,12 +440,14 @@ impl TimeEncoder {
         }
         let mut rest = vec![0u32; SYMBOLS];
         let mut class_tables = Vec::new();
-        for class in 0..CLASS_COUNT {
+        let mut class_table = [None; CLASS_COUNT];
+        for &class in &seen {
             let r = &self.residual[class * SYMBOLS..(class + 1) * SYMBOLS];
             if r.iter().all(|v| *v == 0) {
                 continue;
             }
             if pays_for_itself(r, &self.global) {
+                class_table[class] = Some(class_tables.len());
                 class_tables.push(quantize(KIND_CLASS, class as u32, r));
             } else {
                 for (g, v) in rest.iter_mut().zip(r) {
@@ -440,8 +459,22 @@ impl TimeEncoder {
         if rest.iter().any(|v| *v != 0) {
             tables.push(quantize(KIND_GLOBAL, 0, &rest));
         }
+        let class_base = tables.len();
+        let context_base = class_base + class_tables.len();
         tables.extend(class_tables);
         tables.extend(context_tables);
+        // Each used context's table, by the decoder's rule: its own, else its class's, else the
+        // global one (which exists whenever some context has neither).
+        let table_index: Vec<usize> = self
+            .used
+            .iter()
+            .zip(&own_table)
+            .map(|(&ctx, own)| match own {
+                Some(t) => context_base + t,
+                None => class_table[(ctx as usize / BUCKETS) % CLASS_COUNT]
+                    .map_or(0, |t| class_base + t),
+            })
+            .collect();
 
         // Write the tables and build the encoder's (frequency, cumulative) per table and symbol.
         put_varint(out, tables.len() as u64);
@@ -449,7 +482,6 @@ impl TimeEncoder {
         self.enc.resize(tables.len() * SYMBOLS, 0);
         self.reciprocal.clear();
         self.reciprocal.resize(tables.len() * SYMBOLS, 0);
-        let mut lut_entries = Vec::with_capacity(tables.len());
         for (t, def) in tables.iter().enumerate() {
             out.push(def.kind);
             match def.kind {
@@ -471,14 +503,15 @@ impl TimeEncoder {
                 }
                 cum += f;
             }
-            lut_entries.push((def.kind, def.coord, (t as u32) << 4 | def.precision));
         }
-        fill_lut(&mut self.lut, &lut_entries, u32::MAX);
 
         // The few used contexts' tables in a small array the per-event loop reads.
         self.table_of_slot.clear();
-        self.table_of_slot
-            .extend(self.used.iter().map(|ctx| self.lut[*ctx as usize]));
+        self.table_of_slot.extend(
+            table_index
+                .iter()
+                .map(|&t| (t as u32) << 4 | tables[t].precision),
+        );
 
         // rANS per lane, last event first, so the decoder reads forwards.
         for lane in 0..LANES {
