@@ -280,24 +280,54 @@ fn quantize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
     }
 }
 
-/// Fills the context lookup table from table definitions the way the decoder does: global first,
-/// then class tables over every (previous class, bucket), then per-context tables. Entries are
-/// `slot_offset << 4 | precision`, or `missing` for a context with no table.
-fn fill_lut(lut: &mut Vec<u32>, tables: &[(u8, u32, u32)], missing: u32) {
-    lut.clear();
-    lut.resize(CONTEXTS, missing);
+/// Builds the context lookup table of a chunk whose classes are `classes`, the way section 3.3 of
+/// `docs/FORMAT.md` picks a table: context table, else class table, else global table. Only the
+/// classes the chunk uses get rows (renumbered densely in `dense`), so a small chunk does not pay
+/// for all 32 Ki contexts. `tables` are (kind, coordinate, entry) in increasing kind order; entries
+/// are `slot_offset << 4 | precision`, `missing` where no table applies. Returns the table and
+/// the number of classes used (its rows are `(prev × used + class) × BUCKETS`).
+fn dense_lut(
+    classes: &[u8],
+    tables: &[(u8, u32, u32)],
+    missing: u32,
+    dense: &mut [u8; CLASS_COUNT],
+) -> (Vec<u32>, usize) {
+    dense.fill(u8::MAX);
+    let mut used = 0usize;
+    for &c in classes {
+        let d = &mut dense[c as usize % CLASS_COUNT];
+        if *d == u8::MAX {
+            *d = used as u8;
+            used += 1;
+        }
+    }
+    let row = |prev: usize, class: usize| (prev * used + class) * BUCKETS;
+    let mut lut = vec![missing; used * used * BUCKETS];
     for &(kind, coord, entry) in tables {
         match kind {
             KIND_GLOBAL => lut.fill(entry),
             KIND_CLASS => {
-                for prev in 0..CLASS_COUNT {
-                    let base = context(prev as u8, coord as u8, 0);
-                    lut[base..base + BUCKETS].fill(entry);
+                let class = dense[coord as usize % CLASS_COUNT];
+                if class != u8::MAX {
+                    for prev in 0..used {
+                        let at = row(prev, class as usize);
+                        lut[at..at + BUCKETS].fill(entry);
+                    }
                 }
             }
-            _ => lut[coord as usize] = entry,
+            _ => {
+                let (pair, bucket) = (coord as usize / BUCKETS, coord as usize % BUCKETS);
+                let (prev, class) = (
+                    dense[pair / CLASS_COUNT % CLASS_COUNT],
+                    dense[pair % CLASS_COUNT],
+                );
+                if prev != u8::MAX && class != u8::MAX {
+                    lut[row(prev as usize, class as usize) + bucket] = entry;
+                }
+            }
         }
     }
+    (lut, used)
 }
 
 impl TimeEncoder {
@@ -593,7 +623,10 @@ struct LaneInput<'a> {
 pub(crate) struct TimeDecoder<'a> {
     quantum: u64,
     class_map: &'a [u8],
-    lut: Vec<u32>,
+    /// (kind, coordinate, `slot_offset << 4 | precision`) of every table, in stream order.
+    tables: Vec<(u8, u32, u32)>,
+    /// The entry of contexts without a table.
+    missing: u32,
     slots: Vec<u32>,
     lanes: [LaneInput<'a>; LANES],
 }
@@ -700,12 +733,12 @@ impl<'a> TimeDecoder<'a> {
         // hot loop needs no check of its own.
         let missing = (slots.len() as u32) << 4;
         slots.push(INVALID_SYMBOL as u32 | 1 << 9);
-        let mut lut = Vec::new();
-        fill_lut(&mut lut, &entries, missing);
+
         Ok(TimeDecoder {
             quantum,
             class_map,
-            lut,
+            tables: entries,
+            missing,
             slots,
             lanes,
         })
@@ -755,13 +788,21 @@ impl<'a> TimeDecoder<'a> {
                 return Err("time rANS state is out of range".into());
             }
         }
-        let lut = &self.lut[..];
+        let mut dense = [u8::MAX; CLASS_COUNT];
+        let (lut, used) = dense_lut(classes, &self.tables, self.missing, &mut dense);
+        let lut = &lut[..];
         let slots = &self.slots[..];
-        // The class part of every event's context, in one vectorizable pass: the lanes' loop then
-        // only adds the bucket.
+        // The class part of every event's context in the dense table, in one pass: the lanes'
+        // loop then only adds the bucket.
         let bases: Vec<u16> = classes
             .windows(2)
-            .map(|w| context(w[0], w[1], 0) as u16)
+            .map(|w| {
+                let (p, c) = (
+                    dense[w[0] as usize % CLASS_COUNT],
+                    dense[w[1] as usize % CLASS_COUNT],
+                );
+                ((p as usize * used + c as usize) * BUCKETS) as u16
+            })
             .collect();
         // One event of lane `k` at event index `i`.
         macro_rules! step {
