@@ -213,6 +213,8 @@ pub(crate) struct EncodedChunk {
 /// Accumulates events of one chunk into column streams.
 pub(crate) struct ChunkEncoder {
     encoding: u8,
+    /// Encoding 2 only: chunks with fewer events are written in encoding 1.
+    v2_min_events: usize,
     count: u32,
     first_seq: u64,
     first_t_ns: u64,
@@ -231,10 +233,12 @@ pub(crate) struct ChunkEncoder {
 }
 
 impl ChunkEncoder {
-    /// An encoder of chunks in `encoding` ([`ENCODING_V1`] or [`ENCODING_V2`]).
-    pub(crate) fn new(encoding: u8) -> Self {
+    /// An encoder of chunks in `encoding` ([`ENCODING_V1`] or [`ENCODING_V2`]; with encoding 2,
+    /// chunks of fewer than `v2_min_events` events still use encoding 1).
+    pub(crate) fn new(encoding: u8, v2_min_events: usize) -> Self {
         ChunkEncoder {
             encoding,
+            v2_min_events,
             count: 0,
             first_seq: 0,
             first_t_ns: 0,
@@ -453,7 +457,14 @@ impl ChunkEncoder {
     pub(crate) fn finish(&mut self) -> EncodedChunk {
         let quantum = deltas_gcd(&self.deltas);
         let divider = Divider::new(quantum);
-        if self.encoding == ENCODING_V2 {
+        // Below `v2_min_events`, encoding 2's per-chunk tables cost more than they save.
+        let encoding = if self.encoding == ENCODING_V2 && (self.count as usize) < self.v2_min_events
+        {
+            ENCODING_V1
+        } else {
+            self.encoding
+        };
+        if encoding == ENCODING_V2 {
             for d in self.deltas.iter_mut() {
                 *d = divider.div(*d);
             }
@@ -475,21 +486,21 @@ impl ChunkEncoder {
         }
         let total: usize = self.streams.iter().map(|s| s.len()).sum();
         let mut payload = Vec::with_capacity(4 * STREAM_COUNT_V2 + total);
-        let order = stream_order(self.encoding);
+        let order = stream_order(encoding);
         for &s in order {
             payload.extend_from_slice(&(self.streams[s].len() as u32).to_le_bytes());
         }
         for &s in order {
             payload.extend_from_slice(&self.streams[s]);
         }
-        let raw_suffix = if self.encoding == ENCODING_V2 {
+        let raw_suffix = if encoding == ENCODING_V2 {
             self.streams[S_TIME_CODE].len()
         } else {
             0
         };
         let out = EncodedChunk {
             payload,
-            encoding: self.encoding,
+            encoding,
             raw_suffix,
             first_seq: self.first_seq,
             count: self.count,

@@ -316,6 +316,7 @@ fn write(g: &Golden, event_encoding: EventEncoding) -> Vec<u8> {
         zstd_level: 3,
         blob_chunk_bytes: 4 << 20,
         event_encoding,
+        v2_min_chunk_events: 0,
     };
     let mut w = TraceWriter::new(Vec::new(), &g.header, opts).unwrap();
     for e in &g.events {
