@@ -217,7 +217,11 @@ fn small_chunks_of_a_v2_file_use_encoding_1() {
     };
     assert_eq!(opts.v2_min_chunk_events, 1024);
     let bytes = write_trace(&h, &events, opts);
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 2, "a version 2 file");
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        2,
+        "a version 2 file"
+    );
     let r = TraceReader::from_bytes(bytes.clone()).unwrap();
     let encodings: Vec<u8> = r
         .chunks()
