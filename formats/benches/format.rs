@@ -1,8 +1,9 @@
 //! Trace format benchmarks.
 //!
 //! * `encode/*`, `decode/*` on the corpus logs (`../shared/corpus`, or `$HWRR_CORPUS`; skipped with a
-//!   message when absent), imported by `hwrr-import` with its default options: hwrr's default `WriterOptions` against a row-wise fixed-width + zstd-1
-//!   baseline implemented here. "Encode" = events in memory -> complete trace bytes (header, chunks,
+//!   message when absent), imported by `hwrr-import` with its default options: hwrr's default `WriterOptions` (format v2) against a row-wise fixed-width + zstd-1
+//!   baseline implemented here, and against hwrr's own v1 encoding (`EventEncoding::V1`, benchmarks
+//!   named `hwrr_v1*`). "Encode" = events in memory -> complete trace bytes (header, chunks,
 //!   footer). "Decode events" = trace bytes -> every event materialized as an
 //!   `hwrr_formats::Event` (hwrr: `TraceReader::read_chunk_into` on every chunk, reusing one vector;
 //!   baseline: zstd + row parsing into `Event`s). "Decode columns" = hwrr's fast path,
@@ -131,8 +132,12 @@ mod baseline {
     }
 }
 
-fn hwrr_encode(header: &TraceHeader, events: &[Event]) -> Vec<u8> {
-    let mut w = TraceWriter::new(Vec::new(), header, WriterOptions::default()).unwrap();
+fn hwrr_encode(header: &TraceHeader, events: &[Event], event_encoding: EventEncoding) -> Vec<u8> {
+    let opts = WriterOptions {
+        event_encoding,
+        ..WriterOptions::default()
+    };
+    let mut w = TraceWriter::new(Vec::new(), header, opts).unwrap();
     for e in events {
         w.append(e).unwrap();
     }
@@ -181,21 +186,28 @@ fn corpus(c: &mut Criterion) {
         events.iter().for_each(|e| counts.add(e.tag()));
         let accesses = counts.accesses() as f64;
 
-        let trace = hwrr_encode(&header, &events);
+        let trace = hwrr_encode(&header, &events, EventEncoding::V2);
         let reader = TraceReader::from_bytes(trace.clone()).unwrap();
-        assert_eq!(
-            reader.iter().map(|e| e.unwrap()).collect::<Vec<_>>(),
-            events,
-            "hwrr must be lossless"
-        );
-        assert_eq!(reader.header(), &header);
+        let trace_v1 = hwrr_encode(&header, &events, EventEncoding::V1);
+        let reader_v1 = TraceReader::from_bytes(trace_v1.clone()).unwrap();
+        for r in [&reader, &reader_v1] {
+            assert_eq!(
+                r.iter().map(|e| e.unwrap()).collect::<Vec<_>>(),
+                events,
+                "hwrr must be lossless"
+            );
+            assert_eq!(r.header(), &header);
+        }
         let blocks = baseline::encode(&events);
         let baseline_bytes: usize = blocks.iter().map(|b| b.len()).sum();
 
         let mut g = c.benchmark_group(format!("encode/{name}"));
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function("hwrr", |b| {
-            b.iter(|| black_box(hwrr_encode(&header, &events)))
+            b.iter(|| black_box(hwrr_encode(&header, &events, EventEncoding::V2)))
+        });
+        g.bench_function("hwrr_v1", |b| {
+            b.iter(|| black_box(hwrr_encode(&header, &events, EventEncoding::V1)))
         });
         g.bench_function("baseline_fixed_zstd1", |b| {
             b.iter(|| black_box(baseline::encode(&events)))
@@ -211,18 +223,32 @@ fn corpus(c: &mut Criterion) {
         g.bench_function("hwrr_columns", |b| {
             b.iter(|| black_box(hwrr_decode_columns(&reader, &mut cols)))
         });
+        g.bench_function("hwrr_v1_columns", |b| {
+            b.iter(|| black_box(hwrr_decode_columns(&reader_v1, &mut cols)))
+        });
         g.bench_function("baseline_fixed_zstd1", |b| {
             b.iter(|| black_box(baseline::decode(&blocks, n)))
         });
         g.finish();
 
-        let enc = rate(n, 7, || drop(black_box(hwrr_encode(&header, &events))));
+        let enc = rate(n, 7, || {
+            drop(black_box(hwrr_encode(&header, &events, EventEncoding::V2)))
+        });
+        let enc_v1 = rate(n, 7, || {
+            drop(black_box(hwrr_encode(&header, &events, EventEncoding::V1)))
+        });
         let enc_base = rate(n, 7, || drop(black_box(baseline::encode(&events))));
         let dec = rate(n, 7, || {
             black_box(hwrr_decode(&reader, &mut scratch));
         });
         let dec_cols = rate(n, 7, || {
             black_box(hwrr_decode_columns(&reader, &mut cols));
+        });
+        let dec_cols_v1 = rate(n, 7, || {
+            black_box(hwrr_decode_columns(&reader_v1, &mut cols));
+        });
+        let dec_v1 = rate(n, 7, || {
+            black_box(hwrr_decode(&reader_v1, &mut scratch));
         });
         let dec_base = rate(n, 7, || {
             black_box(baseline::decode(&blocks, n));
@@ -231,7 +257,9 @@ fn corpus(c: &mut Criterion) {
             "\n== {name}: {n} events, {accesses} register+config accesses\n\
              size    hwrr {:.3} bytes/access ({} bytes) | baseline {:.3} ({} bytes) | ratio {:.2}x smaller\n\
              encode  hwrr {:.1} M events/s | baseline {:.1} M/s | ratio {:.2}\n\
-             decode  hwrr events {:.1} M events/s, columns {:.1} M/s | baseline {:.1} M/s | ratios {:.2}, {:.2}\n",
+             decode  hwrr events {:.1} M events/s, columns {:.1} M/s | baseline {:.1} M/s | ratios {:.2}, {:.2}\n\
+             v1      size {:.3} bytes/access ({} bytes, v2/v1 {:.3}) | encode {:.1} M/s (v2/v1 {:.2}) | \
+             decode events {:.1} M/s, columns {:.1} M/s (v2/v1 {:.2}, {:.2})\n",
             trace.len() as f64 / accesses,
             trace.len(),
             baseline_bytes as f64 / accesses,
@@ -245,6 +273,15 @@ fn corpus(c: &mut Criterion) {
             dec_base / 1e6,
             dec / dec_base,
             dec_cols / dec_base,
+            trace_v1.len() as f64 / accesses,
+            trace_v1.len(),
+            trace.len() as f64 / trace_v1.len() as f64,
+            enc_v1 / 1e6,
+            enc / enc_v1,
+            dec_v1 / 1e6,
+            dec_cols_v1 / 1e6,
+            dec / dec_v1,
+            dec_cols / dec_cols_v1,
         );
     }
 }
@@ -291,7 +328,7 @@ fn synthetic_trace(path: &std::path::Path, chunks: u64, per_chunk: u64) {
         let first_t = k * per_chunk * step;
         let h = ChunkHeader {
             chunk_type: CHUNK_TYPE_EVENTS,
-            encoding: ENCODING_V1,
+            encoding: chunk[5],
             payload_zlen: payload.len() as u32,
             payload_len,
             first_id: k * per_chunk,

@@ -1,18 +1,23 @@
-//! The v1 chunk payload encodings: columnar event streams and blob tables.
+//! The chunk payload encodings: columnar event streams (encodings 1 and 2) and blob tables.
 //!
-//! An event chunk payload is nine streams (see `docs/FORMAT.md`): kind tags, time deltas divided by a
-//! per-chunk quantum, an access-key dictionary, access-key symbols, values XOR-coded against the last
-//! value of the same key, inline bytes, the fields of non-access events, and sparse status and
-//! duration streams. Repetitive register traffic turns into runs of identical small symbols, which
-//! zstd then squeezes.
+//! An encoding 1 event chunk payload is nine streams (see `docs/FORMAT.md`): kind tags, time deltas
+//! divided by a per-chunk quantum, an access-key dictionary, access-key symbols, values XOR-coded
+//! against the last value of the same key, inline bytes, the fields of non-access events, and
+//! sparse status and duration streams. Repetitive register traffic turns into runs of identical
+//! small symbols, which zstd then squeezes. Encoding 2 keeps the same streams but replaces the time
+//! deltas by a context-modelled rANS code (`timecode.rs`), stored after the zstd frame.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::*;
+use crate::layout::{ENCODING_V1, ENCODING_V2};
+use crate::timecode::{TimeDecoder, TimeEncoder, CLASS_START, NON_ACCESS};
 
-/// Number of streams in an event chunk payload.
+/// Number of streams in an encoding 1 event chunk payload.
 pub const STREAM_COUNT: usize = 9;
+/// Number of streams in an encoding 2 event chunk payload (the time stream is split in two).
+const STREAM_COUNT_V2: usize = 10;
 /// Access data longer than this many bytes goes to a blob instead of the inline byte stream.
 pub const INLINE_BYTES_MAX: usize = 64;
 
@@ -25,6 +30,33 @@ const S_BYTES: usize = 5;
 const S_MISC: usize = 6;
 const S_STATUS: usize = 7;
 const S_DURATION: usize = 8;
+/// Encoding 2: the rANS lanes of the time stream (`S_TIME` holds its model).
+const S_TIME_CODE: usize = 9;
+
+/// Order of the streams in a v1 payload (and in its length table).
+const ORDER_V1: [usize; STREAM_COUNT] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+/// Order of the streams in a v2 payload: the time stream last, so the part zstd compresses is a
+/// prefix and the entropy-coded time stream a suffix stored as is.
+const ORDER_V2: [usize; STREAM_COUNT_V2] = [
+    S_TAGS,
+    S_KEYS,
+    S_SYMS,
+    S_VALUES,
+    S_BYTES,
+    S_MISC,
+    S_STATUS,
+    S_DURATION,
+    S_TIME,
+    S_TIME_CODE,
+];
+
+fn stream_order(encoding: u8) -> &'static [usize] {
+    if encoding == ENCODING_V2 {
+        &ORDER_V2
+    } else {
+        &ORDER_V1
+    }
+}
 
 /// Width byte of a key whose accesses carry raw bytes.
 const WIDTH_BYTES: u8 = 0;
@@ -116,7 +148,7 @@ impl<'a> Rd<'a> {
         self.p >= self.b.len()
     }
 
-    fn expect_end(&self) -> Result<(), String> {
+    pub(crate) fn expect_end(&self) -> Result<(), String> {
         if self.at_end() {
             Ok(())
         } else {
@@ -167,6 +199,10 @@ struct EncoderKey {
 pub(crate) struct EncodedChunk {
     /// Uncompressed payload.
     pub payload: Vec<u8>,
+    /// Chunk encoding of the payload.
+    pub encoding: u8,
+    /// Encoding 2: length of the time stream, the payload's suffix that is stored uncompressed.
+    pub raw_suffix: usize,
     pub first_seq: u64,
     pub count: u32,
     pub first_t_ns: u64,
@@ -176,23 +212,33 @@ pub(crate) struct EncodedChunk {
 
 /// Accumulates events of one chunk into column streams.
 pub(crate) struct ChunkEncoder {
+    encoding: u8,
+    /// Encoding 2 only: chunks with fewer events are written in encoding 1.
+    v2_min_events: usize,
     count: u32,
     first_seq: u64,
     first_t_ns: u64,
     last_t_ns: u64,
     deltas: Vec<u64>,
-    streams: [Vec<u8>; STREAM_COUNT],
+    streams: [Vec<u8>; STREAM_COUNT_V2],
     last_status_idx: Option<u32>,
     last_duration_idx: Option<u32>,
     dict: HashMap<EncoderKey, u32, BuildHasherDefault<KeyHasher>>,
     key_cache: Box<[Option<(EncoderKey, u32)>]>,
     last_values: Vec<u64>,
     counts: [u32; KindTag::COUNT],
+    /// Per event: its access-key symbol, or [`NON_ACCESS`] | its tag (the v2 time contexts).
+    event_keys: Vec<u32>,
+    time_encoder: TimeEncoder,
 }
 
 impl ChunkEncoder {
-    pub(crate) fn new() -> Self {
+    /// An encoder of chunks in `encoding` ([`ENCODING_V1`] or [`ENCODING_V2`]; with encoding 2,
+    /// chunks of fewer than `v2_min_events` events still use encoding 1).
+    pub(crate) fn new(encoding: u8, v2_min_events: usize) -> Self {
         ChunkEncoder {
+            encoding,
+            v2_min_events,
             count: 0,
             first_seq: 0,
             first_t_ns: 0,
@@ -205,6 +251,8 @@ impl ChunkEncoder {
             key_cache: vec![None; 1 << KEY_CACHE_BITS].into_boxed_slice(),
             last_values: Vec::new(),
             counts: [0; KindTag::COUNT],
+            event_keys: Vec::new(),
+            time_encoder: TimeEncoder::default(),
         }
     }
 
@@ -240,9 +288,13 @@ impl ChunkEncoder {
             EventKind::MmioRead(a)
             | EventKind::MmioWrite(a)
             | EventKind::PioRead(a)
-            | EventKind::PioWrite(a) => self.push_access(tag, a.region, a.offset, &a.data, blob)?,
+            | EventKind::PioWrite(a) => {
+                let sym = self.push_access(tag, a.region, a.offset, &a.data, blob)?;
+                self.event_keys.push(sym);
+            }
             EventKind::ConfigRead(c) | EventKind::ConfigWrite(c) => {
-                self.push_access(tag, 0, c.offset as u64, &c.data, blob)?
+                let sym = self.push_access(tag, 0, c.offset as u64, &c.data, blob)?;
+                self.event_keys.push(sym);
             }
             EventKind::Irq(i) => {
                 let m = &mut self.streams[S_MISC];
@@ -313,6 +365,9 @@ impl ChunkEncoder {
                 self.streams[S_BYTES].extend_from_slice(mk.label.as_bytes());
             }
         }
+        if !tag.is_access() {
+            self.event_keys.push(NON_ACCESS | tag as u32);
+        }
         self.streams[S_TAGS].push(tag as u8);
         self.deltas.push(ev.t_ns - self.last_t_ns);
         self.last_t_ns = ev.t_ns;
@@ -341,7 +396,7 @@ impl ChunkEncoder {
         offset: u64,
         data: &AccessData,
         blob: &mut dyn FnMut(&[u8]) -> u64,
-    ) -> Result<(), String> {
+    ) -> Result<u32, String> {
         let width = match data {
             AccessData::Value { size, .. } => {
                 if !matches!(size, 1 | 2 | 4 | 8) {
@@ -395,28 +450,58 @@ impl ChunkEncoder {
                 }
             }
         }
-        Ok(())
+        Ok(sym)
     }
 
     /// Closes the chunk: returns its payload and resets the encoder for the next chunk.
     pub(crate) fn finish(&mut self) -> EncodedChunk {
         let quantum = deltas_gcd(&self.deltas);
-        let time = &mut self.streams[S_TIME];
-        put_varint(time, quantum);
         let divider = Divider::new(quantum);
-        for d in &self.deltas {
-            put_varint(time, divider.div(*d));
+        // Below `v2_min_events`, encoding 2's per-chunk tables cost more than they save.
+        let encoding = if self.encoding == ENCODING_V2 && (self.count as usize) < self.v2_min_events
+        {
+            ENCODING_V1
+        } else {
+            self.encoding
+        };
+        if encoding == ENCODING_V2 {
+            for d in self.deltas.iter_mut() {
+                *d = divider.div(*d);
+            }
+            let (head, code) = self.streams.split_at_mut(S_TIME_CODE);
+            self.time_encoder.encode(
+                &mut head[S_TIME],
+                &mut code[0],
+                quantum,
+                &self.deltas,
+                &self.event_keys,
+                self.last_values.len(),
+            );
+        } else {
+            let time = &mut self.streams[S_TIME];
+            put_varint(time, quantum);
+            for d in &self.deltas {
+                put_varint(time, divider.div(*d));
+            }
         }
         let total: usize = self.streams.iter().map(|s| s.len()).sum();
-        let mut payload = Vec::with_capacity(4 * STREAM_COUNT + total);
-        for s in &self.streams {
-            payload.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        let mut payload = Vec::with_capacity(4 * STREAM_COUNT_V2 + total);
+        let order = stream_order(encoding);
+        for &s in order {
+            payload.extend_from_slice(&(self.streams[s].len() as u32).to_le_bytes());
         }
-        for s in &self.streams {
-            payload.extend_from_slice(s);
+        for &s in order {
+            payload.extend_from_slice(&self.streams[s]);
         }
+        let raw_suffix = if encoding == ENCODING_V2 {
+            self.streams[S_TIME_CODE].len()
+        } else {
+            0
+        };
         let out = EncodedChunk {
             payload,
+            encoding,
+            raw_suffix,
             first_seq: self.first_seq,
             count: self.count,
             first_t_ns: self.first_t_ns,
@@ -425,6 +510,7 @@ impl ChunkEncoder {
         };
         self.count = 0;
         self.deltas.clear();
+        self.event_keys.clear();
         for s in &mut self.streams {
             s.clear();
         }
@@ -509,13 +595,15 @@ pub(crate) trait BlobSource {
 }
 
 /// Splits a payload into its streams.
-fn split_streams(payload: &[u8]) -> Result<[&[u8]; STREAM_COUNT], String> {
-    if payload.len() < 4 * STREAM_COUNT {
+fn split_streams(payload: &[u8], encoding: u8) -> Result<[&[u8]; STREAM_COUNT_V2], String> {
+    let order = stream_order(encoding);
+    if payload.len() < 4 * order.len() {
         return Err("payload shorter than its stream table".into());
     }
-    let mut out: [&[u8]; STREAM_COUNT] = [&[]; STREAM_COUNT];
-    let mut pos = 4 * STREAM_COUNT;
-    for (i, s) in out.iter_mut().enumerate() {
+    let mut out: [&[u8]; STREAM_COUNT_V2] = [&[]; STREAM_COUNT_V2];
+    let mut pos = 4 * order.len();
+    for (i, &stream) in order.iter().enumerate() {
+        let s = &mut out[stream];
         let len = crate::layout::u32_at(payload, 4 * i) as usize;
         let end = pos
             .checked_add(len)
@@ -535,6 +623,8 @@ fn split_streams(payload: &[u8]) -> Result<[&[u8]; STREAM_COUNT], String> {
 
 /// Expected shape of a chunk, from its header.
 pub(crate) struct ChunkShape {
+    /// Payload encoding ([`ENCODING_V1`] or [`ENCODING_V2`]).
+    pub encoding: u8,
     pub first_seq: u64,
     pub count: u32,
     pub first_t_ns: u64,
@@ -692,7 +782,7 @@ pub(crate) fn decode_columns(
 ) -> Result<(), String> {
     cols.clear();
     cols.first_seq = shape.first_seq;
-    let streams = split_streams(payload)?;
+    let streams = split_streams(payload, shape.encoding)?;
     let n = shape.count as usize;
     let tags = streams[S_TAGS];
     if tags.len() != n {
@@ -727,28 +817,20 @@ pub(crate) fn decode_columns(
     }
     cols.tags.extend_from_slice(tags);
 
-    let mut time = Rd::new(streams[S_TIME], "time");
-    let quantum = time.varint()?;
-    if quantum == 0 {
-        return Err("time quantum is 0".into());
-    }
-    cols.t_ns.reserve(n);
-    let mut t = shape.first_t_ns;
-    for i in 0..n {
-        let dt = time
-            .varint()?
-            .checked_mul(quantum)
-            .ok_or("time delta overflows")?;
-        if i == 0 && dt != 0 {
-            return Err("first event's time differs from the chunk header".into());
+    // v2 time contexts need every event's key, so v2 time is decoded after the other streams.
+    let time_decoder = match shape.encoding {
+        ENCODING_V1 => {
+            decode_time_v1(streams[S_TIME], shape, n, &mut cols.t_ns)?;
+            None
         }
-        t = t.checked_add(dt).ok_or("timestamp overflows")?;
-        cols.t_ns.push(t);
-    }
-    if t != shape.last_t_ns {
-        return Err("last event's time differs from the chunk header".into());
-    }
-    time.expect_end()?;
+        ENCODING_V2 => Some(TimeDecoder::parse(
+            streams[S_TIME],
+            streams[S_TIME_CODE],
+            n,
+        )?),
+        e => return Err(format!("unknown event chunk encoding {e}")),
+    };
+    let mut classes: Vec<u8> = Vec::new();
 
     for (name, stream, out) in [
         (
@@ -780,14 +862,30 @@ pub(crate) fn decode_columns(
     let mut bytes = Rd::new(streams[S_BYTES], "bytes");
     let mut misc = Rd::new(streams[S_MISC], "misc");
     let mut last_values: Vec<u64> = Vec::new();
-    cols.key.reserve(n);
-    cols.value.reserve(n);
+    // Every event writes exactly one key and one value: sized once and written by index, so the
+    // loop keeps no vector length in memory.
+    cols.key.resize(n, NO_KEY);
+    cols.value.resize(n, 0);
+    if time_decoder.is_some() {
+        classes.resize(n + 1, CLASS_START);
+    }
+    let ChunkColumns {
+        key: key_out,
+        value: value_out,
+        keys: dict,
+        others,
+        status: status_col,
+        duration: duration_col,
+        t_ns,
+        ..
+    } = cols;
+    let (key_out, value_out) = (&mut key_out[..n], &mut value_out[..n]);
     let (mut status_at, mut duration_at) = (0usize, 0usize);
     for (i, &tag_byte) in tags.iter().enumerate() {
         let tag = KindTag::ALL[tag_byte as usize];
         let kind = if tag.is_access() {
             let sym = syms.varint()?;
-            if sym == cols.keys.len() as u64 {
+            if sym == dict.len() as u64 {
                 let region = keys.varint_u32()?;
                 let offset = keys.varint()?;
                 let width = keys.u8()?;
@@ -801,7 +899,7 @@ pub(crate) fn decode_columns(
                 {
                     return Err("config access key with a region or a 64-bit offset".into());
                 }
-                cols.keys.push(AccessKey {
+                dict.push(AccessKey {
                     tag,
                     region,
                     offset,
@@ -809,19 +907,21 @@ pub(crate) fn decode_columns(
                 });
                 last_values.push(0);
             }
-            let key = *cols
-                .keys
+            let key = *dict
                 .get(sym as usize)
                 .ok_or_else(|| format!("access symbol {sym} is not in the dictionary"))?;
             if key.tag != tag {
                 return Err(format!("access symbol {sym} belongs to another kind"));
             }
+            if let Some(td) = &time_decoder {
+                classes[i + 1] = td.access_class(sym as u32);
+            }
             if key.width != WIDTH_BYTES {
                 let last = &mut last_values[sym as usize];
                 let value = values.varint()? ^ *last;
                 *last = value;
-                cols.key.push(sym as u32);
-                cols.value.push(value);
+                key_out[i] = sym as u32;
+                value_out[i] = value;
                 continue;
             }
             let len = values.varint()? as usize;
@@ -836,38 +936,41 @@ pub(crate) fn decode_columns(
             };
             access_kind(tag, key.region, key.offset, data)
         } else if tag == KindTag::Irq {
+            if time_decoder.is_some() {
+                classes[i + 1] = TimeDecoder::other_class(tag_byte);
+            }
             let index = misc.varint_u32()?;
             let vector = misc.varint_u32()?;
-            cols.key.push(NO_KEY);
-            cols.value.push((index as u64) << 32 | vector as u64);
+            value_out[i] = (index as u64) << 32 | vector as u64;
             continue;
         } else {
+            if time_decoder.is_some() {
+                classes[i + 1] = TimeDecoder::other_class(tag_byte);
+            }
             decode_other(tag, &mut misc, &mut bytes, blobs)?
         };
-        cols.key.push(NO_KEY);
-        cols.value.push(0);
         let idx = i as u32;
-        while cols.status.get(status_at).is_some_and(|(at, _)| *at < idx) {
+        while status_col.get(status_at).is_some_and(|(at, _)| *at < idx) {
             status_at += 1;
         }
-        while cols
-            .duration
+        while duration_col
             .get(duration_at)
             .is_some_and(|(at, _)| *at < idx)
         {
             duration_at += 1;
         }
-        let status = match cols.status.get(status_at) {
+        let status = match status_col.get(status_at) {
             Some((at, s)) if *at == idx => *s,
             _ => 0,
         };
-        let duration_ns = match cols.duration.get(duration_at) {
+        let duration_ns = match duration_col.get(duration_at) {
             Some((at, d)) if *at == idx => *d,
             _ => 0,
         };
-        cols.others.push(Event {
+        others.push(Event {
             seq: shape.first_seq + i as u64,
-            t_ns: cols.t_ns[i],
+            // v2: filled in once time is decoded.
+            t_ns: t_ns.get(i).copied().unwrap_or(0),
             status,
             duration_ns,
             kind,
@@ -876,7 +979,48 @@ pub(crate) fn decode_columns(
     for rd in [&keys, &syms, &values, &bytes, &misc] {
         rd.expect_end()?;
     }
+    if let Some(td) = time_decoder {
+        let last = td.decode(&classes, shape.first_t_ns, t_ns)?;
+        if last != shape.last_t_ns {
+            return Err("last event's time differs from the chunk header".into());
+        }
+        for ev in others.iter_mut() {
+            // `seq - first_seq` is the event's index, below `n` by construction.
+            ev.t_ns = t_ns[(ev.seq - shape.first_seq) as usize];
+        }
+    }
     Ok(())
+}
+
+/// Decodes the v1 time stream: a varint quantum, then one varint delta per event.
+fn decode_time_v1(
+    stream: &[u8],
+    shape: &ChunkShape,
+    n: usize,
+    out: &mut Vec<u64>,
+) -> Result<(), String> {
+    let mut time = Rd::new(stream, "time");
+    let quantum = time.varint()?;
+    if quantum == 0 {
+        return Err("time quantum is 0".into());
+    }
+    out.reserve(n);
+    let mut t = shape.first_t_ns;
+    for i in 0..n {
+        let dt = time
+            .varint()?
+            .checked_mul(quantum)
+            .ok_or("time delta overflows")?;
+        if i == 0 && dt != 0 {
+            return Err("first event's time differs from the chunk header".into());
+        }
+        t = t.checked_add(dt).ok_or("timestamp overflows")?;
+        out.push(t);
+    }
+    if t != shape.last_t_ns {
+        return Err("last event's time differs from the chunk header".into());
+    }
+    time.expect_end()
 }
 
 /// Destination of a sparse stream's (index, value) pairs.

@@ -6,8 +6,10 @@ use crate::event::KindTag;
 
 /// File magic, the first 8 bytes of every trace.
 pub const FILE_MAGIC: [u8; 8] = *b"HWRRTRCE";
-/// The format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this crate writes by default (it reads this one and [`FORMAT_VERSION_1`]).
+pub const FORMAT_VERSION: u16 = 2;
+/// Version 1: files whose event chunks all use [`ENCODING_V1`].
+pub const FORMAT_VERSION_1: u16 = 1;
 /// Size of the fixed file header prefix (followed by the compressed JSON header).
 pub const FILE_HEADER_LEN: usize = 64;
 /// Chunk magic.
@@ -37,8 +39,10 @@ pub const MAX_HEADER_JSON_LEN: u32 = 64 << 20;
 pub const CHUNK_TYPE_EVENTS: u8 = 1;
 /// Chunk type byte of a blob chunk.
 pub const CHUNK_TYPE_BLOBS: u8 = 2;
-/// Encoding byte of the v1 columnar event encoding (and of the v1 blob table).
+/// Encoding byte of the v1 columnar event encoding (and of the blob table, in every version).
 pub const ENCODING_V1: u8 = 1;
+/// Encoding byte of the v2 event encoding: the v1 streams with a context-modelled rANS time stream.
+pub const ENCODING_V2: u8 = 2;
 
 /// Whether a stored checksum or content hash matched the computed one. Fuzzing builds
 /// (`--cfg fuzzing`, set by cargo-fuzz) accept mismatches so the fuzzer reaches the decoders behind
@@ -214,7 +218,11 @@ impl ChunkHeader {
         if h.chunk_type != CHUNK_TYPE_EVENTS && h.chunk_type != CHUNK_TYPE_BLOBS {
             return Err(format!("unknown chunk type {}", h.chunk_type));
         }
-        if h.encoding != ENCODING_V1 {
+        let known = match h.chunk_type {
+            CHUNK_TYPE_EVENTS => matches!(h.encoding, ENCODING_V1 | ENCODING_V2),
+            _ => h.encoding == ENCODING_V1,
+        };
+        if !known {
             return Err(format!("unknown chunk encoding {}", h.encoding));
         }
         if h.payload_len > MAX_PAYLOAD_LEN {

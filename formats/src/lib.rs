@@ -21,6 +21,7 @@ pub mod reader;
 pub mod recover;
 pub mod regmap;
 pub mod slice;
+mod timecode;
 pub mod writer;
 
 pub use codec::{AccessKey, ChunkColumns, NO_KEY};
@@ -32,4 +33,4 @@ pub use reader::{Events, TraceReader, VerifyReport};
 pub use recover::{
     recover, recover_bytes, scan, verify_file, RecoverReport, ScanReport, VerifyError,
 };
-pub use writer::{TraceWriter, WriteSummary, WriterOptions};
+pub use writer::{EventEncoding, TraceWriter, WriteSummary, WriterOptions};

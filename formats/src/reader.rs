@@ -52,7 +52,7 @@ pub(crate) struct ParsedHeader {
 /// Parses and checks the header block at the start of `bytes` (the ROM is not resolved).
 pub(crate) fn parse_header(bytes: &[u8]) -> Result<ParsedHeader, FormatError> {
     let prefix = FileHeaderPrefix::parse(bytes)?;
-    if prefix.version != FORMAT_VERSION {
+    if prefix.version != FORMAT_VERSION && prefix.version != FORMAT_VERSION_1 {
         return Err(FormatError::UnsupportedVersion {
             found: prefix.version,
             supported: FORMAT_VERSION,
@@ -175,8 +175,27 @@ pub(crate) fn load_chunk_into(
     if !sums_match(crc32fast::hash(z) == header.payload_crc) {
         return Err(corrupt("payload checksum mismatch".into()));
     }
-    decompress_exact(z, header.payload_len as usize, payload)
-        .map_err(|e| corrupt(format!("payload does not decompress: {e}")))?;
+    if header.encoding == ENCODING_V2 {
+        // Encoding 2: u32 frame length, the zstd frame, then the payload's uncompressed suffix.
+        let frame_len = z
+            .get(..4)
+            .map(|b| u32_at(b, 0) as usize)
+            .ok_or_else(|| corrupt("payload shorter than its frame length".into()))?;
+        let frame_end = frame_len
+            .checked_add(4)
+            .filter(|e| *e <= z.len())
+            .ok_or_else(|| corrupt("zstd frame runs past the payload".into()))?;
+        let suffix = &z[frame_end..];
+        let framed_len = (header.payload_len as usize)
+            .checked_sub(suffix.len())
+            .ok_or_else(|| corrupt("uncompressed suffix longer than the payload".into()))?;
+        decompress_exact(&z[4..frame_end], framed_len, payload)
+            .map_err(|e| corrupt(format!("payload does not decompress: {e}")))?;
+        payload.extend_from_slice(suffix);
+    } else {
+        decompress_exact(z, header.payload_len as usize, payload)
+            .map_err(|e| corrupt(format!("payload does not decompress: {e}")))?;
+    }
     if payload.len() != header.payload_len as usize {
         return Err(corrupt("payload has the wrong uncompressed length".into()));
     }
@@ -588,6 +607,7 @@ impl TraceReader {
             ));
         }
         let shape = ChunkShape {
+            encoding: h.encoding,
             first_seq: h.first_id,
             count: h.count,
             first_t_ns: h.first_t_ns,

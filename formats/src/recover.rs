@@ -173,6 +173,7 @@ fn scan_one(
             return Err("chunk is older than its predecessor".into());
         }
         let shape = ChunkShape {
+            encoding: h.encoding,
             first_seq: h.first_id,
             count: h.count,
             first_t_ns: h.first_t_ns,

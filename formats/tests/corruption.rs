@@ -1,5 +1,6 @@
 //! Damaged traces: truncation, bit flips, zeroed chunks and lying footers must end in the exact
-//! sound prefix (through `recover`) or a clear error, never a panic.
+//! sound prefix (through `recover`) or a clear error, never a panic. Every case runs on a v1 and on
+//! a v2 trace.
 
 mod common;
 
@@ -16,11 +17,12 @@ struct Fixture {
     footer_offset: u64,
 }
 
-fn fixture() -> Fixture {
+fn fixture(event_encoding: EventEncoding) -> Fixture {
     let h = header(Some(vec![7u8; 3000]), 0);
     let events = mixed_events(0, 2400);
     let opts = WriterOptions {
         blob_chunk_bytes: 2000,
+        event_encoding,
         ..small_chunks(160)
     };
     let bytes = write_trace(&h, &events, opts);
@@ -85,7 +87,12 @@ fn exercise(bytes: &[u8]) {
 
 #[test]
 fn truncation_at_every_chunk_boundary() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        truncation_at_every_chunk_boundary_in(&fixture(encoding));
+    }
+}
+
+fn truncation_at_every_chunk_boundary_in(f: &Fixture) {
     for (i, c) in f.chunks.iter().enumerate() {
         let cut = &f.bytes[..c.0 as usize];
         assert!(matches!(
@@ -93,10 +100,10 @@ fn truncation_at_every_chunk_boundary() {
             Err(FormatError::MissingTrailer { .. })
         ));
         let want: u64 = f.chunks[..i].iter().map(|c| c.3).sum();
-        assert_recovers(&f, cut, want);
+        assert_recovers(f, cut, want);
     }
     // Cut right before the footer: everything survives.
-    assert_recovers(&f, &f.bytes[..f.footer_offset as usize], 2400);
+    assert_recovers(f, &f.bytes[..f.footer_offset as usize], 2400);
     // Cut inside the header: a clear error.
     for cut in [0usize, 7, 40, f.header_end as usize - 1] {
         let err = recover_bytes(&f.bytes[..cut]).unwrap_err();
@@ -106,7 +113,12 @@ fn truncation_at_every_chunk_boundary() {
 
 #[test]
 fn truncation_at_pseudo_random_offsets() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        truncation_at_pseudo_random_offsets_in(&fixture(encoding));
+    }
+}
+
+fn truncation_at_pseudo_random_offsets_in(f: &Fixture) {
     let mut x = 12345u64;
     for _ in 0..300 {
         x = x
@@ -115,13 +127,18 @@ fn truncation_at_pseudo_random_offsets() {
         let cut = f.header_end + (x >> 11) % (f.bytes.len() as u64 - f.header_end);
         let bytes = &f.bytes[..cut as usize];
         exercise(bytes);
-        assert_recovers(&f, bytes, f.events_before(cut).min(2400));
+        assert_recovers(f, bytes, f.events_before(cut).min(2400));
     }
 }
 
 #[test]
 fn bit_flips_in_every_chunk_recover_the_prefix_before_it() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        bit_flips_in_every_chunk_recover_the_prefix_before_it_in(&fixture(encoding));
+    }
+}
+
+fn bit_flips_in_every_chunk_recover_the_prefix_before_it_in(f: &Fixture) {
     let mut event_index = 0usize;
     for (i, c) in f.chunks.iter().enumerate() {
         let want: u64 = f.chunks[..i].iter().map(|c| c.3).sum();
@@ -129,7 +146,7 @@ fn bit_flips_in_every_chunk_recover_the_prefix_before_it() {
             let mut bytes = f.bytes.clone();
             bytes[at as usize] ^= 0x10;
             exercise(&bytes);
-            assert_recovers(&f, &bytes, want);
+            assert_recovers(f, &bytes, want);
             let r = match TraceReader::from_bytes(bytes) {
                 Ok(r) => r,
                 // The first blob chunk holds the ROM, which opening resolves.
@@ -163,13 +180,18 @@ fn bit_flips_in_every_chunk_recover_the_prefix_before_it() {
 
 #[test]
 fn zeroed_chunk() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        zeroed_chunk_in(&fixture(encoding));
+    }
+}
+
+fn zeroed_chunk_in(f: &Fixture) {
     for (i, c) in f.chunks.iter().enumerate().step_by(3) {
         let mut bytes = f.bytes.clone();
         bytes[c.0 as usize..(c.0 + c.1) as usize].fill(0);
         exercise(&bytes);
         let want: u64 = f.chunks[..i].iter().map(|c| c.3).sum();
-        assert_recovers(&f, &bytes, want);
+        assert_recovers(f, &bytes, want);
         let r = match TraceReader::from_bytes(bytes) {
             Ok(r) => r,
             Err(FormatError::CorruptHeader { .. }) if i == 0 => continue,
@@ -183,7 +205,12 @@ fn zeroed_chunk() {
 
 #[test]
 fn bit_flips_in_header_and_footer() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        bit_flips_in_header_and_footer_in(&fixture(encoding));
+    }
+}
+
+fn bit_flips_in_header_and_footer_in(f: &Fixture) {
     for at in [0usize, 9, 13, 30, 61, 70, f.header_end as usize - 3] {
         let mut bytes = f.bytes.clone();
         bytes[at] ^= 1;
@@ -214,7 +241,7 @@ fn bit_flips_in_header_and_footer() {
         );
         let (report, _) = recover_bytes(&bytes).unwrap();
         assert!(!report.had_footer);
-        assert_recovers(&f, &bytes, 2400);
+        assert_recovers(f, &bytes, 2400);
     }
 }
 
@@ -234,7 +261,12 @@ fn lying_footer(f: &Fixture, edit: impl Fn(&mut [u8])) -> Vec<u8> {
 
 #[test]
 fn footers_that_lie() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        footers_that_lie_in(&fixture(encoding));
+    }
+}
+
+fn footers_that_lie_in(f: &Fixture) {
     let e0 = FOOTER_FIXED_LEN;
     let add = |b: &mut [u8], at: usize, d: i64| {
         let v = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
@@ -291,7 +323,7 @@ fn footers_that_lie() {
         ("first seq", Box::new(|b| add(b, 32, 5))),
     ];
     for (name, edit) in edits {
-        let bytes = lying_footer(&f, edit);
+        let bytes = lying_footer(f, edit);
         exercise(&bytes);
         let outcome = TraceReader::from_bytes(bytes.clone()).and_then(|r| {
             // Reading every chunk through the lying index must fail too, not return wrong events.
@@ -302,7 +334,7 @@ fn footers_that_lie() {
             Err(e) => assert!(e.is_corruption(), "{name}: {e}"),
             Ok(events) => panic!("{name}: lying footer accepted ({} events)", events.len()),
         }
-        assert_recovers(&f, &bytes, 2400);
+        assert_recovers(f, &bytes, 2400);
     }
 }
 
@@ -310,7 +342,12 @@ fn footers_that_lie() {
 /// must not survive into a recovered trace.
 #[test]
 fn rom_length_that_lies_is_dropped_by_recovery() {
-    let f = fixture();
+    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+        rom_length_that_lies_is_dropped_by_recovery_in(&fixture(encoding));
+    }
+}
+
+fn rom_length_that_lies_is_dropped_by_recovery_in(f: &Fixture) {
     let mut bytes = f.bytes.clone();
     bytes[32..40].copy_from_slice(&2999u64.to_le_bytes());
     let crc = crc32fast::hash(&bytes[..60]);

@@ -1,15 +1,33 @@
-//! Golden v1 traces: files written by format v1 and committed, so every later version proves it still
-//! reads v1 exactly. Regenerate (only when deliberately changing v1's writer output, which must stay
-//! readable anyway) with `HWRR_REGENERATE_GOLDEN=1 cargo test -p hwrr-formats --test golden`.
+//! Golden traces: files written by format v1 (`tests/golden/*.hwrr`) and v2 (`tests/golden/v2/`)
+//! and committed, so every later version proves it still reads them exactly, and the writers prove
+//! they still produce them byte for byte. Regenerate one version's files (only when deliberately
+//! changing that version's writer output, which must stay readable anyway) with
+//! `HWRR_REGENERATE_GOLDEN=v1` (or `=1`) or `HWRR_REGENERATE_GOLDEN=v2`
+//! `cargo test -p hwrr-formats --test golden`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use hwrr_formats::*;
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+fn golden_dir(encoding: EventEncoding) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    match encoding {
+        EventEncoding::V1 => dir,
+        EventEncoding::V2 => dir.join("v2"),
+    }
 }
+
+/// Whether this run regenerates the goldens of `encoding`.
+fn regenerate(encoding: EventEncoding) -> bool {
+    match std::env::var("HWRR_REGENERATE_GOLDEN").as_deref() {
+        Ok("1") | Ok("v1") => encoding == EventEncoding::V1,
+        Ok("v2") => encoding == EventEncoding::V2,
+        _ => false,
+    }
+}
+
+const ENCODINGS: [EventEncoding; 2] = [EventEncoding::V1, EventEncoding::V2];
 
 fn golden_header(start_state: Option<StartState>) -> TraceHeader {
     let mut config = vec![0u8; 256];
@@ -221,6 +239,46 @@ fn slice_start_state() -> StartState {
     }
 }
 
+/// Register traffic with QEMU-like microsecond jitter whose gaps depend on the pair of
+/// consecutive accesses, a few long pauses and one huge gap: enough events per chunk for all of
+/// v2's time tables (context, class, global), its four lanes and its extra bits to appear.
+fn timing_events() -> Vec<Event> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut t = 0u64;
+    let mut prev = 0u64;
+    (0..3000u64)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let which = if x % 61 == 0 { 5 } else { (x >> 8) % 5 };
+            let kind = match which {
+                0 => EventKind::PioWrite(mmio(2, 0x10, 2, i & 0xff)),
+                1 => EventKind::Irq(Irq {
+                    index: 0,
+                    vector: 0,
+                }),
+                2 => EventKind::PioRead(mmio(2, 0x14, 2, 0x8000)),
+                3 => EventKind::PioWrite(mmio(2, 0x14, 2, 0x4000)),
+                4 => EventKind::ConfigRead(ConfigAccess {
+                    offset: 4,
+                    data: AccessData::value(2, 7).unwrap(),
+                }),
+                _ => EventKind::Reset,
+            };
+            let gap_us = match i {
+                0 => 0,
+                1500 => 40_000_000_000,
+                _ if i % 97 == 0 => 1000 + x % 5000,
+                _ => (1 + (prev * 7 + which * 3) % 11) * (1 + (prev + which) % 4) + (x >> 20) % 3,
+            };
+            prev = which;
+            t += gap_us * 1000;
+            Event::new(i, t, kind)
+        })
+        .collect()
+}
+
 struct Golden {
     file: &'static str,
     header: TraceHeader,
@@ -242,15 +300,23 @@ fn goldens() -> Vec<Golden> {
             events: all_kinds_events(1000),
             chunk_events: 64,
         },
+        Golden {
+            file: "timing.hwrr",
+            header: golden_header(None),
+            events: timing_events(),
+            chunk_events: 1024,
+        },
     ]
 }
 
-fn write(g: &Golden) -> Vec<u8> {
+fn write(g: &Golden, event_encoding: EventEncoding) -> Vec<u8> {
     let opts = WriterOptions {
         chunk_events: g.chunk_events,
         flush_interval: None,
         zstd_level: 3,
         blob_chunk_bytes: 4 << 20,
+        event_encoding,
+        v2_min_chunk_events: 0,
     };
     let mut w = TraceWriter::new(Vec::new(), &g.header, opts).unwrap();
     for e in &g.events {
@@ -260,13 +326,22 @@ fn write(g: &Golden) -> Vec<u8> {
 }
 
 #[test]
-fn golden_v1_traces_read_exactly() {
-    let regenerate = std::env::var_os("HWRR_REGENERATE_GOLDEN").is_some();
-    for g in goldens() {
-        let path = golden_dir().join(g.file);
-        if regenerate {
-            std::fs::write(&path, write(&g)).unwrap();
+fn golden_traces_read_exactly() {
+    for (encoding, g) in ENCODINGS
+        .iter()
+        .flat_map(|e| goldens().into_iter().map(move |g| (*e, g)))
+    {
+        let path = golden_dir(encoding).join(g.file);
+        if regenerate(encoding) {
+            std::fs::write(&path, write(&g, encoding)).unwrap();
         }
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            u16::from_le_bytes([bytes[8], bytes[9]]),
+            encoding.file_version(),
+            "{}",
+            path.display()
+        );
         let r = TraceReader::open(&path).unwrap();
         assert_eq!(r.header(), &g.header, "{}", g.file);
         let events: Vec<Event> = r.iter().map(|e| e.unwrap()).collect();
@@ -275,32 +350,58 @@ fn golden_v1_traces_read_exactly() {
         assert_eq!(r.first_seq(), g.events[0].seq);
         let report = r.verify().unwrap();
         assert_eq!(report.events, g.events.len() as u64);
+        let blobs = if g.file == "timing.hwrr" { 1 } else { 6 };
         assert_eq!(
-            report.blobs, 6,
-            "ROM, page, half page, zero page, 100-byte access, marker"
+            report.blobs, blobs,
+            "ROM, (page, half page, zero page, 100-byte access, marker)"
         );
+        for i in 0..r.chunk_count() {
+            let chunk = r.chunk(i);
+            let at = chunk.offset as usize + 5;
+            assert_eq!(bytes[at], encoding.chunk_encoding(), "{}", path.display());
+        }
+    }
+}
+
+/// The writer of each version still produces its goldens byte for byte: a change to either
+/// encoding's output is deliberate (and regenerates the goldens), never an accident.
+#[test]
+fn writers_reproduce_the_goldens() {
+    for encoding in ENCODINGS {
+        for g in goldens() {
+            let path = golden_dir(encoding).join(g.file);
+            let committed = std::fs::read(&path).unwrap();
+            assert!(
+                write(&g, encoding) == committed,
+                "{} is no longer what the writer produces",
+                path.display()
+            );
+        }
     }
 }
 
 /// A trace whose writer died after four chunks: no footer, a torn fifth chunk.
 #[test]
-fn golden_v1_unfinished_trace_recovers() {
-    let path = golden_dir().join("unfinished.hwrr");
-    let g = &goldens()[0];
-    if std::env::var_os("HWRR_REGENERATE_GOLDEN").is_some() {
-        let full = write(g);
-        let r = TraceReader::from_bytes(full.clone()).unwrap();
-        let torn = r.chunk(3).offset + r.chunk(3).len + 50;
-        std::fs::write(&path, &full[..torn as usize]).unwrap();
+fn golden_unfinished_traces_recover() {
+    for encoding in ENCODINGS {
+        let path = golden_dir(encoding).join("unfinished.hwrr");
+        let g = &goldens()[0];
+        if regenerate(encoding) {
+            let full = write(g, encoding);
+            let r = TraceReader::from_bytes(full.clone()).unwrap();
+            let torn = r.chunk(3).offset + r.chunk(3).len + 50;
+            std::fs::write(&path, &full[..torn as usize]).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(matches!(
+            TraceReader::from_bytes(bytes.clone()),
+            Err(FormatError::MissingTrailer { .. })
+        ));
+        let (report, out) = recover_bytes(&bytes).unwrap();
+        assert_eq!(report.event_chunks, 4);
+        let r = TraceReader::from_bytes(out).unwrap();
+        assert_eq!(r.header(), &g.header);
+        let events: Vec<Event> = r.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(events, g.events[..32], "{}", path.display());
     }
-    let bytes = std::fs::read(&path).unwrap();
-    assert!(matches!(
-        TraceReader::from_bytes(bytes.clone()),
-        Err(FormatError::MissingTrailer { .. })
-    ));
-    let (report, out) = recover_bytes(&bytes).unwrap();
-    assert_eq!(report.event_chunks, 4);
-    let r = TraceReader::from_bytes(out).unwrap();
-    let events: Vec<Event> = r.iter().map(|e| e.unwrap()).collect();
-    assert_eq!(events, g.events[..32]);
 }

@@ -97,7 +97,9 @@ fn events(max: usize) -> impl Strategy<Value = (u64, Vec<Event>)> {
                     any::<u32>().prop_map(u64::from)
                 ],
                 prop_oneof![4 => Just(0u32), 1 => any::<u32>()],
-                prop_oneof![4 => Just(0u64), 1 => any::<u64>()],
+                // Equal times, QEMU-like microsecond gaps (the v2 time coder's direct and
+                // exponent symbols) and anything at all.
+                prop_oneof![4 => Just(0u64), 3 => (1u64..3000).prop_map(|us| us * 1000), 1 => any::<u64>()],
                 kind(),
             ),
             0..max,
@@ -123,13 +125,22 @@ fn events(max: usize) -> impl Strategy<Value = (u64, Vec<Event>)> {
         })
 }
 
+fn encoding() -> impl Strategy<Value = EventEncoding> {
+    prop_oneof![Just(EventEncoding::V1), Just(EventEncoding::V2)]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
-    fn round_trip((first, evs) in events(400), chunk in 1usize..200, blob_bytes in 1usize..5000) {
+    fn round_trip(
+        (first, evs) in events(400),
+        chunk in 1usize..200,
+        blob_bytes in 1usize..5000,
+        event_encoding in encoding(),
+    ) {
         let h = header(None, first);
-        let opts = WriterOptions { blob_chunk_bytes: blob_bytes, ..small_chunks(chunk) };
+        let opts = WriterOptions { blob_chunk_bytes: blob_bytes, event_encoding, ..small_chunks(chunk) };
         let bytes = write_trace(&h, &evs, opts);
         let r = TraceReader::from_bytes(bytes).unwrap();
         prop_assert_eq!(r.event_count(), evs.len() as u64);
@@ -160,9 +171,11 @@ proptest! {
         at in any::<prop::sample::Index>(),
         xor in 1u8..=255,
         truncate in any::<bool>(),
+        event_encoding in encoding(),
     ) {
         let h = header(Some(vec![1, 2, 3]), first);
-        let mut bytes = write_trace(&h, &evs, small_chunks(chunk));
+        let opts = WriterOptions { event_encoding, ..small_chunks(chunk) };
+        let mut bytes = write_trace(&h, &evs, opts);
         let i = at.index(bytes.len());
         if truncate {
             bytes.truncate(i);

@@ -203,3 +203,35 @@ fn tick_flushes_an_old_chunk_and_flush_writes_through() {
     let (report, _) = recover_bytes(&bytes[..bytes.len() - 1]).unwrap();
     assert_eq!(report.events, 2);
 }
+
+/// Version 2 files may mix chunk encodings: by default, chunks under `v2_min_chunk_events` events
+/// are written in encoding 1, larger ones in encoding 2, and both read back exactly.
+#[test]
+fn small_chunks_of_a_v2_file_use_encoding_1() {
+    let h = header(None, 0);
+    let events = mixed_events(0, 5000);
+    let opts = WriterOptions {
+        chunk_events: 2000,
+        flush_interval: None,
+        ..WriterOptions::default()
+    };
+    assert_eq!(opts.v2_min_chunk_events, 1024);
+    let bytes = write_trace(&h, &events, opts);
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        2,
+        "a version 2 file"
+    );
+    let r = TraceReader::from_bytes(bytes.clone()).unwrap();
+    let encodings: Vec<u8> = r
+        .chunks()
+        .iter()
+        .map(|c| bytes[c.offset as usize + 5])
+        .collect();
+    assert_eq!(encodings, [2, 2, 1], "2000, 2000 and 1000 events");
+    assert_eq!(read_all(&r), events);
+    r.verify().unwrap();
+    let (report, out) = recover_bytes(&bytes[..bytes.len() - 40]).unwrap();
+    assert_eq!(report.events, 5000);
+    assert_eq!(read_all(&TraceReader::from_bytes(out).unwrap()), events);
+}

@@ -138,11 +138,13 @@ pub fn write_trace(header: &TraceHeader, events: &[Event], opts: WriterOptions) 
     w.finish_into_inner().unwrap().1
 }
 
-/// Options with small chunks.
+/// Options with small chunks (written in the file's encoding whatever their size, so small
+/// chunks exercise encoding 2 too).
 pub fn small_chunks(n: usize) -> WriterOptions {
     WriterOptions {
         chunk_events: n,
         flush_interval: None,
+        v2_min_chunk_events: 0,
         ..WriterOptions::default()
     }
 }

@@ -1,0 +1,1118 @@
+//! The v2 time stream (chunk encoding 2): time deltas entropy-coded with static rANS tables chosen
+//! per event by a context of access keys.
+//!
+//! QEMU's microsecond timestamps carry real jitter, but how long the driver takes between two
+//! accesses depends strongly on *which* two accesses they are (and a little on how long the
+//! previous gap was). The encoder counts the chunk's deltas per context `(previous event's class,
+//! this event's class, bucket of the previous delta)`, gives a context its own frequency table when
+//! that pays for the table, lets the remaining contexts of a class share a class table and the rest
+//! share one global table, and codes each delta's symbol under its context's table with rANS, in
+//! four independent lanes so a decoder overlaps their dependency chains. Decoding is two table
+//! lookups and one multiply per event, with no adaptation.
+//! `docs/FORMAT.md` §3.3 is the specification.
+
+use crate::codec::{put_varint, Rd};
+
+/// Context classes: 0..=53 for the most used access keys, 54 for every other access key, 55 for
+/// "before the first event", 56..=63 for the non-access kinds (tags 6..=13).
+pub(crate) const CLASS_COUNT: usize = 64;
+/// Class of the access keys the class map does not name.
+pub(crate) const CLASS_OTHER_KEY: u8 = 54;
+/// Class of the (absent) event before a chunk's first event.
+pub(crate) const CLASS_START: u8 = 55;
+/// Classes 56..=63 are the non-access kind tags 6..=13: class = tag + this.
+const NON_ACCESS_CLASS_OFFSET: u8 = 50;
+/// Buckets of the previous delta (in quanta) by bit length: 0, 1, 2..3, 4..7, ..., 32..63, 64 and
+/// more.
+const BUCKETS: usize = 8;
+/// Number of contexts: (previous class, class, bucket).
+pub(crate) const CONTEXTS: usize = CLASS_COUNT * CLASS_COUNT * BUCKETS;
+/// Deltas below this are their own symbol.
+const DIRECT: u64 = 1 << DIRECT_BITS;
+const DIRECT_BITS: u32 = 7;
+/// Symbols: 64 direct deltas, then 4 per binary exponent 6..=63.
+pub(crate) const SYMBOLS: usize = DIRECT as usize + (64 - DIRECT_BITS as usize) * 4;
+/// Largest table precision (log2 of a table's frequency total). 11 bits keep a decoding slot in
+/// 32 bits (symbol 9, frequency 12, bias 11) and the tables of a chunk in cache.
+const MAX_PRECISION: u32 = 11;
+/// Independent rANS lanes: the chunk's events are cut into this many consecutive runs, each with
+/// its own state, so the decoder interleaves four dependency chains instead of waiting on one.
+pub(crate) const LANES: usize = 4;
+
+/// First event of each lane (and the end), for a chunk of `n` events.
+pub(crate) fn lane_bounds(n: usize) -> [usize; LANES + 1] {
+    let per = n.div_ceil(LANES);
+    let mut b = [0; LANES + 1];
+    for (k, v) in b.iter_mut().enumerate() {
+        *v = (k * per).min(n);
+    }
+    b
+}
+
+/// Lower bound of the rANS state; the state lives in [RANS_L, 2^32) and moves 16 bits at a time.
+const RANS_L: u32 = 1 << 16;
+/// Estimated cost in bits of one stored table entry and of one table header after zstd (for the
+/// encoder's decision whether a table pays for itself; sizes barely move between 4 and 12).
+const TABLE_ENTRY_BITS: f64 = 8.0;
+const TABLE_HEADER_BITS: f64 = 40.0;
+
+/// The bucket of every symbol's delta (symbols of 64 and more are all in the last bucket; the
+/// decoder's invalid symbol never reaches a lookup that matters).
+static BUCKET_OF_SYMBOL: [u8; 512] = {
+    let mut b = [(BUCKETS - 1) as u8; 512];
+    let mut s = 0;
+    while s < 1 << (BUCKETS - 2) {
+        b[s] = (usize::BITS - s.leading_zeros()) as u8;
+        s += 1;
+    }
+    b
+};
+
+/// Symbol of the decoder's stand-in table for contexts without a table.
+const INVALID_SYMBOL: u64 = 0x1ff;
+
+/// Table kinds in the stream, in the order they must appear.
+const KIND_GLOBAL: u8 = 0;
+const KIND_CLASS: u8 = 1;
+const KIND_CONTEXT: u8 = 2;
+
+/// `event_keys` entry of a non-access event: this bit plus its kind tag.
+pub(crate) const NON_ACCESS: u32 = 1 << 31;
+
+/// Class of the previous delta `d` (in quanta).
+#[inline(always)]
+fn bucket(d: u64) -> usize {
+    (64 - d.leading_zeros() as usize).min(BUCKETS - 1)
+}
+
+#[inline(always)]
+fn context(prev_class: u8, class: u8, bucket: usize) -> usize {
+    (prev_class as usize * CLASS_COUNT + class as usize) * BUCKETS + bucket
+}
+
+/// The symbol of delta `d`, with the number and value of its extra raw bits.
+#[inline(always)]
+fn symbolize(d: u64) -> (u16, u32, u64) {
+    if d < DIRECT {
+        return (d as u16, 0, 0);
+    }
+    let e = 63 - d.leading_zeros();
+    let extra = e - 2;
+    let top = (d >> extra) & 3;
+    (
+        (DIRECT + (e - DIRECT_BITS) as u64 * 4 + top) as u16,
+        extra,
+        d & ((1u64 << extra) - 1),
+    )
+}
+
+/// Class of a non-access event's kind tag.
+#[inline(always)]
+fn non_access_class(tag: u8) -> u8 {
+    tag + NON_ACCESS_CLASS_OFFSET
+}
+
+/// Reusable buffers of the encoder.
+#[derive(Default)]
+pub(crate) struct TimeEncoder {
+    ctx_slot: Vec<u32>,
+    used: Vec<u32>,
+    counts: Vec<u32>,
+    class_counts: Vec<u32>,
+    residual: Vec<u32>,
+    global: Vec<u32>,
+    /// Per table and symbol: frequency << 16 | cumulative frequency.
+    enc: Vec<u32>,
+    /// Per table and symbol: ceil(2^64 / frequency), to divide by a multiplication (0 for 1).
+    reciprocal: Vec<u64>,
+    /// Per event: its context's index in `used`.
+    slot_of_event: Vec<u32>,
+    /// Per used context: its table's `index << 4 | precision`.
+    table_of_slot: Vec<u32>,
+    sym_of_event: Vec<u16>,
+    sym_uses: Vec<(u32, u32)>,
+    words: Vec<u16>,
+}
+
+/// One frequency table chosen by the encoder.
+struct TableDef {
+    kind: u8,
+    /// Class (KIND_CLASS) or context index (KIND_CONTEXT).
+    coord: u32,
+    precision: u32,
+    /// The symbols it codes, in increasing order.
+    symbols: Vec<u16>,
+    /// Their weight codes.
+    codes: Vec<u8>,
+    /// Their frequencies (from the codes).
+    freqs: Vec<u32>,
+}
+
+/// Bits to code `counts` with its own ideal table (its empirical entropy).
+fn self_bits(counts: &[u32]) -> (f64, usize) {
+    let total: u64 = counts.iter().map(|c| *c as u64).sum();
+    let mut bits = 0.0;
+    let mut nnz = 0;
+    for &c in counts {
+        if c != 0 {
+            nnz += 1;
+            bits += c as f64 * (total as f64 / c as f64).log2();
+        }
+    }
+    (bits, nnz)
+}
+
+/// Bits to code `counts` with `parent`'s distribution (which covers every symbol of `counts`).
+fn cross_bits(counts: &[u32], parent: &[u32]) -> f64 {
+    let total: u64 = parent.iter().map(|c| *c as u64).sum();
+    let mut bits = 0.0;
+    for (c, p) in counts.iter().zip(parent) {
+        if *c != 0 {
+            bits += *c as f64 * (total as f64 / (*p).max(1) as f64).log2();
+        }
+    }
+    bits
+}
+
+/// Whether a table of its own for `counts` costs less than coding them with `parent`.
+fn pays_for_itself(counts: &[u32], parent: &[u32]) -> bool {
+    let (own, nnz) = self_bits(counts);
+    own + TABLE_HEADER_BITS + TABLE_ENTRY_BITS * (nnz as f64) < cross_bits(counts, parent)
+}
+
+fn ceil_log2(x: u64) -> u32 {
+    if x <= 1 {
+        0
+    } else {
+        64 - (x - 1).leading_zeros()
+    }
+}
+
+/// Every code's weight, in code order (increasing).
+static CODE_WEIGHTS: [u64; 256] = {
+    let mut w = [0u64; 256];
+    let mut c = 0;
+    while c < 256 {
+        w[c] = code_weight(c as u8);
+        c += 1;
+    }
+    w
+};
+
+/// The weight a table stores for a symbol, by its one-byte code: exact up to 16, then a float
+/// with a 4-bit mantissa (at most 3 % off), up to 2^19.
+const fn code_weight(code: u8) -> u64 {
+    if code < 16 {
+        code as u64 + 1
+    } else {
+        (17 + (code & 15) as u64) << ((code >> 4) - 1)
+    }
+}
+
+/// The code whose weight is nearest to `w` (at least 1).
+fn weight_code(w: u64) -> u8 {
+    // Weights increase with the code: binary search for the first one at or above `w`.
+    let hi = CODE_WEIGHTS.partition_point(|cw| *cw < w).min(255) as u8;
+    if hi > 0 && w - code_weight(hi - 1) < code_weight(hi).saturating_sub(w) {
+        hi - 1
+    } else {
+        hi
+    }
+}
+
+/// Frequencies summing to `2^precision` from weights (`weights.len() <= 2^precision`): every symbol
+/// gets 1 plus its share of the rest, rounded down, and what rounding leaves goes to the first
+/// symbol of largest weight. The decoder computes exactly this.
+fn frequencies(weights: &[u64], precision: u32) -> Vec<u32> {
+    let m = 1u64 << precision;
+    let spare = m - weights.len() as u64;
+    let total: u64 = weights.iter().sum::<u64>().max(1);
+    let mut freqs: Vec<u32> = weights
+        .iter()
+        .map(|w| 1 + (*w as u128 * spare as u128 / total as u128) as u32)
+        .collect();
+    let assigned: u64 = freqs.iter().map(|f| *f as u64).sum();
+    let mut largest = 0;
+    for (i, w) in weights.iter().enumerate() {
+        if *w > weights[largest] {
+            largest = i;
+        }
+    }
+    if let Some(f) = freqs.get_mut(largest) {
+        *f += (m - assigned) as u32;
+    }
+    freqs
+}
+
+/// Chooses the table for `counts`: its precision, codes and frequencies.
+fn quantize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
+    let used: Vec<(u16, u32)> = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != 0)
+        .map(|(s, c)| (s as u16, *c))
+        .collect();
+    let total: u64 = used.iter().map(|u| u.1 as u64).sum();
+    let nnz = used.len() as u64;
+    // A table never has more slots than about two per event it codes: bounded decoder memory,
+    // and small tables stay small in cache.
+    let precision = if nnz <= 1 {
+        0
+    } else {
+        ceil_log2(nnz).max(ceil_log2(total)).min(MAX_PRECISION)
+    };
+    // Counts beyond the largest code weight are scaled down together.
+    let max = used.iter().map(|u| u.1).max().unwrap_or(1) as u64;
+    let shift = 64 - (max >> 19).leading_zeros();
+    let codes: Vec<u8> = used
+        .iter()
+        .map(|u| weight_code(((u.1 as u64) >> shift).max(1)))
+        .collect();
+    let weights: Vec<u64> = codes.iter().map(|c| code_weight(*c)).collect();
+    let freqs = frequencies(&weights, precision);
+    TableDef {
+        kind,
+        coord,
+        precision,
+        symbols: used.iter().map(|u| u.0).collect(),
+        codes,
+        freqs,
+    }
+}
+
+/// Builds the context lookup table of a chunk whose classes are `classes`, the way section 3.3 of
+/// `docs/FORMAT.md` picks a table: context table, else class table, else global table. Only the
+/// classes the chunk uses get rows (renumbered densely in `dense`), so a small chunk does not pay
+/// for all 32 Ki contexts. `tables` are (kind, coordinate, entry) in increasing kind order; entries
+/// are `slot_offset << 4 | precision`, `missing` where no table applies. Returns the table and
+/// the number of classes used (its rows are `(prev × used + class) × BUCKETS`).
+fn dense_lut(
+    classes: &[u8],
+    tables: &[(u8, u32, u32)],
+    missing: u32,
+    dense: &mut [u8; CLASS_COUNT],
+) -> (Vec<u32>, usize) {
+    dense.fill(u8::MAX);
+    let mut used = 0usize;
+    for &c in classes {
+        let d = &mut dense[c as usize % CLASS_COUNT];
+        if *d == u8::MAX {
+            *d = used as u8;
+            used += 1;
+        }
+    }
+    let row = |prev: usize, class: usize| (prev * used + class) * BUCKETS;
+    let mut lut = vec![missing; used * used * BUCKETS];
+    for &(kind, coord, entry) in tables {
+        match kind {
+            KIND_GLOBAL => lut.fill(entry),
+            KIND_CLASS => {
+                let class = dense[coord as usize % CLASS_COUNT];
+                if class != u8::MAX {
+                    for prev in 0..used {
+                        let at = row(prev, class as usize);
+                        lut[at..at + BUCKETS].fill(entry);
+                    }
+                }
+            }
+            _ => {
+                let (pair, bucket) = (coord as usize / BUCKETS, coord as usize % BUCKETS);
+                let (prev, class) = (
+                    dense[pair / CLASS_COUNT % CLASS_COUNT],
+                    dense[pair % CLASS_COUNT],
+                );
+                if prev != u8::MAX && class != u8::MAX {
+                    lut[row(prev as usize, class as usize) + bucket] = entry;
+                }
+            }
+        }
+    }
+    (lut, used)
+}
+
+impl TimeEncoder {
+    /// Appends a chunk's time model stream to `out` and its time code stream to `code`. `deltas`
+    /// are in quanta; `event_keys[i]` is the access-key symbol of event `i`, or [`NON_ACCESS`] |
+    /// its tag; `key_count` is the size of the chunk's access-key dictionary.
+    pub(crate) fn encode(
+        &mut self,
+        out: &mut Vec<u8>,
+        code: &mut Vec<u8>,
+        quantum: u64,
+        deltas: &[u64],
+        event_keys: &[u32],
+        key_count: usize,
+    ) {
+        let n = deltas.len();
+        put_varint(out, quantum);
+
+        // Class map: the most used keys get classes of their own.
+        self.sym_uses.clear();
+        self.sym_uses.resize(key_count, (0, 0));
+        for (s, u) in self.sym_uses.iter_mut().enumerate() {
+            u.1 = s as u32;
+        }
+        for &k in event_keys {
+            if k & NON_ACCESS == 0 {
+                if let Some(u) = self.sym_uses.get_mut(k as usize) {
+                    u.0 += 1;
+                }
+            }
+        }
+        let mut ranked: Vec<(u32, u32)> =
+            self.sym_uses.iter().copied().filter(|u| u.0 > 0).collect();
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.truncate(CLASS_OTHER_KEY as usize);
+        let map_len = ranked.iter().map(|u| u.1 + 1).max().unwrap_or(0) as usize;
+        let mut class_map = vec![CLASS_OTHER_KEY; map_len];
+        for (class, u) in ranked.iter().enumerate() {
+            class_map[u.1 as usize] = class as u8;
+        }
+        put_varint(out, map_len as u64);
+        out.extend_from_slice(&class_map);
+
+        // Count symbols per context. The context map is reset through the previous chunk's used
+        // contexts, not wholesale: small chunks would otherwise pay for all 32 Ki contexts.
+        if self.ctx_slot.len() != CONTEXTS {
+            self.ctx_slot = vec![u32::MAX; CONTEXTS];
+        }
+        for &ctx in &self.used {
+            self.ctx_slot[ctx as usize] = u32::MAX;
+        }
+        self.used.clear();
+        self.counts.clear();
+        self.slot_of_event.clear();
+        self.sym_of_event.clear();
+        let bounds = lane_bounds(n);
+        let mut prev_class = CLASS_START;
+        let mut prev_delta = 0u64;
+        for (i, (&d, &k)) in deltas.iter().zip(event_keys).enumerate() {
+            if bounds[1..LANES].contains(&i) {
+                // A lane does not see the previous lane's deltas.
+                prev_delta = 0;
+            }
+            let class = if k & NON_ACCESS != 0 {
+                non_access_class((k & !NON_ACCESS) as u8)
+            } else {
+                class_map
+                    .get(k as usize)
+                    .copied()
+                    .unwrap_or(CLASS_OTHER_KEY)
+            };
+            let ctx = context(prev_class, class, bucket(prev_delta));
+            let mut slot = self.ctx_slot[ctx];
+            if slot == u32::MAX {
+                slot = self.used.len() as u32;
+                self.ctx_slot[ctx] = slot;
+                self.used.push(ctx as u32);
+                self.counts.resize(self.counts.len() + SYMBOLS, 0);
+            }
+            let (sym, _, _) = symbolize(d);
+            self.counts[slot as usize * SYMBOLS + sym as usize] += 1;
+            self.slot_of_event.push(slot);
+            self.sym_of_event.push(sym);
+            prev_class = class;
+            prev_delta = d;
+        }
+
+        // Choose tables: a context of its own when it beats its class's distribution, a class
+        // table for the class's remaining contexts when it beats the global distribution, the
+        // global table for everything else.
+        // Rows of the classes this chunk uses, zeroed before use (the others are never read).
+        let mut classes_seen = 0u64;
+        for &ctx in &self.used {
+            classes_seen |= 1 << ((ctx as usize / BUCKETS) % CLASS_COUNT);
+        }
+        let seen: Vec<usize> = (0..CLASS_COUNT)
+            .filter(|c| classes_seen >> c & 1 == 1)
+            .collect();
+        self.class_counts.resize(CLASS_COUNT * SYMBOLS, 0);
+        self.residual.resize(CLASS_COUNT * SYMBOLS, 0);
+        for &class in &seen {
+            self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS].fill(0);
+            self.residual[class * SYMBOLS..(class + 1) * SYMBOLS].fill(0);
+        }
+        self.global.clear();
+        self.global.resize(SYMBOLS, 0);
+        for (slot, &ctx) in self.used.iter().enumerate() {
+            let class = (ctx as usize / BUCKETS) % CLASS_COUNT;
+            let c = &self.counts[slot * SYMBOLS..(slot + 1) * SYMBOLS];
+            for (s, v) in c.iter().enumerate() {
+                self.class_counts[class * SYMBOLS + s] += v;
+                self.global[s] += v;
+            }
+        }
+        let mut context_tables = Vec::new();
+        // Per used context: its own table's position among the context tables, if it gets one.
+        let mut own_table = vec![None; self.used.len()];
+        let mut order: Vec<(u32, u32)> = self
+            .used
+            .iter()
+            .enumerate()
+            .map(|(slot, ctx)| (*ctx, slot as u32))
+            .collect();
+        order.sort_unstable();
+        for &(ctx, slot) in &order {
+            let class = (ctx as usize / BUCKETS) % CLASS_COUNT;
+            let c = &self.counts[slot as usize * SYMBOLS..(slot as usize + 1) * SYMBOLS];
+            let parent = &self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS];
+            if pays_for_itself(c, parent) {
+                own_table[slot as usize] = Some(context_tables.len());
+                context_tables.push(quantize(KIND_CONTEXT, ctx, c));
+            } else {
+                for (r, v) in self.residual[class * SYMBOLS..(class + 1) * SYMBOLS]
+                    .iter_mut()
+                    .zip(c)
+                {
+                    *r += v;
+                }
+            }
+        }
+        let mut rest = vec![0u32; SYMBOLS];
+        let mut class_tables = Vec::new();
+        let mut class_table = [None; CLASS_COUNT];
+        for &class in &seen {
+            let r = &self.residual[class * SYMBOLS..(class + 1) * SYMBOLS];
+            if r.iter().all(|v| *v == 0) {
+                continue;
+            }
+            if pays_for_itself(r, &self.global) {
+                class_table[class] = Some(class_tables.len());
+                class_tables.push(quantize(KIND_CLASS, class as u32, r));
+            } else {
+                for (g, v) in rest.iter_mut().zip(r) {
+                    *g += v;
+                }
+            }
+        }
+        let mut tables = Vec::new();
+        if rest.iter().any(|v| *v != 0) {
+            tables.push(quantize(KIND_GLOBAL, 0, &rest));
+        }
+        let class_base = tables.len();
+        let context_base = class_base + class_tables.len();
+        tables.extend(class_tables);
+        tables.extend(context_tables);
+        // Each used context's table, by the decoder's rule: its own, else its class's, else the
+        // global one (which exists whenever some context has neither).
+        let table_index: Vec<usize> = self
+            .used
+            .iter()
+            .zip(&own_table)
+            .map(|(&ctx, own)| match own {
+                Some(t) => context_base + t,
+                None => class_table[(ctx as usize / BUCKETS) % CLASS_COUNT]
+                    .map_or(0, |t| class_base + t),
+            })
+            .collect();
+
+        // Write the tables and build the encoder's (frequency, cumulative) per table and symbol.
+        put_varint(out, tables.len() as u64);
+        self.enc.clear();
+        self.enc.resize(tables.len() * SYMBOLS, 0);
+        self.reciprocal.clear();
+        self.reciprocal.resize(tables.len() * SYMBOLS, 0);
+        for (t, def) in tables.iter().enumerate() {
+            out.push(def.kind);
+            match def.kind {
+                KIND_GLOBAL => {}
+                KIND_CLASS => out.push(def.coord as u8),
+                _ => put_varint(out, def.coord as u64),
+            }
+            out.push(def.precision as u8);
+            put_varint(out, def.symbols.len() as u64);
+            let mut next_sym = 0u16;
+            let mut cum = 0u32;
+            for ((&s, &f), &code) in def.symbols.iter().zip(&def.freqs).zip(&def.codes) {
+                put_varint(out, (s - next_sym) as u64);
+                out.push(code);
+                next_sym = s + 1;
+                self.enc[t * SYMBOLS + s as usize] = f << 16 | cum;
+                if f > 1 {
+                    self.reciprocal[t * SYMBOLS + s as usize] = u64::MAX / f as u64 + 1;
+                }
+                cum += f;
+            }
+        }
+
+        // The few used contexts' tables in a small array the per-event loop reads.
+        self.table_of_slot.clear();
+        self.table_of_slot.extend(
+            table_index
+                .iter()
+                .map(|&t| (t as u32) << 4 | tables[t].precision),
+        );
+
+        // rANS per lane, last event first, so the decoder reads forwards.
+        for lane in 0..LANES {
+            // At most one word per event; written unconditionally, kept when emitted (whether a
+            // state overflows is a coin toss a branch would lose).
+            let events = bounds[lane + 1] - bounds[lane];
+            self.words.clear();
+            self.words.resize(events + 1, 0);
+            let mut emitted = 0usize;
+            let mut x: u32 = RANS_L;
+            for i in (bounds[lane]..bounds[lane + 1]).rev() {
+                let entry = self.table_of_slot[self.slot_of_event[i] as usize];
+                let (t, precision) = ((entry >> 4) as usize, entry & 15);
+                let at = t * SYMBOLS + self.sym_of_event[i] as usize;
+                let fc = self.enc[at];
+                let (freq, cum) = (fc >> 16, fc & 0xffff);
+                let x_max = (1u64 << (32 - precision)) * freq as u64;
+                let emit = x as u64 >= x_max;
+                self.words[emitted] = x as u16;
+                emitted += emit as usize;
+                x = if emit { x >> 16 } else { x };
+                // x / freq by multiplication: exact for 32-bit x with ceil(2^64 / freq).
+                let q = match self.reciprocal[at] {
+                    0 => x,
+                    m => ((m as u128 * x as u128) >> 64) as u32,
+                };
+                x = (q << precision) + (x - q * freq) + cum;
+            }
+            self.words.truncate(emitted);
+            let rans_len = 4 + 2 * self.words.len();
+            put_varint(code, rans_len as u64);
+            code.extend_from_slice(&x.to_le_bytes());
+            for w in self.words.iter().rev() {
+                code.extend_from_slice(&w.to_le_bytes());
+            }
+            write_extra_bits(code, &deltas[bounds[lane]..bounds[lane + 1]]);
+        }
+    }
+}
+
+/// Writes the extra bits of the large deltas among `deltas`, in order, least significant bit
+/// first, preceded by their byte length.
+fn write_extra_bits(out: &mut Vec<u8>, deltas: &[u64]) {
+    let mut bytes = Vec::new();
+    let mut acc = 0u64;
+    let mut fill = 0u32;
+    for &d in deltas {
+        let (_, nbits, extra) = symbolize(d);
+        let mut value = extra;
+        let mut left = nbits;
+        while left > 0 {
+            let take = left.min(32);
+            acc |= (value & ((1u64 << take) - 1)) << fill;
+            fill += take;
+            value >>= take;
+            left -= take;
+            while fill >= 8 {
+                bytes.push(acc as u8);
+                acc >>= 8;
+                fill -= 8;
+            }
+        }
+    }
+    if fill > 0 {
+        bytes.push(acc as u8);
+    }
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(&bytes);
+}
+
+/// A lane's coded sections.
+#[derive(Clone, Copy, Default)]
+struct LaneInput<'a> {
+    rans: &'a [u8],
+    raw: &'a [u8],
+}
+
+/// A parsed time stream, ready to decode once the events' classes are known.
+pub(crate) struct TimeDecoder<'a> {
+    quantum: u64,
+    class_map: &'a [u8],
+    /// (kind, coordinate, `slot_offset << 4 | precision`) of every table, in stream order.
+    tables: Vec<(u8, u32, u32)>,
+    /// The entry of contexts without a table.
+    missing: u32,
+    slots: Vec<u32>,
+    lanes: [LaneInput<'a>; LANES],
+}
+
+impl<'a> TimeDecoder<'a> {
+    /// Parses the stream's tables. `count` is the chunk's event count (it bounds the tables).
+    pub(crate) fn parse(stream: &'a [u8], code: &'a [u8], count: usize) -> Result<Self, String> {
+        let mut rd = Rd::new(stream, "time");
+        let quantum = rd.varint()?;
+        if quantum == 0 {
+            return Err("time quantum is 0".into());
+        }
+        let map_len = rd.varint()?;
+        if map_len > count as u64 {
+            return Err("time class map is longer than the chunk".into());
+        }
+        let class_map = rd.bytes(map_len as usize)?;
+        if class_map.iter().any(|c| *c > CLASS_OTHER_KEY) {
+            return Err("time class map names an invalid class".into());
+        }
+        let table_count = rd.varint()?;
+        // Each table takes at least 4 bytes; the stream bounds the count.
+        if table_count > stream.len() as u64 {
+            return Err("time stream claims more tables than it holds".into());
+        }
+        let slot_limit = 2 * count as u64;
+        let mut slots: Vec<u32> = Vec::new();
+        let mut entries = Vec::with_capacity(table_count as usize);
+        let mut last_order: Option<u64> = None;
+        for _ in 0..table_count {
+            let kind = rd.u8()?;
+            let coord = match kind {
+                KIND_GLOBAL => 0u64,
+                KIND_CLASS => {
+                    let c = rd.u8()?;
+                    if c as usize >= CLASS_COUNT {
+                        return Err(format!("time table for class {c}"));
+                    }
+                    c as u64
+                }
+                KIND_CONTEXT => {
+                    let c = rd.varint()?;
+                    if c >= CONTEXTS as u64 {
+                        return Err(format!("time table for context {c}"));
+                    }
+                    c
+                }
+                k => return Err(format!("unknown time table kind {k}")),
+            };
+            let order = (kind as u64) << 32 | coord;
+            if last_order.is_some_and(|l| l >= order) {
+                return Err("time tables out of order".into());
+            }
+            last_order = Some(order);
+            let precision = rd.u8()? as u32;
+            if precision > MAX_PRECISION {
+                return Err(format!("time table precision {precision}"));
+            }
+            let size = 1u64 << precision;
+            if slots.len() as u64 + size > slot_limit {
+                return Err("time tables are larger than the chunk allows".into());
+            }
+            let nnz = rd.varint()?;
+            if nnz == 0 || nnz > SYMBOLS as u64 || nnz > size {
+                return Err(format!("time table with {nnz} symbols"));
+            }
+            let offset = slots.len() as u64;
+            let mut symbols = Vec::with_capacity(nnz as usize);
+            let mut weights = Vec::with_capacity(nnz as usize);
+            let mut sym = 0u64;
+            for i in 0..nnz {
+                sym = sym
+                    .checked_add(rd.varint()?)
+                    .and_then(|s| s.checked_add((i > 0) as u64))
+                    .filter(|s| *s < SYMBOLS as u64)
+                    .ok_or("time table symbol out of range")?;
+                symbols.push(sym);
+                weights.push(code_weight(rd.u8()?));
+            }
+            for (sym, freq) in symbols.iter().zip(frequencies(&weights, precision)) {
+                let freq = freq as u64;
+                for bias in 0..freq {
+                    slots.push((sym | freq << 9 | bias << 21) as u32);
+                }
+            }
+            // Fits: at most 32,833 tables of at most 2^11 slots each, under 2^27 in all.
+            entries.push((kind, coord as u32, (offset as u32) << 4 | precision));
+        }
+        rd.expect_end()?;
+        let mut rd = Rd::new(code, "time code");
+        let mut lanes = [LaneInput::default(); LANES];
+        for lane in &mut lanes {
+            let rans_len = rd.varint()?;
+            if rans_len < 4 || rans_len % 2 != 0 {
+                return Err("time rANS section has an invalid length".into());
+            }
+            lane.rans = rd.bytes(rans_len as usize)?;
+            let raw_len = rd.varint()?;
+            lane.raw =
+                rd.bytes(usize::try_from(raw_len).map_err(|_| "time extra bits too long")?)?;
+        }
+        rd.expect_end()?;
+        // Contexts without a table decode from a one-slot table whose symbol is invalid, so the
+        // hot loop needs no check of its own.
+        let missing = (slots.len() as u32) << 4;
+        slots.push(INVALID_SYMBOL as u32 | 1 << 9);
+
+        Ok(TimeDecoder {
+            quantum,
+            class_map,
+            tables: entries,
+            missing,
+            slots,
+            lanes,
+        })
+    }
+
+    /// Class of an access event with key symbol `sym`.
+    #[inline(always)]
+    pub(crate) fn access_class(&self, sym: u32) -> u8 {
+        self.class_map
+            .get(sym as usize)
+            .copied()
+            .unwrap_or(CLASS_OTHER_KEY)
+    }
+
+    /// Class of a non-access event with kind tag `tag`.
+    #[inline(always)]
+    pub(crate) fn other_class(tag: u8) -> u8 {
+        non_access_class(tag)
+    }
+
+    /// Decodes the timestamps of events whose classes are `classes[1..]` (`classes[0]` is
+    /// [`CLASS_START`]) into `out`, starting from `first_t_ns`, and checks that the first delta is
+    /// 0 and that every byte of the stream is used. Returns the last timestamp.
+    pub(crate) fn decode(
+        &self,
+        classes: &[u8],
+        first_t_ns: u64,
+        out: &mut Vec<u64>,
+    ) -> Result<u64, String> {
+        let n = classes.len().saturating_sub(1);
+        let bounds = lane_bounds(n);
+        let base = out.len();
+        out.resize(base + n, 0);
+        let deltas = &mut out[base..];
+        // Hot lane state in plain arrays indexed by constants (registers); the rarely used extra
+        // bit readers apart.
+        let mut x = [0u32; LANES];
+        let mut pos = [4usize; LANES];
+        let mut prev_bucket = [0usize; LANES];
+        let mut raw: [BitReader<'_>; LANES] =
+            std::array::from_fn(|k| BitReader::new(self.lanes[k].raw));
+        let rans: [&[u8]; LANES] = std::array::from_fn(|k| self.lanes[k].rans);
+        for k in 0..LANES {
+            let r = rans[k];
+            x[k] = u32::from_le_bytes([r[0], r[1], r[2], r[3]]);
+            if x[k] < RANS_L {
+                return Err("time rANS state is out of range".into());
+            }
+        }
+        let mut dense = [u8::MAX; CLASS_COUNT];
+        let (lut, used) = dense_lut(classes, &self.tables, self.missing, &mut dense);
+        let lut = &lut[..];
+        let slots = &self.slots[..];
+        // The class part of every event's context in the dense table, in one pass: the lanes'
+        // loop then only adds the bucket.
+        let bases: Vec<u16> = classes
+            .windows(2)
+            .map(|w| {
+                let (p, c) = (
+                    dense[w[0] as usize % CLASS_COUNT],
+                    dense[w[1] as usize % CLASS_COUNT],
+                );
+                ((p as usize * used + c as usize) * BUCKETS) as u16
+            })
+            .collect();
+        // One event of lane `k` at event index `i`.
+        macro_rules! step {
+            ($k:literal, $i:expr) => {{
+                let i = $i;
+                let entry = lut[bases[i] as usize + prev_bucket[$k]];
+                let precision = entry & 15;
+                let slot = (entry >> 4) as usize + (x[$k] & ((1u32 << precision) - 1)) as usize;
+                // In range: a table's slots are contiguous and the state's low bits stay in them.
+                let s = slots[slot];
+                let (sym, freq, bias) = ((s & 0x1ff) as u64, (s >> 9) & 0xfff, s >> 21);
+                let nx = freq * (x[$k] >> precision) + bias;
+                // Branch-free refill: whether a state needs one is a coin toss the predictor
+                // loses. A refill past the section's end reads 0 and leaves `pos` beyond the end,
+                // which the final check reports.
+                let word = match rans[$k].get(pos[$k]..pos[$k] + 2) {
+                    Some(w) => u16::from_le_bytes([w[0], w[1]]) as u32,
+                    None => 0,
+                };
+                let refill = nx < RANS_L;
+                x[$k] = if refill { nx << 16 | word } else { nx };
+                pos[$k] += 2 * refill as usize;
+                let d = if sym < DIRECT {
+                    sym
+                } else {
+                    large_delta(sym, &mut raw[$k])?
+                };
+                prev_bucket[$k] = BUCKET_OF_SYMBOL[sym as usize] as usize;
+                deltas[i] = d;
+            }};
+        }
+        // The lanes' dependency chains are independent: stepping them in turn lets the CPU overlap
+        // them. Every lane but the last has `per` events; all four run together for the last
+        // lane's length.
+        let per = bounds[1] - bounds[0];
+        let together = bounds[LANES] - bounds[LANES - 1];
+        for j in 0..together {
+            step!(0, bounds[0] + j);
+            step!(1, bounds[1] + j);
+            step!(2, bounds[2] + j);
+            step!(3, bounds[3] + j);
+        }
+        for j in together..per {
+            if bounds[0] + j < bounds[1] {
+                step!(0, bounds[0] + j);
+            }
+            if bounds[1] + j < bounds[2] {
+                step!(1, bounds[1] + j);
+            }
+            if bounds[2] + j < bounds[3] {
+                step!(2, bounds[2] + j);
+            }
+        }
+        if n > 0 && deltas[0] != 0 {
+            return Err("first event's time differs from the chunk header".into());
+        }
+        // Deltas are non-negative, so no timestamp overflows when the last one does not.
+        let total: u128 = deltas.iter().map(|d| *d as u128).sum();
+        let last = total
+            .checked_mul(self.quantum as u128)
+            .and_then(|span| span.checked_add(first_t_ns as u128))
+            .filter(|last| *last <= u64::MAX as u128);
+        if last.is_none() {
+            return Err("timestamp overflows".into());
+        }
+        let mut t = first_t_ns;
+        for d in deltas.iter_mut() {
+            t += *d * self.quantum;
+            *d = t;
+        }
+        for k in 0..LANES {
+            if x[k] != RANS_L || pos[k] != rans[k].len() {
+                return Err("time rANS section does not end where it should".into());
+            }
+            raw[k].expect_end()?;
+        }
+        Ok(t)
+    }
+}
+
+/// The delta of a symbol of 64 or more: its exponent and top bits, and extra bits from `raw`.
+#[cold]
+fn large_delta(sym: u64, raw: &mut BitReader<'_>) -> Result<u64, String> {
+    if sym == INVALID_SYMBOL {
+        return Err("an event's time context has no table".into());
+    }
+    let e = DIRECT_BITS as u64 + (sym - DIRECT) / 4;
+    let nbits = (e - 2) as u32;
+    Ok(((4 + (sym - DIRECT) % 4) << nbits) | raw.read(nbits)?)
+}
+
+/// Reads bits least significant first.
+struct BitReader<'a> {
+    b: &'a [u8],
+    pos: usize,
+    acc: u64,
+    fill: u32,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        BitReader {
+            b,
+            pos: 0,
+            acc: 0,
+            fill: 0,
+        }
+    }
+
+    /// Reads `n` ≤ 61 bits.
+    fn read(&mut self, n: u32) -> Result<u64, String> {
+        let mut value = 0u64;
+        let mut got = 0u32;
+        while got < n {
+            if self.fill == 0 {
+                let Some(&byte) = self.b.get(self.pos) else {
+                    return Err("time extra bits end early".into());
+                };
+                self.pos += 1;
+                self.acc = byte as u64;
+                self.fill = 8;
+            }
+            let take = (n - got).min(self.fill);
+            value |= (self.acc & ((1u64 << take) - 1)) << got;
+            self.acc >>= take;
+            self.fill -= take;
+            got += take;
+        }
+        Ok(value)
+    }
+
+    fn expect_end(&self) -> Result<(), String> {
+        if self.pos != self.b.len() || self.acc != 0 {
+            return Err("time extra bits have unused bytes".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_cover_every_delta() {
+        for d in (0..5000u64).chain([u64::MAX, u64::MAX - 1, 1 << 63, (1 << 40) + 12345]) {
+            let (sym, nbits, extra) = symbolize(d);
+            assert!((sym as usize) < SYMBOLS);
+            let sym = sym as u64;
+            let back = if sym < DIRECT {
+                sym
+            } else {
+                let e = DIRECT_BITS as u64 + (sym - DIRECT) / 4;
+                assert_eq!(nbits as u64, e - 2);
+                ((4 + (sym - DIRECT) % 4) << (e - 2)) | extra
+            };
+            assert_eq!(back, d);
+        }
+    }
+
+    #[test]
+    fn quantized_tables_sum_to_a_power_of_two() {
+        let mut counts = vec![0u32; SYMBOLS];
+        for (i, c) in [1u32, 1000, 1, 1, 7, 100_000, 3, u32::MAX]
+            .iter()
+            .enumerate()
+        {
+            counts[i * 11] = *c;
+        }
+        let t = quantize(KIND_GLOBAL, 0, &counts);
+        assert_eq!(
+            t.freqs.iter().map(|f| *f as u64).sum::<u64>(),
+            1 << t.precision
+        );
+        assert!(t.freqs.iter().all(|f| *f >= 1));
+        assert_eq!(t.freqs.len(), 8);
+        // The most frequent symbol gets the most slots.
+        let (best, _) = t.freqs.iter().enumerate().max_by_key(|f| f.1).unwrap();
+        assert_eq!(t.symbols[best], 77);
+        let mut one = vec![0u32; SYMBOLS];
+        one[5] = 9;
+        let t = quantize(KIND_GLOBAL, 0, &one);
+        assert_eq!((t.precision, t.freqs.clone()), (0, vec![1]));
+    }
+
+    #[test]
+    fn weight_codes_are_monotonic_and_nearest() {
+        for c in 1..=255u8 {
+            assert!(code_weight(c) > code_weight(c - 1), "code {c}");
+        }
+        for w in 1..100_000u64 {
+            let c = weight_code(w);
+            let err = code_weight(c).abs_diff(w);
+            if c > 0 {
+                assert!(err <= code_weight(c - 1).abs_diff(w), "{w}");
+            }
+            if c < 255 {
+                assert!(err <= code_weight(c + 1).abs_diff(w), "{w}");
+            }
+            assert!(err * 32 <= w, "{w} coded as {}", code_weight(c));
+        }
+    }
+
+    /// A small xorshift generator: the tests need varied, reproducible data, not crypto.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn encode_sample(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<u64>, Vec<u8>) {
+        // Symbols are numbered by first use, so a chunk never has more keys than events.
+        let keys = 1 + (rng.next() % 80).min(n.saturating_sub(1) as u64) as usize;
+        let mut deltas = Vec::new();
+        let mut event_keys = Vec::new();
+        for i in 0..n {
+            let k = rng.next();
+            event_keys.push(if k % 5 == 0 {
+                NON_ACCESS | (6 + (k >> 8) % 8) as u32
+            } else {
+                ((k >> 8) % keys as u64) as u32
+            });
+            let d = match (rng.next() % 10, i) {
+                (_, 0) => 0,
+                // Any size in short chunks (whose sums may overflow), below 2^40 in long ones.
+                (0, _) => rng.next() >> (rng.next() % 64).max(if n > 100 { 24 } else { 0 }),
+                (1..=4, _) => 1 + rng.next() % 4,
+                _ => 20 + rng.next() % 200,
+            };
+            deltas.push(d);
+        }
+        let (mut model, mut code) = (Vec::new(), Vec::new());
+        let mut enc = TimeEncoder::default();
+        enc.encode(&mut model, &mut code, 1, &deltas, &event_keys, keys);
+        let decoder = TimeDecoder::parse(&model, &code, n).unwrap();
+        let mut classes = vec![CLASS_START];
+        for &k in &event_keys {
+            classes.push(if k & NON_ACCESS != 0 {
+                TimeDecoder::other_class((k & !NON_ACCESS) as u8)
+            } else {
+                decoder.access_class(k)
+            });
+        }
+        (model, code, deltas, classes)
+    }
+
+    #[test]
+    fn random_deltas_round_trip() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for n in [0usize, 1, 2, 3, 4, 5, 7, 100, 1000, 20_000] {
+            let (model, code, deltas, classes) = encode_sample(&mut rng, n);
+            let decoder = TimeDecoder::parse(&model, &code, n).unwrap();
+            let mut out = Vec::new();
+            // Quantum 1 from time 0: timestamps are the running sums, unless they overflow.
+            let mut want = Vec::new();
+            let mut t = Some(0u64);
+            for d in &deltas {
+                t = t.and_then(|t| t.checked_add(*d));
+                want.push(t);
+            }
+            match decoder.decode(&classes, 0, &mut out) {
+                Ok(last) => {
+                    assert!(want.iter().all(|t| t.is_some()));
+                    let want: Vec<u64> = want.into_iter().flatten().collect();
+                    assert_eq!(out, want);
+                    assert_eq!(Some(&last), want.last().or(Some(&0)));
+                }
+                Err(e) => {
+                    assert!(want.iter().any(|t| t.is_none()), "{n}: {e}");
+                    assert!(n <= 100, "{n}: long chunks must round trip");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_streams_are_errors_not_panics() {
+        let mut rng = Rng(12345);
+        let (model, code, _, classes) = encode_sample(&mut rng, 3000);
+        let mut rejected = 0;
+        for round in 0..3000 {
+            let (mut m, mut c) = (model.clone(), code.clone());
+            let target = if round % 2 == 0 { &mut m } else { &mut c };
+            match rng.next() % 3 {
+                0 => {
+                    let at = (rng.next() as usize) % target.len();
+                    target[at] ^= 1 << (rng.next() % 8);
+                }
+                1 => {
+                    let at = (rng.next() as usize) % target.len();
+                    target.truncate(at);
+                }
+                _ => {
+                    let at = (rng.next() as usize) % target.len();
+                    target[at] = rng.next() as u8;
+                }
+            }
+            let mut out = Vec::new();
+            let result =
+                TimeDecoder::parse(&m, &c, 3000).and_then(|d| d.decode(&classes, 0, &mut out));
+            rejected += result.is_err() as u32;
+        }
+        // Most damage is caught (a flipped extra bit or a changed weight code can still decode).
+        assert!(
+            rejected > 2000,
+            "only {rejected} of 3000 damaged streams rejected"
+        );
+    }
+}
