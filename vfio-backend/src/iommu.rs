@@ -31,6 +31,19 @@ pub struct IommuInfo {
 }
 
 impl IommuInfo {
+    /// What an iommufd IOAS reports (`IOMMU_IOAS_IOVA_RANGES`): its usable ranges (inclusive) and
+    /// the alignment every IOVA needs, which stands in as the only "page size" (it is the smallest
+    /// page the IOAS maps). No flags and no mapping budget: iommufd has neither.
+    pub fn from_ioas(iova_alignment: u64, iova_ranges: Vec<(u64, u64)>) -> Self {
+        IommuInfo {
+            flags: 0,
+            iova_pgsizes: iova_alignment.is_power_of_two().then_some(iova_alignment),
+            iova_ranges,
+            dma_avail: None,
+            other_caps: Vec::new(),
+        }
+    }
+
     /// The smallest supported page size (the alignment a DMA mapping needs), if known.
     pub fn min_page_size(&self) -> Option<u64> {
         self.iova_pgsizes
