@@ -270,6 +270,12 @@ impl KernelVfio {
     }
 }
 
+// Without the iommufd feature `Iommu` has one variant, and the matches that pick the container
+// look infallible to clippy.
+#[cfg_attr(
+    not(feature = "iommufd"),
+    allow(clippy::infallible_destructuring_match)
+)]
 impl VfioSys for KernelVfio {
     fn facts(&self) -> &DeviceFacts {
         &self.facts
