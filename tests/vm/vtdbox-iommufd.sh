@@ -65,14 +65,17 @@ log "kernel packages: $KERNEL_PKG (WORK=$WORK)"
 bash "$VTDBOX" setup >/dev/null 2>"$OUT/setup.log" || { cat "$OUT/setup.log" >&2; skip "vtdbox.sh setup could not get the kernel"; }
 kv=$(ls "$WORK/kroot/lib/modules" | head -1)
 echo "kernel_setup_s=$(since "$t") kernel=$kv packages=$KERNEL_PKG" >> "$OUT/timings.txt"
-# The VFIO cdev needs CONFIG_VFIO_DEVICE_CDEV (which needs CONFIG_IOMMUFD): vfio.ko then names the
-# /dev/vfio/devices/vfioN node.
-vfio_ko=$(find "$WORK/kroot/lib/modules/$kv" -name 'vfio.ko*' | head -1)
+# The VFIO cdev needs CONFIG_VFIO_DEVICE_CDEV, which needs CONFIG_IOMMUFD: only then does vfio.ko
+# call iommufd_device_bind. (`vfio-dev/vfioN` in sysfs and the 'vfio/devices/%s' devnode string
+# exist without it, so they prove nothing.) IOMMUFD_MODULES (dir of .ko files) may add iommufd and
+# vfio modules built separately; they then replace the kernel's.
+vfio_ko=$(find "${IOMMUFD_MODULES:-/nonexistent}" "$WORK/kroot/lib/modules/$kv" -name 'vfio.ko*' 2>/dev/null | head -1)
 case "$vfio_ko" in
   *.xz) dec=(xz -dc) ;; *.zst) dec=(zstd -dcq) ;; *) dec=(cat) ;;
 esac
-if [ -z "$vfio_ko" ] || ! "${dec[@]}" "$vfio_ko" | grep -aq 'vfio/devices/%s'; then
-  skip "kernel $kv has no VFIO_DEVICE_CDEV (no iommufd): nothing to test"
+# (grep -c reads it all: grep -q would stop early and SIGPIPE the decompressor under pipefail)
+if [ -z "$vfio_ko" ] || [ "$("${dec[@]}" "$vfio_ko" | grep -ac 'iommufd_device_bind')" = 0 ]; then
+  skip "kernel $kv is built without CONFIG_IOMMUFD (so no VFIO_DEVICE_CDEV): nothing to test"
 fi
 
 # ---- 2. the exercise, with the iommufd feature

@@ -150,6 +150,18 @@ pub fn parse(buf: &[u8]) -> Result<IommuInfo, IommuInfoError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn ioas_info_keeps_ranges_and_a_power_of_two_alignment() {
+        let i = IommuInfo::from_ioas(4096, vec![(0, 0xfedf_ffff)]);
+        assert_eq!(i.min_page_size(), Some(4096));
+        assert_eq!(i.iova_ranges, vec![(0, 0xfedf_ffff)]);
+        assert!(i.iova_usable(0xfedf_f000, 0x1000));
+        assert!(!i.iova_usable(0xfedf_f000, 0x2000));
+        // An alignment that is no page size (0, or not a power of two) gives no page size at all.
+        assert_eq!(IommuInfo::from_ioas(0, vec![]).min_page_size(), None);
+        assert_eq!(IommuInfo::from_ioas(0x3000, vec![]).iova_pgsizes, None);
+    }
+
     use super::*;
 
     /// The answer the VT-d box's kernel (6.1, QEMU intel-iommu) gave, rebuilt field by field.

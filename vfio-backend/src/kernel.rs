@@ -642,4 +642,62 @@ mod tests {
         assert_eq!(hwrr_device::dma_flags::READ, uapi::VFIO_DMA_MAP_FLAG_READ);
         assert_eq!(hwrr_device::dma_flags::WRITE, uapi::VFIO_DMA_MAP_FLAG_WRITE);
     }
+
+    /// Without a VFIO cdev in sysfs (the 6.1 box, any kernel without VFIO_DEVICE_CDEV) the iommufd
+    /// path says so and points at the group path, whatever the build.
+    #[test]
+    fn no_cdev_in_sysfs_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("0000:00:02.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        let e = KernelVfio::open_iommufd(&dev).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, OpenError::NoCdev { .. }), "{e}");
+        assert!(
+            msg.starts_with(
+                "no /dev/vfio/devices/vfioN for 0000:00:02.0: the kernel has no VFIO_DEVICE_CDEV; \
+                 use the group path"
+            ),
+            "{msg}"
+        );
+        // sysfs names a cdev that /dev does not have.
+        std::fs::create_dir_all(dev.join("vfio-dev/vfio987654")).unwrap();
+        if !Path::new("/dev/vfio/devices/vfio987654").exists() {
+            let e = KernelVfio::open_iommufd(&dev).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("vfio987654, but /dev/vfio/devices/vfio987654 does not exist"),
+                "{e}"
+            );
+        }
+    }
+
+    #[cfg(feature = "iommufd")]
+    #[test]
+    fn iommufd_abi_matches_the_uapi() {
+        use iommufd_bindings::iommufd as iuapi;
+        // include/uapi/linux/iommufd.h: IOMMU_IOAS_IOVA_RANGES is _IO(';', 0x84).
+        assert_eq!(ioas::IOMMU_IOAS_IOVA_RANGES, 0x3b84);
+        let fixed = iuapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+        let r = iuapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
+        let w = iuapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+        // VFIO's READ/WRITE bits (1, 2) are not iommufd's (4, 2): they are translated.
+        assert_eq!(ioas::map_flags(hwrr_device::dma_flags::READ), fixed | r);
+        assert_eq!(ioas::map_flags(hwrr_device::dma_flags::WRITE), fixed | w);
+        assert_eq!(
+            ioas::map_flags(hwrr_device::dma_flags::READ | hwrr_device::dma_flags::WRITE),
+            fixed | r | w
+        );
+        assert_eq!(size_of::<iuapi::iommu_ioas_iova_ranges>(), 32);
+        assert_eq!(size_of::<iuapi::iommu_iova_range>(), 16);
+    }
+
+    /// Without the feature, a device that does have a cdev is refused with the reason.
+    #[cfg(not(feature = "iommufd"))]
+    #[test]
+    fn without_the_feature_the_cdev_path_says_so() {
+        let e = KernelVfio::open_cdev(Path::new("/nonexistent")).unwrap_err();
+        assert!(matches!(e, OpenError::IommufdNotBuilt));
+        assert!(e.to_string().contains("without the iommufd feature"), "{e}");
+    }
 }
