@@ -8,7 +8,14 @@
 #    machine's apt sources are not touched) to the kernel packages (linux-image-*, or the
 #    linux-binary-* + linux-modules-* pair newer Debian kernels are split into), and has
 #    `vtdbox.sh setup` download and unpack them into a WORK of their own (the default box in
-#    /tmp/vtdbox is left alone). Exit 77 when the kernel cannot be had, or has no VFIO cdev.
+#    /tmp/vtdbox is left alone).
+#    No Debian amd64 kernel enables CONFIG_IOMMUFD (checked: bookworm-backports 6.12, trixie 6.12,
+#    sid 7.2, trixie-backports 7.3, every flavour). So, unless IOMMUFD_BUILD=0, the script builds
+#    iommufd.ko and the VFIO modules with CONFIG_IOMMUFD=m and CONFIG_VFIO_DEVICE_CDEV=y from the
+#    same kernel's Debian source (linux-source-X.Y, linux-headers-KVER and its kbuild, same apt
+#    source, same gcc), as external modules against the stock kernel, and puts them into the box
+#    in place of the stock VFIO modules (they are unsigned: the kernel is tainted, nothing else).
+#    Exit 77 when the kernel or its source cannot be had, or the host gcc is not the kernel's.
 # 2. Builds e1000e_exercise (with --features iommufd) and check_e1000e_trace statically.
 # 3. Boots the box (NIC at 00:02.0 bound to vfio-pci) and runs the exercise:
 #      iommufd       cdev + iommufd, pread/pwrite BAR access, through the recorder's tap
@@ -21,8 +28,8 @@
 # Exit 0 iff every run, the OBS comparison and the trace check passed.
 #
 # Environment: OUT (/tmp/vtdbox-iommufd-out), WORK (/tmp/vtdbox-iommufd: the newer kernel's box),
-# KERNEL_APT_SOURCES ("deb http://deb.debian.org/debian trixie-backports main"; bookworm-backports'
-# 6.12 is built without CONFIG_IOMMUFD), KERNEL_PKG (skip the resolution: the packages to fetch),
+# KERNEL_APT_SOURCES ("deb http://deb.debian.org/debian bookworm-backports main": 6.12, built with
+# bookworm's gcc-12), KERNEL_PKG (skip the resolution: the packages to fetch), IOMMUFD_BUILD (1),
 # MODES ("iommufd iommufd-mmap group"), BENCH (2000 STATUS/config reads per run; 0 skips).
 set -euo pipefail
 
@@ -30,7 +37,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-/tmp/vtdbox-iommufd-out}
 export WORK=${WORK:-/tmp/vtdbox-iommufd}
-export KERNEL_APT_SOURCES=${KERNEL_APT_SOURCES:-deb http://deb.debian.org/debian trixie-backports main}
+export KERNEL_APT_SOURCES=${KERNEL_APT_SOURCES:-deb http://deb.debian.org/debian bookworm-backports main}
 MODES=${MODES:-iommufd iommufd-mmap group}
 VTDBOX="$HERE/vtdbox.sh"
 
@@ -67,16 +74,75 @@ kv=$(ls "$WORK/kroot/lib/modules" | head -1)
 echo "kernel_setup_s=$(since "$t") kernel=$kv packages=$KERNEL_PKG" >> "$OUT/timings.txt"
 # The VFIO cdev needs CONFIG_VFIO_DEVICE_CDEV, which needs CONFIG_IOMMUFD: only then does vfio.ko
 # call iommufd_device_bind. (`vfio-dev/vfioN` in sysfs and the 'vfio/devices/%s' devnode string
-# exist without it, so they prove nothing.) IOMMUFD_MODULES (dir of .ko files) may add iommufd and
-# vfio modules built separately; they then replace the kernel's.
-vfio_ko=$(find "${IOMMUFD_MODULES:-/nonexistent}" "$WORK/kroot/lib/modules/$kv" -name 'vfio.ko*' 2>/dev/null | head -1)
-case "$vfio_ko" in
-  *.xz) dec=(xz -dc) ;; *.zst) dec=(zstd -dcq) ;; *) dec=(cat) ;;
-esac
-# (grep -c reads it all: grep -q would stop early and SIGPIPE the decompressor under pipefail)
-if [ -z "$vfio_ko" ] || [ "$("${dec[@]}" "$vfio_ko" | grep -ac 'iommufd_device_bind')" = 0 ]; then
-  skip "kernel $kv is built without CONFIG_IOMMUFD (so no VFIO_DEVICE_CDEV): nothing to test"
+# exist without it, so they prove nothing.)
+has_iommufd() {
+  local ko dec
+  ko=$(find "$WORK/kroot/lib/modules/$kv" -name 'vfio.ko*' | head -1)
+  case "$ko" in *.xz) dec=(xz -dc) ;; *.zst) dec=(zstd -dcq) ;; *) dec=(cat) ;; esac
+  # grep -c reads it all: grep -q would stop early and SIGPIPE the decompressor under pipefail
+  [ -n "$ko" ] && [ "$("${dec[@]}" "$ko" | grep -ac 'iommufd_device_bind')" != 0 ]
+}
+
+# Builds iommufd.ko and the VFIO modules with CONFIG_IOMMUFD=m and CONFIG_VFIO_DEVICE_CDEV=y from
+# the kernel's own Debian source and headers, and installs them into kroot over the stock ones.
+build_iommufd_modules() {
+  local kb="$WORK/kbuild" apt_opts image_ver src hdr common kbuild_pkg kh ksrc m f dst
+  apt_opts=(-o "Dir::Etc::sourcelist=$WORK/apt/sources.list" -o Dir::Etc::sourceparts=/nonexistent
+            -o "Dir::State::Lists=$WORK/apt/lists")
+  [ -s "$WORK/apt/sources.list" ] || { mkdir -p "$WORK/apt/lists/partial"; echo "$KERNEL_APT_SOURCES" > "$WORK/apt/sources.list"; }
+  apt-get "${apt_opts[@]}" update -qq >&2 || return 1
+  image_ver=$(dpkg-deb -f "$(ls "$WORK"/debs/*.deb | head -1)" Version)
+  src="linux-source-$(echo "$kv" | cut -d. -f1-2)"
+  hdr="linux-headers-$kv"
+  common=$(apt-cache "${apt_opts[@]}" depends "$hdr" 2>/dev/null | awk '/Depends: linux-headers-.*-common/{print $2; exit}')
+  kbuild_pkg=$(apt-cache "${apt_opts[@]}" depends "$hdr" 2>/dev/null | awk '/Depends: linux-kbuild-/{print $2; exit}')
+  [ -n "$common" ] && [ -n "$kbuild_pkg" ] || { log "no $hdr in '$KERNEL_APT_SOURCES'"; return 1; }
+  rm -rf "$kb"; mkdir -p "$kb/debs"
+  (cd "$kb/debs" && apt-get "${apt_opts[@]}" download "$src=$image_ver" "$hdr=$image_ver" "$common=$image_ver" "$kbuild_pkg=$image_ver" 2>&1 \
+     | grep -v '^W: Download is performed unsandboxed' >&2) || true
+  [ "$(ls "$kb"/debs/*.deb 2>/dev/null | wc -l)" = 4 ] || { log "could not download $src $hdr $common $kbuild_pkg at $image_ver"; return 1; }
+  for f in "$kb"/debs/*.deb; do dpkg -x "$f" "$kb/root"; done
+  kh="$kb/root/usr/src/$hdr"
+  # The kernel's compiler must build the modules (same gcc as CONFIG_CC_VERSION_TEXT).
+  grep -qF "$(gcc --version | head -1 | sed 's/^gcc //')\"" "$kh/.config" \
+    || { log "host gcc ($(gcc --version | head -1)) is not the kernel's ($(grep CONFIG_CC_VERSION_TEXT "$kh/.config"))"; return 1; }
+  # Debian's headers include their -common half by absolute path: point it into $kb.
+  sed -i "s#^include /usr/src/#include $kb/root/usr/src/#" "$kh/Makefile"
+  printf '#define CONFIG_IOMMUFD_MODULE 1\n#define CONFIG_VFIO_DEVICE_CDEV 1\n' >> "$kh/include/generated/autoconf.h"
+  printf 'CONFIG_IOMMUFD=m\nCONFIG_VFIO_DEVICE_CDEV=y\n' >> "$kh/include/config/auto.conf"
+  tar -xJf "$kb/root/usr/src/$src.tar.xz" -C "$kb" --wildcards "$src/drivers/vfio/*" "$src/drivers/iommu/*" "$src/lib/interval_tree.c"
+  ksrc="$kb/$src"; m="$kb/m"
+  mkdir -p "$m/iommu"
+  cp -r "$ksrc/drivers/vfio" "$m/vfio"; cp -r "$ksrc/drivers/iommu/iommufd" "$m/iommu/iommufd"; cp "$ksrc"/drivers/iommu/*.h "$m/iommu/"
+  # iommufd needs lib/interval_tree.c's span iterator (CONFIG_INTERVAL_TREE_SPAN_ITER, which only
+  # CONFIG_IOMMUFD selects): compile a copy into iommufd.ko.
+  { echo '#include <linux/interval_tree.h>'; echo '#define CONFIG_INTERVAL_TREE_SPAN_ITER 1'
+    sed -n '/^#ifdef CONFIG_INTERVAL_TREE_SPAN_ITER/,$p' "$ksrc/lib/interval_tree.c" | grep -v EXPORT_SYMBOL; } > "$m/iommu/iommufd/span_iter.c"
+  echo 'iommufd-y += span_iter.o' >> "$m/iommu/iommufd/Makefile"
+  echo 'obj-m += iommu/iommufd/ vfio/' > "$m/Kbuild"
+  # no pahole here: no BTF for these modules
+  make -C "$kh" M="$m" -j"$(nproc)" CONFIG_DEBUG_INFO_BTF_MODULES= modules > "$kb/build.log" 2>&1 \
+    || { tail -20 "$kb/build.log" >&2; log "module build failed (see $kb/build.log)"; return 1; }
+  for f in $(cd "$m" && find . -name '*.ko'); do
+    dst=$(find "$WORK/kroot/lib/modules/$kv/kernel" -name "$(basename "$f")*" | head -1)
+    [ -n "$dst" ] || dst="$WORK/kroot/lib/modules/$kv/kernel/drivers/${f#./}"
+    rm -f "$dst"; mkdir -p "$(dirname "$dst")"; cp "$m/$f" "${dst%.xz}"
+  done
+  depmod -b "$WORK/kroot" "$kv"
+  rm -f "$WORK/initrd.gz" "$WORK/initrd-exec.gz"
+  echo "$image_ver" > "$WORK/kroot/.iommufd-modules"
+  log "built and installed $(cd "$m" && find . -name '*.ko' | tr '\n' ' ')"
+}
+
+if ! has_iommufd; then
+  [ "${IOMMUFD_BUILD:-1}" = 1 ] || skip "kernel $kv is built without CONFIG_IOMMUFD (so no VFIO_DEVICE_CDEV) and IOMMUFD_BUILD=0"
+  t=$(now)
+  log "kernel $kv is built without CONFIG_IOMMUFD: building iommufd.ko and the VFIO modules from its source"
+  build_iommufd_modules || skip "could not build iommufd for $kv"
+  has_iommufd || skip "the modules built for $kv still do not call iommufd"
+  echo "iommufd_modules_build_s=$(since "$t")" >> "$OUT/timings.txt"
 fi
+[ -e "$WORK/kroot/.iommufd-modules" ] && echo "iommufd_modules=built from linux-source at $(cat "$WORK/kroot/.iommufd-modules")" >> "$OUT/timings.txt"
 
 # ---- 2. the exercise, with the iommufd feature
 tgt=x86_64-unknown-linux-gnu rf="-C target-feature=+crt-static"
