@@ -67,7 +67,7 @@ if [ ! -d "$WORK/kroot/boot" ] && [ -z "${KERNEL_PKG:-}" ]; then
           | awk '/Depends: linux-(binary|modules)-[0-9]/{print $2}' | sort -u | tr '\n' ' ')
   KERNEL_PKG=${split:-$image}
 fi
-export KERNEL_PKG=${KERNEL_PKG:-unused-kroot-exists}
+export KERNEL_PKG=${KERNEL_PKG:-"(cached in $WORK/kroot)"}
 log "kernel packages: $KERNEL_PKG (WORK=$WORK)"
 bash "$VTDBOX" setup >/dev/null 2>"$OUT/setup.log" || { cat "$OUT/setup.log" >&2; skip "vtdbox.sh setup could not get the kernel"; }
 kv=$(ls "$WORK/kroot/lib/modules" | head -1)
