@@ -1,7 +1,9 @@
 //! The hwrr backend for a real PCI device passed through with Linux VFIO.
 //!
 //! [`VfioBackend`] implements [`hwrr_device::Device`] for a device bound to `vfio-pci`, opened with
-//! the kernel's container/group API (rust-vmm `vfio-ioctls`). Every access is reported with its
+//! the kernel's container/group API (rust-vmm `vfio-ioctls`), or, with the `iommufd` feature and
+//! [`IommuApi::Iommufd`], through its VFIO cdev bound to an iommufd IOAS (DMA then goes through
+//! `IOMMU_IOAS_MAP`; everything else is the same code). Every access is reported with its
 //! error: BAR and config accesses go through `pread`/`pwrite` on the device file (or, as an option,
 //! through `mmap`ed BARs where the kernel allows it), interrupts are wired with
 //! `VFIO_DEVICE_SET_IRQS` to the eventfds the caller hands over, DMA mappings go to the IOMMU with
@@ -111,8 +113,9 @@ pub enum VfioBackendError {
     /// Config space could not be read at open.
     #[error("reading config space: {0}")]
     Config(#[source] DeviceError),
-    /// `VFIO_IOMMU_GET_INFO` failed or its answer could not be decoded.
-    #[error("VFIO_IOMMU_GET_INFO: {0}")]
+    /// `VFIO_IOMMU_GET_INFO` (iommufd: `IOMMU_IOAS_IOVA_RANGES`) failed or its answer could not be
+    /// decoded.
+    #[error("IOMMU info: {0}")]
     IommuInfo(String),
 }
 
