@@ -85,8 +85,8 @@ pub enum OpenError {
         /// What was missing.
         why: String,
     },
-    /// `/dev/iommu` could not be opened or an IOAS could not be allocated.
-    #[cfg(feature = "iommufd")]
+    /// `/dev/iommu` could not be opened or an IOAS could not be allocated (only with the
+    /// `iommufd` feature; the variant exists in every build so that matches do not depend on it).
     #[error("iommufd (/dev/iommu; modprobe iommufd if it is a module): {0}")]
     Iommufd(#[source] vfio_ioctls::VfioError),
 }
