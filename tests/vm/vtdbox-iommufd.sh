@@ -22,6 +22,9 @@
 #                    (writes e1000e-iommufd.hwrr)
 #      iommufd-mmap  cdev + iommufd, mmapped BARs
 #      group         the container/group path on the same kernel, for comparison
+#      record-cli    (opt-in: MODES="... record-cli") `hwrr record --vfio BDF --iommufd` built with
+#                    --features iommufd, driven by the exercise as a vfio-user client
+#                    (writes e1000e-record-iommufd.hwrr)
 #    and compares the OBS lines (what a replay must reproduce) of the cdev runs with the group run's.
 # 4. Checks the trace on the host (check_e1000e_trace: identity, MAC, the RX frame as a dma_write,
 #    interrupts).
@@ -150,6 +153,13 @@ t=$(now)
 log "cargo build --features iommufd --example e1000e_exercise --example check_e1000e_trace --target $tgt"
 (cd "$REPO" && RUSTFLAGS="$rf" cargo build -q --release -p hwrr-vfio-backend --features iommufd \
    --example e1000e_exercise --example check_e1000e_trace --target "$tgt")
+hwrr_bin=""
+case " $MODES " in *" record-cli "*)
+  log "cargo build --features iommufd --bin hwrr --target $tgt"
+  (cd "$REPO" && RUSTFLAGS="$rf" cargo build -q --release -p hwrr --features iommufd --bin hwrr --target "$tgt")
+  hwrr_bin="$WORK/hwrr"
+  objcopy --strip-debug "$REPO/target/$tgt/release/hwrr" "$hwrr_bin";;
+esac
 echo "build_s=$(since "$t") target=$tgt" >> "$OUT/timings.txt"
 bin="$WORK/e1000e_exercise"
 objcopy --strip-debug "$REPO/target/$tgt/release/examples/e1000e_exercise" "$bin"
@@ -166,6 +176,17 @@ modprobe iommufd 2>/dev/null  # built in on Debian's 7.x kernels
 SYS=/sys/bus/pci/devices/\$VTDBOX_BDF
 echo "IOMMUFD dev_iommu=\$(ls /dev/iommu 2>&1) vfio_dev=\$(ls \$SYS/vfio-dev 2>&1) cdevs=\$(ls /dev/vfio/devices 2>&1 | tr '\n' ' ')"
 for mode in $MODES; do
+  if [ "\$mode" = record-cli ]; then
+    echo "VTDBOX-IOMMUFD run mode=\$mode bdf=\$VTDBOX_BDF uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    /bin/hwrr record --vfio "\$VTDBOX_BDF" --iommufd --listen /tmp/hwrr.sock --once -o /host/e1000e-record-iommufd.hwrr > /host/hwrr-record.log 2>&1 &
+    pid=\$!
+    i=0; while [ ! -S /tmp/hwrr.sock ] && [ \$i -lt 200 ]; do sleep 0.05; i=\$((i+1)); done
+    /bin/e1000e_exercise --vfio-user /tmp/hwrr.sock > /host/exercise-\$mode.log 2>&1 || rc=1
+    wait \$pid || { echo "hwrr record failed"; rc=1; }
+    cat /host/exercise-\$mode.log /host/hwrr-record.log
+    echo "VTDBOX-IOMMUFD done mode=\$mode uptime=\$(cut -d' ' -f1 /proc/uptime)"
+    continue
+  fi
   flag=""
   case "\$mode" in
     iommufd) flag="--iommufd --trace /host/e1000e-iommufd.hwrr" ;;
@@ -186,7 +207,7 @@ export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
 t=$(now)
 for attempt in 1 2 3; do
   rc=0
-  VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "$bin" > "$OUT/console.log" 2>"$OUT/vtdbox.stderr" || rc=$?
+  VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "$bin" $hwrr_bin > "$OUT/console.log" 2>"$OUT/vtdbox.stderr" || rc=$?
   grep -aq '^VTDBOX init' "$WORK/exec-console.log" && break
   log "guest died before /init (attempt $attempt): $(grep -a -m1 'Kernel panic' "$WORK/exec-console.log" || echo 'no panic line')"
   echo "boot_failed_attempt=$attempt" >> "$OUT/timings.txt"
@@ -227,14 +248,15 @@ case " $MODES " in *" group "*)
     fi
   done;;
 esac
-if [ -e "$OUT/e1000e-iommufd.hwrr" ]; then
-  mac=$(sed -n 's/^OBS mac=\([0-9a-f:]*\).*/\1/p' "$OUT/exercise-iommufd.log" | head -1)
+mac=$(sed -n 's/^OBS mac=\([0-9a-f:]*\).*/\1/p' "$OUT"/exercise-*.log 2>/dev/null | head -1)
+for mode_trace in iommufd:e1000e-iommufd record-cli:e1000e-record-iommufd; do
+  case " $MODES " in *" ${mode_trace%%:*} "*) ;; *) continue;; esac
+  name=${mode_trace#*:}
+  [ -e "$OUT/$name.hwrr" ] || { log "no trace $name.hwrr came back"; rc=1; continue; }
   t=$(now)
-  "$REPO/target/$tgt/release/examples/check_e1000e_trace" "$OUT/e1000e-iommufd.hwrr" ${mac:+--mac "$mac"} \
-    > "$OUT/check-e1000e-iommufd.log" 2>&1 || { log "trace check failed"; rc=1; }
-  echo "check_e1000e-iommufd_s=$(since "$t")" >> "$OUT/timings.txt"
-  cat "$OUT/check-e1000e-iommufd.log"
-elif case " $MODES " in *" iommufd "*) true;; *) false;; esac; then
-  log "no trace came back from the iommufd run"; rc=1
-fi
+  "$REPO/target/$tgt/release/examples/check_e1000e_trace" "$OUT/$name.hwrr" ${mac:+--mac "$mac"} \
+    > "$OUT/check-$name.log" 2>&1 || { log "trace check $name failed"; rc=1; }
+  echo "check_${name}_s=$(since "$t")" >> "$OUT/timings.txt"
+  cat "$OUT/check-$name.log"
+done
 exit $rc
