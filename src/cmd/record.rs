@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args};
 use hwrr_device::Device;
 use hwrr_host_setup::{Bdf, HostRoot};
 use hwrr_recorder::{capture_header, Recorder, RecorderOptions, Tap, WatchOptions};
-use hwrr_vfio_backend::{OpenOptions, VfioBackend};
+use hwrr_vfio_backend::{IommuApi, OpenOptions, VfioBackend};
 use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice, Server, ServerOptions};
 
 use super::serve::{qemu_device_arg, stop_on_signals};
@@ -21,6 +21,10 @@ pub struct RecordArgs {
     /// A device bound to vfio-pci, by PCI address (e.g. 0000:00:19.0).
     #[arg(long)]
     vfio: Option<String>,
+    /// Open the --vfio device through its VFIO cdev and iommufd instead of its group (needs hwrr
+    /// built with `--features iommufd` and a kernel with VFIO_DEVICE_CDEV).
+    #[arg(long, requires = "vfio")]
+    iommufd: bool,
     /// A vfio-user server's socket (QEMU's x-vfio-user-server, libvfio-user devices, hwrr replay).
     #[arg(long = "vfio-user")]
     vfio_user: Option<PathBuf>,
@@ -70,7 +74,15 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
         match (&args.vfio, &args.vfio_user) {
             (Some(bdf), None) => {
                 let parsed: Bdf = bdf.parse()?;
-                let dev = VfioBackend::open(bdf, &OpenOptions::default()).with_context(|| {
+                let iommu = match args.iommufd {
+                    true => IommuApi::Iommufd,
+                    false => IommuApi::Container,
+                };
+                let options = OpenOptions {
+                    iommu,
+                    ..OpenOptions::default()
+                };
+                let dev = VfioBackend::open(bdf, &options).with_context(|| {
                     format!("cannot open {bdf} through VFIO (try `hwrr doctor {bdf}`)")
                 })?;
                 (Box::new(dev), "vfio", Some(parsed))

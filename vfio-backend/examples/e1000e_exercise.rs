@@ -33,8 +33,12 @@
 //! `hwrr replay --check` must report. IOVAs are printed as offsets from the base, so the `OBS` and
 //! `WATCH` lines of runs at different IOVAs compare as text.
 //!
-//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--mmap] [--trace PATH [--log-watch]]
-//! [--bench N] [--iova BASE] [--change-write]` or
+//! With `--iommufd` the device is opened through its VFIO cdev and an iommufd IOAS instead of a
+//! container and its group (`tests/vm/vtdbox-iommufd.sh`; needs the crate's `iommufd` feature and a
+//! kernel with `CONFIG_VFIO_DEVICE_CDEV`); every step and check is the same.
+//!
+//! Usage: `e1000e_exercise [--bdf BDF] [--sysfs-root DIR] [--iommufd] [--mmap]
+//! [--trace PATH [--log-watch]] [--bench N] [--iova BASE] [--change-write]` or
 //! `e1000e_exercise --vfio-user SOCKET [--iova BASE] [--change-write]`
 //! (BDF defaults to `$VTDBOX_BDF`, then `0000:00:02.0`).
 
@@ -48,7 +52,7 @@ use hwrr_device::{
 };
 use hwrr_formats::header::region_index::BAR0;
 use hwrr_formats::irq_index;
-use hwrr_vfio_backend::{AccessMode, OpenOptions, VfioBackend};
+use hwrr_vfio_backend::{AccessMode, IommuApi, OpenOptions, VfioBackend};
 
 // e1000e registers (BAR0 offsets) and bits, from the 82574 datasheet.
 const CTRL: u64 = 0x0000;
@@ -683,6 +687,7 @@ fn exercise<D: Device>(
 struct Args {
     bdf: String,
     sysfs_root: String,
+    iommufd: bool,
     mmap: bool,
     trace: Option<std::path::PathBuf>,
     log_watch: bool,
@@ -695,6 +700,7 @@ fn parse_args() -> Result<Args, BoxError> {
     let mut args = Args {
         bdf: std::env::var("VTDBOX_BDF").unwrap_or_else(|_| "0000:00:02.0".into()),
         sysfs_root: "/sys".into(),
+        iommufd: false,
         mmap: false,
         trace: None,
         log_watch: false,
@@ -707,6 +713,7 @@ fn parse_args() -> Result<Args, BoxError> {
         match a.as_str() {
             "--bdf" => args.bdf = it.next().ok_or("--bdf needs a value")?,
             "--sysfs-root" => args.sysfs_root = it.next().ok_or("--sysfs-root needs a value")?,
+            "--iommufd" => args.iommufd = true,
             "--mmap" => args.mmap = true,
             "--trace" => args.trace = Some(it.next().ok_or("--trace needs a value")?.into()),
             "--log-watch" => args.log_watch = true,
@@ -805,10 +812,24 @@ fn run() -> Result<Checks, BoxError> {
             AccessMode::FileIo
         },
         read_rom: true,
+        iommu: if args.iommufd {
+            IommuApi::Iommufd
+        } else {
+            IommuApi::Container
+        },
     };
     let t_open = Instant::now();
     let backend = VfioBackend::open(&args.bdf, &options)?;
-    println!("OPEN {} in {:?}", args.bdf, t_open.elapsed());
+    println!(
+        "OPEN {} ({}) in {:?}",
+        args.bdf,
+        if backend.sys().is_iommufd() {
+            "cdev+iommufd"
+        } else {
+            "container/group"
+        },
+        t_open.elapsed()
+    );
     match backend.iommu_info() {
         Ok(i) => println!(
             "IOMMU pgsizes={:#x} ranges={:x?} dma_avail={:?}",

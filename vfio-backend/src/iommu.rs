@@ -31,6 +31,19 @@ pub struct IommuInfo {
 }
 
 impl IommuInfo {
+    /// What an iommufd IOAS reports (`IOMMU_IOAS_IOVA_RANGES`): its usable ranges (inclusive) and
+    /// the alignment every IOVA needs, which stands in as the only "page size" (it is the smallest
+    /// page the IOAS maps). No flags and no mapping budget: iommufd has neither.
+    pub fn from_ioas(iova_alignment: u64, iova_ranges: Vec<(u64, u64)>) -> Self {
+        IommuInfo {
+            flags: 0,
+            iova_pgsizes: iova_alignment.is_power_of_two().then_some(iova_alignment),
+            iova_ranges,
+            dma_avail: None,
+            other_caps: Vec::new(),
+        }
+    }
+
     /// The smallest supported page size (the alignment a DMA mapping needs), if known.
     pub fn min_page_size(&self) -> Option<u64> {
         self.iova_pgsizes
@@ -137,6 +150,18 @@ pub fn parse(buf: &[u8]) -> Result<IommuInfo, IommuInfoError> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn ioas_info_keeps_ranges_and_a_power_of_two_alignment() {
+        let i = IommuInfo::from_ioas(4096, vec![(0, 0xfedf_ffff)]);
+        assert_eq!(i.min_page_size(), Some(4096));
+        assert_eq!(i.iova_ranges, vec![(0, 0xfedf_ffff)]);
+        assert!(i.iova_usable(0xfedf_f000, 0x1000));
+        assert!(!i.iova_usable(0xfedf_f000, 0x2000));
+        // An alignment that is no page size (0, or not a power of two) gives no page size at all.
+        assert_eq!(IommuInfo::from_ioas(0, vec![]).min_page_size(), None);
+        assert_eq!(IommuInfo::from_ioas(0x3000, vec![]).iova_pgsizes, None);
+    }
+
     use super::*;
 
     /// The answer the VT-d box's kernel (6.1, QEMU intel-iommu) gave, rebuilt field by field.

@@ -1,14 +1,19 @@
-//! [`VfioSys`] on the real kernel: the legacy container/group API through rust-vmm `vfio-ioctls`,
-//! plus raw ioctls where that crate hides errors or lacks a wrapper (`SET_IRQS` with arbitrary
-//! data, `RESET`, `MAP_DMA` with read-only flags, `IOMMU_GET_INFO`).
+//! [`VfioSys`] on the real kernel, through rust-vmm `vfio-ioctls`: the legacy container/group API,
+//! or (with the `iommufd` feature) the VFIO device cdev bound to an iommufd IOAS. Both give the same
+//! kind of device fd, so everything but DMA mapping and IOMMU limits is shared. Raw ioctls cover
+//! what that crate hides errors of or lacks a wrapper for (`SET_IRQS` with arbitrary data, `RESET`,
+//! `MAP_DMA` with read-only flags, `IOMMU_GET_INFO`, `IOMMU_IOAS_IOVA_RANGES`).
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "iommufd")]
+use vfio_ioctls::VfioIommufd;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps, VfioRegionInfoCap};
 
+use crate::iommu::IommuInfo;
 use crate::sys::{BarMapping, DeviceFacts, IrqFacts, RegionFacts, VfioSys};
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)`: VFIO ioctls carry no size in their number.
@@ -22,6 +27,8 @@ const VFIO_IOMMU_GET_INFO: u64 = vfio_io(12);
 const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
 const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
 const REGION_FLAG_MMAP: u32 = 1 << 2;
+/// Where the kernel puts VFIO device cdevs (vfio-ioctls opens them here).
+const CDEV_DIR: &str = "/dev/vfio/devices";
 
 /// `struct vfio_iommu_type1_dma_map`.
 #[repr(C)]
@@ -60,13 +67,56 @@ pub enum OpenError {
     /// `VFIO_DEVICE_GET_INFO` failed.
     #[error("VFIO_DEVICE_GET_INFO: {0}")]
     DeviceInfo(#[source] io::Error),
+    /// The iommufd path was asked for, but this build has no `iommufd` feature.
+    #[error(
+        "this hwrr was built without the iommufd feature (cargo feature `iommufd` of \
+         hwrr-vfio-backend); use the group path"
+    )]
+    IommufdNotBuilt,
+    /// The kernel shows no VFIO device cdev for the device (no `vfio-dev/vfioN` in sysfs, or no
+    /// `/dev/vfio/devices/vfioN`).
+    #[error(
+        "no /dev/vfio/devices/vfioN for {bdf}: the kernel has no VFIO_DEVICE_CDEV; use the group \
+         path ({why})"
+    )]
+    NoCdev {
+        /// The device.
+        bdf: String,
+        /// What was missing.
+        why: String,
+    },
+    /// `/dev/iommu` could not be opened or an IOAS could not be allocated (only with the
+    /// `iommufd` feature; the variant exists in every build so that matches do not depend on it).
+    #[error("iommufd (/dev/iommu; modprobe iommufd if it is a module): {0}")]
+    Iommufd(#[source] vfio_ioctls::VfioError),
 }
 
-/// A device opened through `/dev/vfio/vfio` and its group.
+/// What maps DMA for the device: where `MAP_DMA`-like calls go.
+enum Iommu {
+    /// The legacy type1 container the device's group is in.
+    Container(Arc<VfioContainer>),
+    /// An iommufd and the IOAS the device cdev is attached to.
+    #[cfg(feature = "iommufd")]
+    Iommufd(Arc<VfioIommufd>),
+}
+
+impl Iommu {
+    fn fd(&self) -> i32 {
+        match self {
+            Iommu::Container(c) => c.as_raw_fd(),
+            #[cfg(feature = "iommufd")]
+            Iommu::Iommufd(i) => i.iommufd().as_raw_fd(),
+        }
+    }
+}
+
+/// A device opened through `/dev/vfio/vfio` and its group, or (with the `iommufd` feature) through
+/// its VFIO cdev and `/dev/iommu`.
 pub struct KernelVfio {
-    // Field order matters: the device must close before the container drops its group.
+    // Field order matters: the device must close (and, on iommufd, detach from the IOAS) before the
+    // container drops its group or the IOAS is destroyed.
     device: VfioDevice,
-    container: Arc<VfioContainer>,
+    iommu: Iommu,
     facts: DeviceFacts,
 }
 
@@ -74,7 +124,14 @@ impl std::fmt::Debug for KernelVfio {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KernelVfio")
             .field("device_fd", &self.device.as_raw_fd())
-            .field("container_fd", &self.container.as_raw_fd())
+            .field(
+                match self.iommu {
+                    Iommu::Container(_) => "container_fd",
+                    #[cfg(feature = "iommufd")]
+                    Iommu::Iommufd(_) => "iommufd",
+                },
+                &self.iommu.fd(),
+            )
             .field("facts", &self.facts)
             .finish()
     }
@@ -102,6 +159,58 @@ impl KernelVfio {
                 path: sysfs_path.display().to_string(),
                 source,
             })?;
+        Self::with_device(device, Iommu::Container(container))
+    }
+
+    /// Opens the device at `sysfs_path` through its VFIO cdev: finds `vfio-dev/vfioN` in sysfs,
+    /// opens `/dev/vfio/devices/vfioN` and `/dev/iommu`, binds the device to the iommufd, allocates
+    /// an IOAS and attaches the device to it. DMA mappings then go to that IOAS at fixed IOVAs.
+    ///
+    /// Without the `iommufd` feature this returns [`OpenError::IommufdNotBuilt`].
+    pub fn open_iommufd(sysfs_path: &Path) -> Result<Self, OpenError> {
+        let bdf = sysfs_path.file_name().map_or_else(
+            || sysfs_path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let cdev =
+            crate::preflight::vfio_cdev_name(sysfs_path).map_err(|why| OpenError::NoCdev {
+                bdf: bdf.clone(),
+                why,
+            })?;
+        let node = Path::new(CDEV_DIR).join(&cdev);
+        if !node.exists() {
+            return Err(OpenError::NoCdev {
+                bdf,
+                why: format!("sysfs names {cdev}, but {} does not exist", node.display()),
+            });
+        }
+        Self::open_cdev(sysfs_path)
+    }
+
+    #[cfg(not(feature = "iommufd"))]
+    fn open_cdev(_sysfs_path: &Path) -> Result<Self, OpenError> {
+        Err(OpenError::IommufdNotBuilt)
+    }
+
+    #[cfg(feature = "iommufd")]
+    fn open_cdev(sysfs_path: &Path) -> Result<Self, OpenError> {
+        use iommufd_ioctls::IommuFd;
+        let iommufd = IommuFd::new()
+            .map_err(|e| OpenError::Iommufd(vfio_ioctls::VfioError::NewVfioIommufd(e)))?;
+        let iommufd =
+            Arc::new(VfioIommufd::new(Arc::new(iommufd), None, None).map_err(OpenError::Iommufd)?);
+        let ops: Arc<dyn VfioOps> = iommufd.clone();
+        // attach_ioas: the device joins the IOAS now, so mappings made later reach it.
+        let device =
+            VfioDevice::new(sysfs_path, ops, true).map_err(|source| OpenError::Device {
+                path: sysfs_path.display().to_string(),
+                source,
+            })?;
+        Self::with_device(device, Iommu::Iommufd(iommufd))
+    }
+
+    /// Reads the device's facts (flags, regions, IRQs): the same for both ways of opening it.
+    fn with_device(device: VfioDevice, iommu: Iommu) -> Result<Self, OpenError> {
         // struct vfio_device_info { argsz, flags, num_regions, num_irqs } (cap_offset unused here)
         let mut info = [16u32, 0, 0, 0];
         ioctl_ptr(
@@ -151,11 +260,22 @@ impl KernelVfio {
                 irqs,
             },
             device,
-            container,
+            iommu,
         })
+    }
+
+    /// Whether the device was opened through its cdev and iommufd (else: container/group).
+    pub fn is_iommufd(&self) -> bool {
+        !matches!(self.iommu, Iommu::Container(_))
     }
 }
 
+// Without the iommufd feature `Iommu` has one variant, and the matches that pick the container
+// look infallible to clippy.
+#[cfg_attr(
+    not(feature = "iommufd"),
+    allow(clippy::infallible_destructuring_match)
+)]
 impl VfioSys for KernelVfio {
     fn facts(&self) -> &DeviceFacts {
         &self.facts
@@ -247,6 +367,13 @@ impl VfioSys for KernelVfio {
     }
 
     unsafe fn dma_map(&self, iova: u64, size: u64, vaddr: u64, flags: u32) -> io::Result<()> {
+        let container = match &self.iommu {
+            Iommu::Container(c) => c,
+            #[cfg(feature = "iommufd")]
+            // SAFETY: the caller keeps `vaddr..vaddr+size` mapped until it is unmapped (this
+            // function's own contract).
+            Iommu::Iommufd(i) => return unsafe { ioas::map(i, iova, size, vaddr, flags) },
+        };
         let mut arg = DmaMap {
             argsz: std::mem::size_of::<DmaMap>() as u32,
             flags,
@@ -255,7 +382,7 @@ impl VfioSys for KernelVfio {
             size,
         };
         ioctl_ptr(
-            self.container.as_raw_fd(),
+            container.as_raw_fd(),
             VFIO_IOMMU_MAP_DMA,
             (&mut arg as *mut DmaMap).cast(),
         )?;
@@ -263,6 +390,11 @@ impl VfioSys for KernelVfio {
     }
 
     fn dma_unmap(&self, iova: u64, size: u64) -> io::Result<u64> {
+        let container = match &self.iommu {
+            Iommu::Container(c) => c,
+            #[cfg(feature = "iommufd")]
+            Iommu::Iommufd(i) => return ioas::unmap(i, iova, size),
+        };
         let mut arg = DmaUnmap {
             argsz: std::mem::size_of::<DmaUnmap>() as u32,
             flags: 0,
@@ -270,7 +402,7 @@ impl VfioSys for KernelVfio {
             size,
         };
         ioctl_ptr(
-            self.container.as_raw_fd(),
+            container.as_raw_fd(),
             VFIO_IOMMU_UNMAP_DMA,
             (&mut arg as *mut DmaUnmap).cast(),
         )?;
@@ -278,6 +410,12 @@ impl VfioSys for KernelVfio {
     }
 
     fn iommu_info(&self, buf: &mut [u8]) -> io::Result<()> {
+        let container = match &self.iommu {
+            Iommu::Container(c) => c,
+            // An iommufd has no VFIO_IOMMU_GET_INFO; `decoded_iommu_info` answers instead.
+            #[cfg(feature = "iommufd")]
+            Iommu::Iommufd(_) => return Err(io::Error::from_raw_os_error(libc::ENOTTY)),
+        };
         let argsz = buf
             .get(..4)
             .and_then(|b| b.try_into().ok())
@@ -292,7 +430,7 @@ impl VfioSys for KernelVfio {
             std::ptr::copy_nonoverlapping(buf.as_ptr(), aligned.as_mut_ptr().cast(), buf.len())
         };
         ioctl_ptr(
-            self.container.as_raw_fd(),
+            container.as_raw_fd(),
             VFIO_IOMMU_GET_INFO,
             aligned.as_mut_ptr().cast(),
         )?;
@@ -301,6 +439,127 @@ impl VfioSys for KernelVfio {
             std::ptr::copy_nonoverlapping(aligned.as_ptr().cast(), buf.as_mut_ptr(), buf.len())
         };
         Ok(())
+    }
+
+    fn decoded_iommu_info(&self) -> Option<io::Result<IommuInfo>> {
+        match &self.iommu {
+            Iommu::Container(_) => None,
+            #[cfg(feature = "iommufd")]
+            Iommu::Iommufd(i) => Some(ioas::info(i)),
+        }
+    }
+}
+
+/// DMA through an iommufd IOAS (`IOMMU_IOAS_MAP`/`UNMAP`/`IOVA_RANGES`).
+#[cfg(feature = "iommufd")]
+mod ioas {
+    use std::io;
+    use std::os::fd::AsRawFd;
+
+    use iommufd_bindings::iommufd as uapi;
+    use iommufd_ioctls::IommufdError;
+    use vfio_ioctls::VfioIommufd;
+
+    use super::ioctl_ptr;
+    use crate::iommu::IommuInfo;
+
+    /// `IOMMU_IOAS_IOVA_RANGES`: `_IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_IOVA_RANGES)`.
+    pub(super) const IOMMU_IOAS_IOVA_RANGES: u64 =
+        ((uapi::IOMMUFD_TYPE as u64) << 8) | uapi::IOMMUFD_CMD_IOAS_IOVA_RANGES as u64;
+    /// More ranges than any IOMMU reports: a kernel asking for more is not believed.
+    const MAX_RANGES: u32 = 4096;
+
+    fn errno(e: IommufdError) -> io::Error {
+        match e {
+            IommufdError::IommuIoasMap(s) | IommufdError::IommuIoasUnmap(s) => {
+                io::Error::from_raw_os_error(s.errno())
+            }
+            other => io::Error::other(other),
+        }
+    }
+
+    /// The IOAS map flags for `VFIO_DMA_MAP_FLAG_READ`/`WRITE` (whose bits differ), at a fixed IOVA.
+    pub(super) fn map_flags(vfio_flags: u32) -> u32 {
+        let mut f = uapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+        if vfio_flags & hwrr_device::dma_flags::READ != 0 {
+            f |= uapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
+        }
+        if vfio_flags & hwrr_device::dma_flags::WRITE != 0 {
+            f |= uapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+        }
+        f
+    }
+
+    /// # Safety
+    /// As [`crate::VfioSys::dma_map`].
+    pub(super) unsafe fn map(
+        i: &VfioIommufd,
+        iova: u64,
+        size: u64,
+        vaddr: u64,
+        flags: u32,
+    ) -> io::Result<()> {
+        let arg = uapi::iommu_ioas_map {
+            size: std::mem::size_of::<uapi::iommu_ioas_map>() as u32,
+            flags: map_flags(flags),
+            ioas_id: i.ioas().id(),
+            __reserved: 0,
+            user_va: vaddr,
+            length: size,
+            iova,
+        };
+        i.iommufd().map_iommu_ioas(&arg).map_err(errno)
+    }
+
+    /// Unmaps `iova..iova+size`; returns the length the kernel unmapped.
+    pub(super) fn unmap(i: &VfioIommufd, iova: u64, size: u64) -> io::Result<u64> {
+        let mut arg = uapi::iommu_ioas_unmap {
+            size: std::mem::size_of::<uapi::iommu_ioas_unmap>() as u32,
+            ioas_id: i.ioas().id(),
+            iova,
+            length: size,
+        };
+        i.iommufd().unmap_iommu_ioas(&mut arg).map_err(errno)?;
+        Ok(arg.length)
+    }
+
+    /// The IOAS's usable IOVA ranges and required IOVA alignment.
+    pub(super) fn info(i: &VfioIommufd) -> io::Result<IommuInfo> {
+        let fd = i.iommufd().as_raw_fd();
+        let mut ranges: Vec<uapi::iommu_iova_range> = Vec::new();
+        for _ in 0..4 {
+            let mut arg = uapi::iommu_ioas_iova_ranges {
+                size: std::mem::size_of::<uapi::iommu_ioas_iova_ranges>() as u32,
+                ioas_id: i.ioas().id(),
+                num_iovas: ranges.len() as u32,
+                __reserved: 0,
+                allowed_iovas: ranges.as_mut_ptr() as u64,
+                out_iova_alignment: 0,
+            };
+            // The kernel writes at most `num_iovas` ranges to `allowed_iovas` (the live, correctly
+            // sized `ranges`) and sets `num_iovas` to how many there are; EMSGSIZE means "more".
+            match ioctl_ptr(
+                fd,
+                IOMMU_IOAS_IOVA_RANGES,
+                &mut arg as *mut _ as *mut libc::c_void,
+            ) {
+                Ok(_) => {
+                    ranges.truncate(arg.num_iovas as usize);
+                    let ranges = ranges.iter().map(|r| (r.start, r.last)).collect();
+                    return Ok(IommuInfo::from_ioas(arg.out_iova_alignment, ranges));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    if arg.num_iovas > MAX_RANGES {
+                        break;
+                    }
+                    ranges = vec![uapi::iommu_iova_range::default(); arg.num_iovas as usize];
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(
+            "IOMMU_IOAS_IOVA_RANGES: the kernel kept asking for a larger buffer",
+        ))
     }
 }
 
@@ -382,5 +641,63 @@ mod tests {
         );
         assert_eq!(hwrr_device::dma_flags::READ, uapi::VFIO_DMA_MAP_FLAG_READ);
         assert_eq!(hwrr_device::dma_flags::WRITE, uapi::VFIO_DMA_MAP_FLAG_WRITE);
+    }
+
+    /// Without a VFIO cdev in sysfs (the 6.1 box, any kernel without VFIO_DEVICE_CDEV) the iommufd
+    /// path says so and points at the group path, whatever the build.
+    #[test]
+    fn no_cdev_in_sysfs_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("0000:00:02.0");
+        std::fs::create_dir_all(&dev).unwrap();
+        let e = KernelVfio::open_iommufd(&dev).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, OpenError::NoCdev { .. }), "{e}");
+        assert!(
+            msg.starts_with(
+                "no /dev/vfio/devices/vfioN for 0000:00:02.0: the kernel has no VFIO_DEVICE_CDEV; \
+                 use the group path"
+            ),
+            "{msg}"
+        );
+        // sysfs names a cdev that /dev does not have.
+        std::fs::create_dir_all(dev.join("vfio-dev/vfio987654")).unwrap();
+        if !Path::new("/dev/vfio/devices/vfio987654").exists() {
+            let e = KernelVfio::open_iommufd(&dev).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("vfio987654, but /dev/vfio/devices/vfio987654 does not exist"),
+                "{e}"
+            );
+        }
+    }
+
+    #[cfg(feature = "iommufd")]
+    #[test]
+    fn iommufd_abi_matches_the_uapi() {
+        use iommufd_bindings::iommufd as iuapi;
+        // include/uapi/linux/iommufd.h: IOMMU_IOAS_IOVA_RANGES is _IO(';', 0x84).
+        assert_eq!(ioas::IOMMU_IOAS_IOVA_RANGES, 0x3b84);
+        let fixed = iuapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA;
+        let r = iuapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
+        let w = iuapi::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+        // VFIO's READ/WRITE bits (1, 2) are not iommufd's (4, 2): they are translated.
+        assert_eq!(ioas::map_flags(hwrr_device::dma_flags::READ), fixed | r);
+        assert_eq!(ioas::map_flags(hwrr_device::dma_flags::WRITE), fixed | w);
+        assert_eq!(
+            ioas::map_flags(hwrr_device::dma_flags::READ | hwrr_device::dma_flags::WRITE),
+            fixed | r | w
+        );
+        assert_eq!(size_of::<iuapi::iommu_ioas_iova_ranges>(), 32);
+        assert_eq!(size_of::<iuapi::iommu_iova_range>(), 16);
+    }
+
+    /// Without the feature, a device that does have a cdev is refused with the reason.
+    #[cfg(not(feature = "iommufd"))]
+    #[test]
+    fn without_the_feature_the_cdev_path_says_so() {
+        let e = KernelVfio::open_cdev(Path::new("/nonexistent")).unwrap_err();
+        assert!(matches!(e, OpenError::IommufdNotBuilt));
+        assert!(e.to_string().contains("without the iommufd feature"), "{e}");
     }
 }

@@ -1,7 +1,9 @@
 //! The hwrr backend for a real PCI device passed through with Linux VFIO.
 //!
 //! [`VfioBackend`] implements [`hwrr_device::Device`] for a device bound to `vfio-pci`, opened with
-//! the kernel's container/group API (rust-vmm `vfio-ioctls`). Every access is reported with its
+//! the kernel's container/group API (rust-vmm `vfio-ioctls`), or, with the `iommufd` feature and
+//! [`IommuApi::Iommufd`], through its VFIO cdev bound to an iommufd IOAS (DMA then goes through
+//! `IOMMU_IOAS_MAP`; everything else is the same code). Every access is reported with its
 //! error: BAR and config accesses go through `pread`/`pwrite` on the device file (or, as an option,
 //! through `mmap`ed BARs where the kernel allows it), interrupts are wired with
 //! `VFIO_DEVICE_SET_IRQS` to the eventfds the caller hands over, DMA mappings go to the IOMMU with
@@ -55,6 +57,19 @@ pub enum AccessMode {
     Mmap,
 }
 
+/// Which kernel interface opens the device and maps its DMA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IommuApi {
+    /// The legacy container/group API (`/dev/vfio/vfio`, `/dev/vfio/<group>`, type1 IOMMU). Works
+    /// on every kernel with VFIO. The default.
+    #[default]
+    Container,
+    /// The VFIO device cdev (`/dev/vfio/devices/vfioN`) bound to an iommufd (`/dev/iommu`) IOAS.
+    /// Needs Linux >= 6.6 with `CONFIG_IOMMUFD` and `CONFIG_VFIO_DEVICE_CDEV`, and this crate's
+    /// `iommufd` feature (without it, opening fails with [`OpenError::IommufdNotBuilt`]).
+    Iommufd,
+}
+
 /// How to open a device.
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
@@ -64,6 +79,8 @@ pub struct OpenOptions {
     pub access: AccessMode,
     /// Read the expansion ROM at open (default true). Reading it briefly enables ROM decoding.
     pub read_rom: bool,
+    /// Container/group (default) or cdev + iommufd.
+    pub iommu: IommuApi,
 }
 
 impl Default for OpenOptions {
@@ -72,6 +89,7 @@ impl Default for OpenOptions {
             sysfs_root: PathBuf::from("/sys"),
             access: AccessMode::FileIo,
             read_rom: true,
+            iommu: IommuApi::Container,
         }
     }
 }
@@ -95,8 +113,9 @@ pub enum VfioBackendError {
     /// Config space could not be read at open.
     #[error("reading config space: {0}")]
     Config(#[source] DeviceError),
-    /// `VFIO_IOMMU_GET_INFO` failed or its answer could not be decoded.
-    #[error("VFIO_IOMMU_GET_INFO: {0}")]
+    /// `VFIO_IOMMU_GET_INFO` (iommufd: `IOMMU_IOAS_IOVA_RANGES`) failed or its answer could not be
+    /// decoded.
+    #[error("IOMMU info: {0}")]
     IommuInfo(String),
 }
 
@@ -153,12 +172,16 @@ fn io_err(e: io::Error) -> DeviceError {
 }
 
 impl VfioBackend<KernelVfio> {
-    /// Opens the device at PCI address `bdf` (bound to `vfio-pci`) in a new VFIO container, after
-    /// the sysfs checks of [`preflight::check`].
+    /// Opens the device at PCI address `bdf` (bound to `vfio-pci`) after the sysfs checks of
+    /// [`preflight::check`]: in a new VFIO container, or through its cdev in a new iommufd IOAS
+    /// ([`OpenOptions::iommu`]).
     pub fn open(bdf: &str, options: &OpenOptions) -> Result<Self, VfioBackendError> {
         let bdf = normalize_bdf(bdf)?;
         let found = preflight::check(&options.sysfs_root, &bdf)?;
-        let sys = KernelVfio::open(&found.path)?;
+        let sys = match options.iommu {
+            IommuApi::Container => KernelVfio::open(&found.path)?,
+            IommuApi::Iommufd => KernelVfio::open_iommufd(&found.path)?,
+        };
         Self::with_sys(sys, Some(bdf), options.access, options.read_rom)
     }
 
@@ -328,8 +351,12 @@ impl<S: VfioSys> VfioBackend<S> {
         self.sys.facts().flags
     }
 
-    /// The container's IOMMU: page sizes, usable IOVA ranges, mapping budget.
+    /// The container's IOMMU: page sizes, usable IOVA ranges, mapping budget (on iommufd: the
+    /// IOAS's ranges and IOVA alignment, see [`IommuInfo::from_ioas`]).
     pub fn iommu_info(&self) -> Result<IommuInfo, VfioBackendError> {
+        if let Some(decoded) = self.sys.decoded_iommu_info() {
+            return decoded.map_err(|e| VfioBackendError::IommuInfo(e.to_string()));
+        }
         let mut size = 256usize;
         for _ in 0..4 {
             let mut buf = vec![0u8; size];

@@ -112,6 +112,32 @@ pub fn check(sysfs_root: &Path, bdf: &str) -> Result<Preflight, PreflightError> 
     Ok(Preflight { path, group })
 }
 
+/// The name of the device's VFIO cdev (`vfioN`, the node in `/dev/vfio/devices`), from the one
+/// entry of `<device>/vfio-dev/`. The error says what is missing; kernels without
+/// `CONFIG_VFIO_DEVICE_CDEV` (before 6.6, or built without iommufd) have no `vfio-dev` at all.
+pub fn vfio_cdev_name(device_path: &Path) -> Result<String, String> {
+    let dir = device_path.join("vfio-dev");
+    let rd = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+        .filter(|n| {
+            n.strip_prefix("vfio")
+                .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    names.sort();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!("{} holds no vfioN entry", dir.display())),
+        many => Err(format!(
+            "{} holds {} vfioN entries ({})",
+            dir.display(),
+            many.len(),
+            many.join(", ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +173,24 @@ mod tests {
         let t = fake_sysfs(&[("0000:00:02.0", Some(7), Some("vfio-pci"))]);
         let p = check(t.path(), "0000:00:02.0").unwrap();
         assert_eq!(p.group, 7);
+    }
+
+    #[test]
+    fn the_cdev_name_comes_from_the_one_vfio_dev_entry() {
+        let t = fake_sysfs(&[("0000:00:02.0", Some(7), Some("vfio-pci"))]);
+        let dev = t.path().join("bus/pci/devices/0000:00:02.0");
+        let e = vfio_cdev_name(&dev).unwrap_err();
+        assert!(e.contains("vfio-dev"), "{e}");
+        std::fs::create_dir_all(dev.join("vfio-dev")).unwrap();
+        let e = vfio_cdev_name(&dev).unwrap_err();
+        assert!(e.contains("no vfioN entry"), "{e}");
+        std::fs::create_dir_all(dev.join("vfio-dev/vfio3")).unwrap();
+        // Not a vfioN name: ignored, as the kernel only ever puts vfioN there.
+        std::fs::create_dir_all(dev.join("vfio-dev/vfiox")).unwrap();
+        assert_eq!(vfio_cdev_name(&dev).unwrap(), "vfio3");
+        std::fs::create_dir_all(dev.join("vfio-dev/vfio12")).unwrap();
+        let e = vfio_cdev_name(&dev).unwrap_err();
+        assert!(e.contains("2 vfioN entries (vfio12, vfio3)"), "{e}");
     }
 
     #[test]

@@ -181,4 +181,11 @@ pub trait VfioSys: Send {
 
     /// `VFIO_IOMMU_GET_INFO` into `buf` (whose first 4 bytes hold `argsz`).
     fn iommu_info(&self, buf: &mut [u8]) -> io::Result<()>;
+
+    /// The IOMMU's limits, when this seam learns them some other way than the type1
+    /// `VFIO_IOMMU_GET_INFO` answer (iommufd: `IOMMU_IOAS_IOVA_RANGES`). `None` (the default)
+    /// means "decode [`VfioSys::iommu_info`]".
+    fn decoded_iommu_info(&self) -> Option<io::Result<crate::IommuInfo>> {
+        None
+    }
 }

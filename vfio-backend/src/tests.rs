@@ -44,6 +44,8 @@ struct State {
     fail_set_irqs: Option<i32>,
     fail_unmap: Option<i32>,
     iommu_answer: Vec<u8>,
+    /// What an iommufd-style seam reports instead of a type1 answer (`decoded_iommu_info`).
+    ioas_answer: Option<Result<IommuInfo, i32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +177,13 @@ impl VfioSys for Fake {
         let n = buf.len().min(s.iommu_answer.len());
         buf[..n].copy_from_slice(&s.iommu_answer[..n]);
         Ok(())
+    }
+
+    fn decoded_iommu_info(&self) -> Option<io::Result<IommuInfo>> {
+        self.state()
+            .ioas_answer
+            .clone()
+            .map(|a| a.map_err(io::Error::from_raw_os_error))
     }
 }
 
@@ -676,6 +685,52 @@ fn iommu_info_is_decoded_and_sets_the_dma_alignment() {
     // No GET_INFO at all (ENOTTY): open still works.
     fake.state().iommu_answer.clear();
     let b = VfioBackend::with_sys(fake.clone(), None, AccessMode::FileIo, false).unwrap();
+    assert!(matches!(
+        b.iommu_info(),
+        Err(VfioBackendError::IommuInfo(_))
+    ));
+}
+
+/// The iommufd path reports its limits through `decoded_iommu_info` (IOAS ranges and IOVA
+/// alignment): the backend takes them instead of asking for a type1 answer, and the alignment
+/// governs DMA mappings as the type1 page sizes do.
+#[test]
+fn an_ioas_answer_replaces_the_type1_info() {
+    let fake = e1000e_like();
+    fake.state().ioas_answer = Some(Ok(IommuInfo::from_ioas(
+        0x1_0000,
+        vec![(0, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)],
+    )));
+    fake.take_calls();
+    let mut b = VfioBackend::with_sys(fake.clone(), None, AccessMode::FileIo, false).unwrap();
+    let info = b.iommu_info().unwrap();
+    assert_eq!(info.iova_pgsizes, Some(0x1_0000));
+    assert_eq!(info.dma_avail, None);
+    assert!(!info.iova_usable(0xfee0_0000, 0x1000), "the MSI window");
+    assert!(info.iova_usable(0x1000_0000, 0x1_0000));
+    assert!(
+        !fake
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::IommuInfo(_))),
+        "VFIO_IOMMU_GET_INFO is never asked on iommufd"
+    );
+    // 64 KiB alignment: a 4 KiB mapping is refused before the kernel sees it; with the 4 KiB
+    // alignment of the VT-d box's IOAS it reaches the seam.
+    let m = Arc::new(MappedMemory::anonymous(0x1000).unwrap());
+    assert!(matches!(
+        b.dma_map(dma(0x1000_0000, 0x1000, 3, &m)),
+        Err(DeviceError::Invalid(_))
+    ));
+    assert!(!fake
+        .take_calls()
+        .iter()
+        .any(|c| matches!(c, Call::DmaMap { .. })));
+    fake.state().ioas_answer = Some(Ok(IommuInfo::from_ioas(0x1000, vec![])));
+    let mut b = VfioBackend::with_sys(fake.clone(), None, AccessMode::FileIo, false).unwrap();
+    b.dma_map(dma(0x1000_0000, 0x1000, 3, &m)).unwrap();
+    // An IOAS query that fails is reported, not replaced by a type1 answer.
+    fake.state().ioas_answer = Some(Err(libc::ENOTTY));
     assert!(matches!(
         b.iommu_info(),
         Err(VfioBackendError::IommuInfo(_))
