@@ -43,6 +43,8 @@ export WORK=${WORK:-/tmp/vtdbox-iommufd}
 export KERNEL_APT_SOURCES=${KERNEL_APT_SOURCES:-deb http://deb.debian.org/debian bookworm-backports main}
 MODES=${MODES:-iommufd iommufd-mmap group}
 VTDBOX="$HERE/vtdbox.sh"
+# shellcheck source=box-exec.sh
+. "$HERE/box-exec.sh"
 
 log() { echo "[vtdbox-iommufd $(date +%H:%M:%S)] $*" >&2; }
 skip() { log "SKIP: $*"; exit 77; }
@@ -204,17 +206,9 @@ GUEST
 chmod +x "$script"
 
 export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
-t=$(now)
-for attempt in 1 2 3; do
-  rc=0
-  VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "$bin" $hwrr_bin > "$OUT/console.log" 2>"$OUT/vtdbox.stderr" || rc=$?
-  grep -aq '^VTDBOX init' "$WORK/exec-console.log" && break
-  log "guest died before /init (attempt $attempt): $(grep -a -m1 'Kernel panic' "$WORK/exec-console.log" || echo 'no panic line')"
-  echo "boot_failed_attempt=$attempt" >> "$OUT/timings.txt"
-  cp "$WORK/exec-console.log" "$OUT/failed-boot-$attempt.log"
-done
-echo "vm_total_s=$(since "$t")" >> "$OUT/timings.txt"
-grep -a 'boot-to-init' "$OUT/vtdbox.stderr" | sed 's/^.*guest exit/guest exit/' >> "$OUT/timings.txt" || true
+rc=0
+# shellcheck disable=SC2086
+box_exec "$script" "$bin" $hwrr_bin || rc=$?
 {
   echo "kernel=$kv"
   echo "qemu=$(qemu-system-x86_64 --version | head -1)"

@@ -28,6 +28,8 @@ OUT=${OUT:-/tmp/vtdbox-record}
 export WORK=${WORK:-/tmp/vtdbox}
 MODES=${MODES:-fileio mmap record-cli}
 VTDBOX="$HERE/vtdbox.sh"
+# shellcheck source=box-exec.sh
+. "$HERE/box-exec.sh"
 
 log() { echo "[vtdbox-record $(date +%H:%M:%S)] $*" >&2; }
 now() { date +%s.%N; }
@@ -104,17 +106,9 @@ chmod +x "$script"
 # no_timer_check: a loaded 2-core host can slow TCG enough for the kernel's IO-APIC timer check to
 # panic at boot. A boot that still dies before /init (no "VTDBOX init" line) is retried, and said so.
 export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
-t=$(now)
-for attempt in 1 2 3; do
-  rc=0
-  VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "$bin" $hwrr_bin > "$OUT/console.log" 2>"$OUT/vtdbox.stderr" || rc=$?
-  grep -aq '^VTDBOX init' "$WORK/exec-console.log" && break
-  log "guest died before /init (attempt $attempt): $(grep -a -m1 'Kernel panic' "$WORK/exec-console.log" || echo 'no panic line')"
-  echo "boot_failed_attempt=$attempt" >> "$OUT/timings.txt"
-  cp "$WORK/exec-console.log" "$OUT/failed-boot-$attempt.log"
-done
-echo "vm_total_s=$(since "$t")" >> "$OUT/timings.txt"
-grep -a 'boot-to-init' "$OUT/vtdbox.stderr" | sed 's/^.*guest exit/guest exit/' >> "$OUT/timings.txt" || true
+rc=0
+# shellcheck disable=SC2086
+box_exec "$script" "$bin" $hwrr_bin || rc=$?
 {
   echo "kernel=$(ls "$WORK/kroot/lib/modules" | head -1)"
   echo "qemu=$(qemu-system-x86_64 --version | head -1)"

@@ -23,6 +23,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-/tmp/vtdbox-reset}
 export WORK=${WORK:-/tmp/vtdbox}
 VTDBOX="$HERE/vtdbox.sh"
+# shellcheck source=box-exec.sh
+. "$HERE/box-exec.sh"
 
 log() { echo "[vtdbox-reset $(date +%H:%M:%S)] $*" >&2; }
 now() { date +%s.%N; }
@@ -132,19 +134,8 @@ GUEST
 chmod +x "$script"
 
 export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
-t=$(now)
 rc=0
-for attempt in 1 2 3; do
-  rc=0
-  VTDBOX_BIND=native VTDBOX_SHARE="$OUT" bash "$VTDBOX" exec "$script" "${bins[@]}" \
-    > "$OUT/console.log" 2> "$OUT/vtdbox.stderr" || rc=$?
-  grep -aq '^VTDBOX init' "$WORK/exec-console.log" && break
-  log "guest died before /init (attempt $attempt)"
-  echo "boot_failed_attempt=$attempt" >> "$OUT/timings.txt"
-  cp "$WORK/exec-console.log" "$OUT/failed-boot-$attempt.log"
-done
-echo "vm_total_s=$(since "$t")" >> "$OUT/timings.txt"
-grep -a 'boot-to-init' "$OUT/vtdbox.stderr" | sed 's/^.*guest exit/guest exit/' >> "$OUT/timings.txt" || true
+VTDBOX_BIND=native box_exec "$script" "${bins[@]}" || rc=$?
 {
   echo "kernel=$(ls "$WORK/kroot/lib/modules" | head -1)"
   echo "qemu=$(qemu-system-x86_64 --version | head -1)"
