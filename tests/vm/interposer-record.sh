@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # interposer-record.sh - record mode of libhwrr_vfio.so against REAL kernel VFIO, inside the VT-d box:
 # a dynamically linked vfio-probe (the harness's VFIO exerciser, built without crt-static) runs in the
-# guest under LD_PRELOAD=libhwrr_vfio.so HWRR_MODE=record with the e1000e bound to vfio-pci; ld.so,
-# libc and libgcc_s are copied into the initramfs. The trace lands in $OUT via virtio-9p.
+# guest under LD_PRELOAD=libhwrr_vfio.so HWRR_MODE=record with the e1000e bound to vfio-pci; ld.so
+# and every library the two need (ldd) are copied into the initramfs. The trace lands in $OUT via
+# virtio-9p.
 #
 # Usage: interposer-record.sh      (exit 77 = prerequisites missing: skip)
 # Env:   WORK=/tmp/vtdbox OUT=$WORK/interposer-record HWRR=<repo>/target/release/hwrr
@@ -26,14 +27,24 @@ probe="$WORK/target-dyn/release/vfio-probe"
 stage=$(mktemp -d)
 cp "$probe" "$stage/vfio-probe-dyn"
 cp "$LIB" "$stage/libhwrr_vfio.so"
-for l in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libgcc_s.so.1; do
+# Every shared library the probe and the shim need (ld.so, libc, libgcc_s, libm, ...), as ldd
+# resolves them on this host; the guest script puts them where the box's ld.so looks.
+libs=$({ ldd "$probe"; ldd "$LIB"; } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u)
+[ -n "$libs" ] || die "ldd found no libraries for $probe and $LIB"
+: > "$stage/libs.txt"
+for l in $libs; do
   cp -L "$l" "$stage/$(basename "$l")"
+  basename "$l" >> "$stage/libs.txt"
 done
 cat > "$stage/record.sh" <<'SH'
 #!/bin/sh
 mkdir -p /lib64 /lib/x86_64-linux-gnu
-cp /bin/ld-linux-x86-64.so.2 /lib64/
-cp /bin/libc.so.6 /bin/libgcc_s.so.1 /lib/x86_64-linux-gnu/
+for l in $(cat /bin/libs.txt); do
+  case "$l" in
+    ld-linux*) cp "/bin/$l" /lib64/ ;;
+    *) cp "/bin/$l" /lib/x86_64-linux-gnu/ ;;
+  esac
+done
 LD_PRELOAD=/bin/libhwrr_vfio.so HWRR_MODE=record HWRR_TRACE=/host/rec.hwrr HWRR_LOG=/host/shim.log \
   /bin/vfio-probe-dyn "$VTDBOX_SYSFS" all
 rc=$?
@@ -43,8 +54,9 @@ exit $rc
 SH
 chmod +x "$stage/record.sh"
 rc=0
+# shellcheck disable=SC2046
 VTDBOX_SHARE="$OUT" WORK="$WORK" bash "$HERE/vtdbox.sh" exec "$stage/record.sh" \
-  "$stage/vfio-probe-dyn" "$stage/libhwrr_vfio.so" "$stage/ld-linux-x86-64.so.2" "$stage/libc.so.6" "$stage/libgcc_s.so.1" \
+  "$stage/vfio-probe-dyn" "$stage/libhwrr_vfio.so" "$stage/libs.txt" $(sed "s|^|$stage/|" "$stage/libs.txt") \
   > "$OUT/console.txt" 2>&1 || rc=$?
 rm -rf "$stage"
 grep -aE '^(STEP|CHECK|RECORD)' "$OUT/console.txt" >&2 || true
