@@ -98,11 +98,6 @@ pub(crate) struct CompiledChunk {
     /// The last value seen per register by the end of the chunk: (op index, value). Built on first
     /// use: only model answers need it, and building it per chunk would slow compilation.
     last_values: OnceLock<HashMap<RegKey, (u32, u64)>>,
-    /// Registers written and then read as the very next guest call (request/response registers
-    /// such as e1000e MDIC). Built on first use, like `last_values`.
-    polled_after_write: OnceLock<HashSet<RegKey>>,
-    /// Pages named by register writes. Built on first use, like `last_values`.
-    register_named_pages: OnceLock<HashMap<u64, NamedPage>>,
 }
 
 impl CompiledChunk {
@@ -129,60 +124,58 @@ impl CompiledChunk {
 
     /// Pages (IOVA / 4 KiB, page 0 excluded) named by the chunk's register writes, with the
     /// write that named them (the last such write): 64-bit values, 32-bit values, and 32-bit pairs
-    /// (a register and the one 4 bytes above it as the high half).
-    pub fn register_named_pages(&self) -> &HashMap<u64, NamedPage> {
-        self.register_named_pages.get_or_init(|| {
-            let mut pages = HashMap::new();
-            let mut last: HashMap<(u8, u64), u64> = HashMap::new();
-            for op in self.ops.iter().filter(|o| o.kind == OpKind::Write) {
-                let key = (op.region, op.offset, op.size);
-                let mut name = |addr: u64| {
-                    if addr / PAGE != 0 {
-                        let named = NamedPage {
-                            key,
-                            value: op.value,
-                            addr,
-                        };
-                        pages.insert(addr / PAGE, named);
-                    }
-                };
-                match op.size {
-                    8 => name(op.value),
-                    4 => {
-                        name(op.value);
-                        if let Some(hi) = last.get(&(op.region, op.offset + 4)) {
-                            name((hi << 32) | op.value);
-                        }
-                        if let Some(lo) = op
-                            .offset
-                            .checked_sub(4)
-                            .and_then(|o| last.get(&(op.region, o)))
-                        {
-                            name((op.value << 32) | lo);
-                        }
-                        last.insert((op.region, op.offset), op.value);
-                    }
-                    _ => {}
+    /// (a register and the one 4 bytes above it as the high half). Computed for the chunk's
+    /// summary, which keeps it.
+    pub fn register_named_pages(&self) -> HashMap<u64, NamedPage> {
+        let mut pages = HashMap::new();
+        let mut last: HashMap<(u8, u64), u64> = HashMap::new();
+        for op in self.ops.iter().filter(|o| o.kind == OpKind::Write) {
+            let key = (op.region, op.offset, op.size);
+            let mut name = |addr: u64| {
+                if addr / PAGE != 0 {
+                    let named = NamedPage {
+                        key,
+                        value: op.value,
+                        addr,
+                    };
+                    pages.insert(addr / PAGE, named);
                 }
+            };
+            match op.size {
+                8 => name(op.value),
+                4 => {
+                    name(op.value);
+                    if let Some(hi) = last.get(&(op.region, op.offset + 4)) {
+                        name((hi << 32) | op.value);
+                    }
+                    if let Some(lo) = op
+                        .offset
+                        .checked_sub(4)
+                        .and_then(|o| last.get(&(op.region, o)))
+                    {
+                        name((op.value << 32) | lo);
+                    }
+                    last.insert((op.region, op.offset), op.value);
+                }
+                _ => {}
             }
-            pages
-        })
+        }
+        pages
     }
 
-    /// Registers that this chunk writes and then reads as the very next guest call.
-    pub fn polled_after_write(&self) -> &HashSet<RegKey> {
-        self.polled_after_write.get_or_init(|| {
-            let mut set = HashSet::new();
-            let mut last_write: Option<RegKey> = None;
-            for op in self.ops.iter().filter(|o| o.kind.is_guest_call()) {
-                let key = (op.region, op.offset, op.size);
-                if op.kind == OpKind::Read && last_write == Some(key) && op.size != 0 {
-                    set.insert(key);
-                }
-                last_write = (op.kind == OpKind::Write).then_some(key);
+    /// Registers that this chunk writes and then reads as the very next guest call. Computed for
+    /// the chunk's summary, which keeps it.
+    pub fn polled_after_write(&self) -> HashSet<RegKey> {
+        let mut set = HashSet::new();
+        let mut last_write: Option<RegKey> = None;
+        for op in self.ops.iter().filter(|o| o.kind.is_guest_call()) {
+            let key = (op.region, op.offset, op.size);
+            if op.kind == OpKind::Read && last_write == Some(key) && op.size != 0 {
+                set.insert(key);
             }
-            set
-        })
+            last_write = (op.kind == OpKind::Write).then_some(key);
+        }
+        set
     }
 }
 

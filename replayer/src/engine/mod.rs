@@ -893,13 +893,12 @@ impl Replayer {
     fn named_by_register(&self, rec: u64) -> Option<bool> {
         let page = rec / PAGE;
         let current = self.state.cursor.chunk;
-        if current < self.shared.chunk_count {
-            if let Some(named) = self.cur.register_named_pages().get(&page) {
-                return Some(self.guest_named_too(named));
-            }
-        }
-        self.shared
-            .chunks_before(current)
+        let here = (current < self.shared.chunk_count)
+            .then(|| self.shared.summary(current))
+            .flatten()
+            .map(|summary| (current, summary));
+        here.into_iter()
+            .chain(self.shared.chunks_before(current))
             .find_map(|(_, summary)| summary.register_named_pages.get(&page).copied())
             .map(|named| self.guest_named_too(&named))
     }

@@ -41,11 +41,11 @@ impl ChunkSummary {
         ChunkSummary {
             ops: chunk.ops.len(),
             dma_pages: chunk.dma_pages.clone(),
-            polled_after_write: chunk.polled_after_write().clone(),
+            polled_after_write: chunk.polled_after_write(),
             ends_with_write: last_call
                 .filter(|o| o.kind == OpKind::Write)
                 .map(|o| (o.region, o.offset, o.size)),
-            register_named_pages: chunk.register_named_pages().clone(),
+            register_named_pages: chunk.register_named_pages(),
         }
     }
 
