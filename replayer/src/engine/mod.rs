@@ -820,11 +820,6 @@ impl Replayer {
     /// zeros; or a page an address register named with the value the guest wrote too.
     fn trusted_dma_page(&mut self, rec: u64, target: u64, before: &[u8]) -> bool {
         let page = target / PAGE;
-        let named = self.named_by_register(rec);
-        if named.is_some() {
-            // A ring or queue the guest programmed: its descriptors point at the guest's buffers.
-            self.note_structure_page(target);
-        }
         // A relocation learned from a register covers `relocation_span` bytes on a guess (rings
         // can be longer than a page): only its first page is the one the guest named; the pages
         // after it may have held anything in the replay guest (page tables, once).
@@ -838,7 +833,7 @@ impl Replayer {
         }
         let guest = &self.scratch[..before.len()];
         if holds_recorded_bytes(guest, before)
-            || named == Some(true)
+            || self.named_by_register(rec) == Some(true)
             || self.pointed_to_by_structure(page)
         {
             self.confirm_page(target);
@@ -992,11 +987,21 @@ impl Replayer {
                 break;
             }
             if op.kind == OpKind::DmaWrite {
-                // A write-back to a ring the guest programmed makes that ring a place to look
-                // for the group's buffer pointers, whatever the order of the group's writes.
-                if self.named_by_register(op.value).is_some() {
-                    let target = self.state.relocations.translate(op.value);
-                    self.note_structure_page(target);
+                // A write-back to a ring or queue the guest programmed makes that ring a place
+                // to look for the group's buffer pointers, whatever the order of the group's
+                // writes.
+                let len = chunk
+                    .dma_writes
+                    .get(op.aux as usize)
+                    .map_or(0, |p| p.data.len());
+                let end = op.value.saturating_add(len.max(1) as u64);
+                let mut addr = op.value;
+                while addr < end {
+                    if self.named_by_register(addr).is_some() {
+                        let target = self.state.relocations.translate(addr);
+                        self.note_structure_page(target);
+                    }
+                    addr = (addr / PAGE + 1).saturating_mul(PAGE);
                 }
                 if let Some(before) = chunk
                     .dma_writes
