@@ -148,17 +148,24 @@ fn ioctl_ptr(fd: i32, request: u64, arg: *mut libc::c_void) -> io::Result<i32> {
     }
 }
 
+/// The VFIO device at `sysfs_path` behind `ops` (a container, or an iommufd with `attach_ioas`).
+fn device_at(
+    sysfs_path: &Path,
+    ops: Arc<dyn VfioOps>,
+    attach_ioas: bool,
+) -> Result<VfioDevice, OpenError> {
+    VfioDevice::new(sysfs_path, ops, attach_ioas).map_err(|source| OpenError::Device {
+        path: sysfs_path.display().to_string(),
+        source,
+    })
+}
+
 impl KernelVfio {
     /// Opens the device at `sysfs_path` (e.g. `/sys/bus/pci/devices/0000:00:02.0`, bound to
     /// vfio-pci) in a new container.
     pub fn open(sysfs_path: &Path) -> Result<Self, OpenError> {
         let container = Arc::new(VfioContainer::new(None).map_err(OpenError::Container)?);
-        let ops: Arc<dyn VfioOps> = container.clone();
-        let device =
-            VfioDevice::new(sysfs_path, ops, false).map_err(|source| OpenError::Device {
-                path: sysfs_path.display().to_string(),
-                source,
-            })?;
+        let device = device_at(sysfs_path, container.clone(), false)?;
         Self::with_device(device, Iommu::Container(container))
     }
 
@@ -199,13 +206,8 @@ impl KernelVfio {
             .map_err(|e| OpenError::Iommufd(vfio_ioctls::VfioError::NewVfioIommufd(e)))?;
         let iommufd =
             Arc::new(VfioIommufd::new(Arc::new(iommufd), None, None).map_err(OpenError::Iommufd)?);
-        let ops: Arc<dyn VfioOps> = iommufd.clone();
         // attach_ioas: the device joins the IOAS now, so mappings made later reach it.
-        let device =
-            VfioDevice::new(sysfs_path, ops, true).map_err(|source| OpenError::Device {
-                path: sysfs_path.display().to_string(),
-                source,
-            })?;
+        let device = device_at(sysfs_path, iommufd.clone(), true)?;
         Self::with_device(device, Iommu::Iommufd(iommufd))
     }
 
