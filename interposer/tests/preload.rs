@@ -12,17 +12,25 @@ use hwrr_formats::{
 };
 
 fn build_cdylib() -> PathBuf {
-    // Integration tests link the rlib; the preload needs the cdylib, built by the same cargo.
+    // Integration tests link the rlib; the preload needs the cdylib, built by the same cargo in
+    // this test's own profile, so `cargo test --release` reuses its release dependencies instead
+    // of building a second, debug tree.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let (profile_args, profile_dir): (&[&str], &str) = if cfg!(debug_assertions) {
+        (&[], "debug")
+    } else {
+        (&["--release"], "release")
+    };
     let status = Command::new(cargo)
         .args(["build", "-p", "hwrr-interposer", "--lib"])
+        .args(profile_args)
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build of the cdylib failed");
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let lib = target.join("debug/libhwrr_vfio.so");
+    let lib = target.join(profile_dir).join("libhwrr_vfio.so");
     assert!(lib.exists(), "{} missing", lib.display());
     lib
 }
