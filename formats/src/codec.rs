@@ -12,7 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::*;
 use crate::layout::{ENCODING_V1, ENCODING_V2};
-use crate::timecode::{TimeDecoder, TimeEncoder, CLASS_START, NON_ACCESS};
+use crate::timecode::{ContextRows, TimeDecoder, TimeEncoder, NON_ACCESS};
 
 /// Number of streams in an encoding 1 event chunk payload.
 pub const STREAM_COUNT: usize = 9;
@@ -86,14 +86,20 @@ impl<'a> Rd<'a> {
         format!("{} stream ends early", self.name)
     }
 
-    /// One varint. Single-byte varints (most symbols, values and time deltas) take the inlined
-    /// fast path.
+    /// One varint. One- and two-byte varints (most symbols, values and time deltas; symbols of
+    /// chunks with more than 128 access keys) take the inlined fast path.
     #[inline(always)]
     pub(crate) fn varint(&mut self) -> Result<u64, String> {
         if let Some(&byte) = self.b.get(self.p) {
             if byte < 0x80 {
                 self.p += 1;
                 return Ok(byte as u64);
+            }
+            if let Some(&high) = self.b.get(self.p + 1) {
+                if high < 0x80 {
+                    self.p += 2;
+                    return Ok((byte & 0x7f) as u64 | (high as u64) << 7);
+                }
             }
         }
         self.varint_slow()
@@ -773,6 +779,18 @@ fn access_kind(tag: KindTag, region: u32, offset: u64, data: AccessData) -> Even
     }
 }
 
+/// What the decoder needs of an access key on every access, in one place.
+struct KeyState {
+    /// The key's previous value (values are coded as the XOR with it).
+    last: u64,
+    /// Kind tag of the key's accesses.
+    tag: u8,
+    /// Whether the accesses carry bytes rather than a value.
+    bytes: bool,
+    /// The key's time context row (v2).
+    row: u8,
+}
+
 /// Decodes an event chunk payload into columns and checks it against its header.
 pub(crate) fn decode_columns(
     payload: &[u8],
@@ -827,10 +845,17 @@ pub(crate) fn decode_columns(
             streams[S_TIME],
             streams[S_TIME_CODE],
             n,
+            &counts,
         )?),
         e => return Err(format!("unknown event chunk encoding {e}")),
     };
-    let mut classes: Vec<u8> = Vec::new();
+    // v2: each event's time context base, and the context row of the event before (computed,
+    // all zero, in v1 too: one store per event is cheaper than a branch).
+    let mut bases: Vec<u16> = vec![0; n];
+    let contexts = time_decoder
+        .as_ref()
+        .map_or_else(ContextRows::default, |td| td.context_rows());
+    let mut prev_row = contexts.start;
 
     for (name, stream, out) in [
         (
@@ -861,14 +886,11 @@ pub(crate) fn decode_columns(
     let mut values = Rd::new(streams[S_VALUES], "value");
     let mut bytes = Rd::new(streams[S_BYTES], "bytes");
     let mut misc = Rd::new(streams[S_MISC], "misc");
-    let mut last_values: Vec<u64> = Vec::new();
+    let mut key_states: Vec<KeyState> = Vec::new();
     // Every event writes exactly one key and one value: sized once and written by index, so the
     // loop keeps no vector length in memory.
     cols.key.resize(n, NO_KEY);
     cols.value.resize(n, 0);
-    if time_decoder.is_some() {
-        classes.resize(n + 1, CLASS_START);
-    }
     let ChunkColumns {
         key: key_out,
         value: value_out,
@@ -905,25 +927,31 @@ pub(crate) fn decode_columns(
                     offset,
                     width,
                 });
-                last_values.push(0);
+                key_states.push(KeyState {
+                    last: 0,
+                    tag: tag_byte,
+                    bytes: width == WIDTH_BYTES,
+                    row: time_decoder
+                        .as_ref()
+                        .map_or(0, |td| td.access_row(sym as u32)),
+                });
             }
-            let key = *dict
-                .get(sym as usize)
+            let state = key_states
+                .get_mut(sym as usize)
                 .ok_or_else(|| format!("access symbol {sym} is not in the dictionary"))?;
-            if key.tag != tag {
+            if state.tag != tag_byte {
                 return Err(format!("access symbol {sym} belongs to another kind"));
             }
-            if let Some(td) = &time_decoder {
-                classes[i + 1] = td.access_class(sym as u32);
-            }
-            if key.width != WIDTH_BYTES {
-                let last = &mut last_values[sym as usize];
-                let value = values.varint()? ^ *last;
-                *last = value;
+            bases[i] = contexts.base(prev_row, state.row);
+            prev_row = state.row;
+            if !state.bytes {
+                let value = values.varint()? ^ state.last;
+                state.last = value;
                 key_out[i] = sym as u32;
                 value_out[i] = value;
                 continue;
             }
+            let key = dict[sym as usize];
             let len = values.varint()? as usize;
             let data = if len <= INLINE_BYTES_MAX {
                 AccessData::Bytes(bytes.bytes(len)?.to_vec())
@@ -936,17 +964,17 @@ pub(crate) fn decode_columns(
             };
             access_kind(tag, key.region, key.offset, data)
         } else if tag == KindTag::Irq {
-            if time_decoder.is_some() {
-                classes[i + 1] = TimeDecoder::other_class(tag_byte);
-            }
+            let row = contexts.other_row(tag_byte);
+            bases[i] = contexts.base(prev_row, row);
+            prev_row = row;
             let index = misc.varint_u32()?;
             let vector = misc.varint_u32()?;
             value_out[i] = (index as u64) << 32 | vector as u64;
             continue;
         } else {
-            if time_decoder.is_some() {
-                classes[i + 1] = TimeDecoder::other_class(tag_byte);
-            }
+            let row = contexts.other_row(tag_byte);
+            bases[i] = contexts.base(prev_row, row);
+            prev_row = row;
             decode_other(tag, &mut misc, &mut bytes, blobs)?
         };
         let idx = i as u32;
@@ -980,7 +1008,7 @@ pub(crate) fn decode_columns(
         rd.expect_end()?;
     }
     if let Some(td) = time_decoder {
-        let last = td.decode(&classes, shape.first_t_ns, t_ns)?;
+        let last = td.decode(&bases, shape.first_t_ns, t_ns)?;
         if last != shape.last_t_ns {
             return Err("last event's time differs from the chunk header".into());
         }

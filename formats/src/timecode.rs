@@ -22,6 +22,8 @@ pub(crate) const CLASS_OTHER_KEY: u8 = 54;
 pub(crate) const CLASS_START: u8 = 55;
 /// Classes 56..=63 are the non-access kind tags 6..=13: class = tag + this.
 const NON_ACCESS_CLASS_OFFSET: u8 = 50;
+/// Kind tags below this are accesses.
+const FIRST_NON_ACCESS_TAG: u8 = 6;
 /// Buckets of the previous delta (in quanta) by bit length: 0, 1, 2..3, 4..7, ..., 32..63, 64 and
 /// more.
 const BUCKETS: usize = 8;
@@ -280,23 +282,23 @@ fn quantize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
     }
 }
 
-/// Builds the context lookup table of a chunk whose classes are `classes`, the way section 3.3 of
-/// `docs/FORMAT.md` picks a table: context table, else class table, else global table. Only the
-/// classes the chunk uses get rows (renumbered densely in `dense`), so a small chunk does not pay
-/// for all 32 Ki contexts. `tables` are (kind, coordinate, entry) in increasing kind order; entries
-/// are `slot_offset << 4 | precision`, `missing` where no table applies. Returns the table and
-/// the number of classes used (its rows are `(prev × used + class) × BUCKETS`).
+/// Builds the context lookup table of a chunk whose events may have the classes in `present` (bit
+/// `c` for class `c`), the way section 3.3 of `docs/FORMAT.md` picks a table: context table, else
+/// class table, else global table. Only those classes get rows (renumbered densely in `dense`,
+/// `u8::MAX` for the others), so a small chunk does not pay for all 32 Ki contexts. `tables` are
+/// (kind, coordinate, entry) in increasing kind order; entries are `slot_offset << 4 | precision`,
+/// `missing` where no table applies. Returns the table and the number of classes used (its rows are
+/// `(prev × used + class) × BUCKETS`).
 fn dense_lut(
-    classes: &[u8],
+    present: u64,
     tables: &[(u8, u32, u32)],
     missing: u32,
     dense: &mut [u8; CLASS_COUNT],
 ) -> (Vec<u32>, usize) {
     dense.fill(u8::MAX);
     let mut used = 0usize;
-    for &c in classes {
-        let d = &mut dense[c as usize % CLASS_COUNT];
-        if *d == u8::MAX {
+    for (class, d) in dense.iter_mut().enumerate() {
+        if present >> class & 1 == 1 {
             *d = used as u8;
             used += 1;
         }
@@ -619,21 +621,64 @@ struct LaneInput<'a> {
     raw: &'a [u8],
 }
 
-/// A parsed time stream, ready to decode once the events' classes are known.
+/// The context rows of a chunk, for computing each event's context base as its events are
+/// decoded. The default (all zero) is what a chunk without a v2 time stream computes, unused.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ContextRows {
+    /// Row of the (absent) event before the chunk's first.
+    pub(crate) start: u8,
+    /// Rows × buckets: the distance between two previous-event rows in the lookup table.
+    stride: usize,
+    /// Row of each non-access kind tag (6..=13; rows of tags `parse` was not told of are
+    /// meaningless but in range).
+    other: [u8; 16],
+}
+
+impl ContextRows {
+    /// Context row of a non-access event with kind tag `tag`.
+    #[inline(always)]
+    pub(crate) fn other_row(&self, tag: u8) -> u8 {
+        self.other[tag as usize % 16]
+    }
+
+    /// The context base of an event in row `row` after one in row `prev`: the lookup table index
+    /// to which the decoder adds the previous delta's bucket.
+    #[inline(always)]
+    pub(crate) fn base(&self, prev: u8, row: u8) -> u16 {
+        // At most (63 × 64 + 63) × 8 = 32,760.
+        (prev as usize * self.stride + row as usize * BUCKETS) as u16
+    }
+}
+
+/// A parsed time stream with its context lookup table, ready to decode once the events' context
+/// rows are known. The caller, which decodes the events anyway, computes each event's row with
+/// [`TimeDecoder::access_row`] / [`TimeDecoder::other_row`] and its context base with
+/// [`TimeDecoder::base`], so the time decoder needs no pass of its own over the events' classes.
 pub(crate) struct TimeDecoder<'a> {
     quantum: u64,
-    class_map: &'a [u8],
-    /// (kind, coordinate, `slot_offset << 4 | precision`) of every table, in stream order.
-    tables: Vec<(u8, u32, u32)>,
-    /// The entry of contexts without a table.
-    missing: u32,
     slots: Vec<u32>,
     lanes: [LaneInput<'a>; LANES],
+    /// Per context row pair and bucket: the table entry, `slot_offset << 4 | precision`.
+    lut: Vec<u32>,
+    /// Dense row of every class the chunk may use (`u8::MAX` for the others).
+    dense: [u8; CLASS_COUNT],
+    /// Number of rows.
+    used: usize,
+    /// The entry of contexts without a table.
+    missing: u32,
+    /// Dense row of each access-key symbol the class map names.
+    sym_rows: Vec<u8>,
 }
 
 impl<'a> TimeDecoder<'a> {
-    /// Parses the stream's tables. `count` is the chunk's event count (it bounds the tables).
-    pub(crate) fn parse(stream: &'a [u8], code: &'a [u8], count: usize) -> Result<Self, String> {
+    /// Parses the stream's tables. `count` is the chunk's event count (it bounds the tables);
+    /// `kind_counts` are the chunk's events per kind tag (which non-access classes occur).
+    pub(crate) fn parse(
+        stream: &'a [u8],
+        code: &'a [u8],
+        count: usize,
+        kind_counts: &[u32],
+    ) -> Result<Self, String> {
         let mut rd = Rd::new(stream, "time");
         let quantum = rd.varint()?;
         if quantum == 0 {
@@ -734,41 +779,67 @@ impl<'a> TimeDecoder<'a> {
         let missing = (slots.len() as u32) << 4;
         slots.push(INVALID_SYMBOL as u32 | 1 << 9);
 
+        // The classes events of this chunk can have: the start, the class map's, every other
+        // access key's, and those of the non-access kinds it holds.
+        let mut present = 1u64 << CLASS_START | 1u64 << CLASS_OTHER_KEY;
+        for &c in class_map {
+            present |= 1 << c;
+        }
+        for (tag, &n) in kind_counts.iter().enumerate() {
+            if n > 0
+                && (FIRST_NON_ACCESS_TAG..CLASS_COUNT as u8 - NON_ACCESS_CLASS_OFFSET)
+                    .contains(&(tag as u8))
+            {
+                present |= 1 << non_access_class(tag as u8);
+            }
+        }
+        let mut dense = [u8::MAX; CLASS_COUNT];
+        let (lut, used) = dense_lut(present, &entries, missing, &mut dense);
+        let sym_rows = class_map.iter().map(|&c| dense[c as usize]).collect();
         Ok(TimeDecoder {
             quantum,
-            class_map,
-            tables: entries,
-            missing,
             slots,
             lanes,
+            lut,
+            dense,
+            used,
+            missing,
+            sym_rows,
         })
     }
 
-    /// Class of an access event with key symbol `sym`.
+    /// Context row of an access event with key symbol `sym`.
     #[inline(always)]
-    pub(crate) fn access_class(&self, sym: u32) -> u8 {
-        self.class_map
-            .get(sym as usize)
-            .copied()
-            .unwrap_or(CLASS_OTHER_KEY)
+    pub(crate) fn access_row(&self, sym: u32) -> u8 {
+        match self.sym_rows.get(sym as usize) {
+            Some(&row) => row,
+            None => self.dense[CLASS_OTHER_KEY as usize],
+        }
     }
 
-    /// Class of a non-access event with kind tag `tag`.
-    #[inline(always)]
-    pub(crate) fn other_class(tag: u8) -> u8 {
-        non_access_class(tag)
+    /// What the chunk decoder needs to compute every event's context base.
+    pub(crate) fn context_rows(&self) -> ContextRows {
+        let mut other = [0u8; 16];
+        for tag in FIRST_NON_ACCESS_TAG..16 {
+            other[tag as usize] = self.dense[non_access_class(tag) as usize % CLASS_COUNT];
+        }
+        ContextRows {
+            start: self.dense[CLASS_START as usize],
+            stride: self.used * BUCKETS,
+            other,
+        }
     }
 
-    /// Decodes the timestamps of events whose classes are `classes[1..]` (`classes[0]` is
-    /// [`CLASS_START`]) into `out`, starting from `first_t_ns`, and checks that the first delta is
-    /// 0 and that every byte of the stream is used. Returns the last timestamp.
+    /// Decodes the timestamps of events whose context bases are `bases` (see [`Self::base`])
+    /// into `out`, starting from `first_t_ns`, and checks that the first delta is 0 and that every
+    /// byte of the stream is used. Returns the last timestamp.
     pub(crate) fn decode(
         &self,
-        classes: &[u8],
+        bases: &[u16],
         first_t_ns: u64,
         out: &mut Vec<u64>,
     ) -> Result<u64, String> {
-        let n = classes.len().saturating_sub(1);
+        let n = bases.len();
         let bounds = lane_bounds(n);
         let base = out.len();
         out.resize(base + n, 0);
@@ -788,27 +859,18 @@ impl<'a> TimeDecoder<'a> {
                 return Err("time rANS state is out of range".into());
             }
         }
-        let mut dense = [u8::MAX; CLASS_COUNT];
-        let (lut, used) = dense_lut(classes, &self.tables, self.missing, &mut dense);
-        let lut = &lut[..];
+        let lut = &self.lut[..];
         let slots = &self.slots[..];
-        // The class part of every event's context in the dense table, in one pass: the lanes'
-        // loop then only adds the bucket.
-        let bases: Vec<u16> = classes
-            .windows(2)
-            .map(|w| {
-                let (p, c) = (
-                    dense[w[0] as usize % CLASS_COUNT],
-                    dense[w[1] as usize % CLASS_COUNT],
-                );
-                ((p as usize * used + c as usize) * BUCKETS) as u16
-            })
-            .collect();
+        let mut large_sum = 0u128;
         // One event of lane `k` at event index `i`.
         macro_rules! step {
             ($k:literal, $i:expr) => {{
                 let i = $i;
-                let entry = lut[bases[i] as usize + prev_bucket[$k]];
+                // Out of range only for a base the caller did not make with `base`.
+                let entry = lut
+                    .get(bases[i] as usize + prev_bucket[$k])
+                    .copied()
+                    .unwrap_or(self.missing);
                 let precision = entry & 15;
                 let slot = (entry >> 4) as usize + (x[$k] & ((1u32 << precision) - 1)) as usize;
                 // In range: a table's slots are contiguous and the state's low bits stay in them.
@@ -828,7 +890,9 @@ impl<'a> TimeDecoder<'a> {
                 let d = if sym < DIRECT {
                     sym
                 } else {
-                    large_delta(sym, &mut raw[$k])?
+                    let d = large_delta(sym, &mut raw[$k])?;
+                    large_sum += d as u128;
+                    d
                 };
                 prev_bucket[$k] = BUCKET_OF_SYMBOL[sym as usize] as usize;
                 deltas[i] = d;
@@ -859,19 +923,25 @@ impl<'a> TimeDecoder<'a> {
         if n > 0 && deltas[0] != 0 {
             return Err("first event's time differs from the chunk header".into());
         }
-        // Deltas are non-negative, so no timestamp overflows when the last one does not.
-        let total: u128 = deltas.iter().map(|d| *d as u128).sum();
-        let last = total
+        // Direct deltas are below 128, so the deltas add up to at most `DIRECT × n` plus the large
+        // ones: when that bound cannot overflow, the running sum needs no check of its own.
+        let bound = (DIRECT as u128 * n as u128 + large_sum)
             .checked_mul(self.quantum as u128)
-            .and_then(|span| span.checked_add(first_t_ns as u128))
-            .filter(|last| *last <= u64::MAX as u128);
-        if last.is_none() {
-            return Err("timestamp overflows".into());
-        }
+            .and_then(|span| span.checked_add(first_t_ns as u128));
         let mut t = first_t_ns;
-        for d in deltas.iter_mut() {
-            t += *d * self.quantum;
-            *d = t;
+        if bound.is_some_and(|b| b <= u64::MAX as u128) {
+            for d in deltas.iter_mut() {
+                t += *d * self.quantum;
+                *d = t;
+            }
+        } else {
+            for d in deltas.iter_mut() {
+                t = d
+                    .checked_mul(self.quantum)
+                    .and_then(|span| t.checked_add(span))
+                    .ok_or("timestamp overflows")?;
+                *d = t;
+            }
         }
         for k in 0..LANES {
             if x[k] != RANS_L || pos[k] != rans[k].len() {
@@ -1017,7 +1087,7 @@ mod tests {
         }
     }
 
-    fn encode_sample(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<u64>, Vec<u8>) {
+    fn encode_sample(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<u64>, Vec<u32>) {
         // Symbols are numbered by first use, so a chunk never has more keys than events.
         let keys = 1 + (rng.next() % 80).min(n.saturating_sub(1) as u64) as usize;
         let mut deltas = Vec::new();
@@ -1041,24 +1111,49 @@ mod tests {
         let (mut model, mut code) = (Vec::new(), Vec::new());
         let mut enc = TimeEncoder::default();
         enc.encode(&mut model, &mut code, 1, &deltas, &event_keys, keys);
-        let decoder = TimeDecoder::parse(&model, &code, n).unwrap();
-        let mut classes = vec![CLASS_START];
-        for &k in &event_keys {
-            classes.push(if k & NON_ACCESS != 0 {
-                TimeDecoder::other_class((k & !NON_ACCESS) as u8)
+        (model, code, deltas, event_keys)
+    }
+
+    /// Decodes a sample's time streams the way the chunk decoder does: kind counts and context
+    /// bases from the events' keys.
+    fn decode_sample(
+        model: &[u8],
+        code: &[u8],
+        event_keys: &[u32],
+        out: &mut Vec<u64>,
+    ) -> Result<u64, String> {
+        let mut kind_counts = [0u32; 14];
+        for &k in event_keys {
+            if k & NON_ACCESS != 0 {
+                kind_counts[(k & !NON_ACCESS) as usize] += 1;
             } else {
-                decoder.access_class(k)
-            });
+                kind_counts[0] += 1;
+            }
         }
-        (model, code, deltas, classes)
+        let decoder = TimeDecoder::parse(model, code, event_keys.len(), &kind_counts)?;
+        let rows = decoder.context_rows();
+        let mut prev = rows.start;
+        let bases: Vec<u16> = event_keys
+            .iter()
+            .map(|&k| {
+                let row = if k & NON_ACCESS != 0 {
+                    rows.other_row((k & !NON_ACCESS) as u8)
+                } else {
+                    decoder.access_row(k)
+                };
+                let base = rows.base(prev, row);
+                prev = row;
+                base
+            })
+            .collect();
+        decoder.decode(&bases, 0, out)
     }
 
     #[test]
     fn random_deltas_round_trip() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for n in [0usize, 1, 2, 3, 4, 5, 7, 100, 1000, 20_000] {
-            let (model, code, deltas, classes) = encode_sample(&mut rng, n);
-            let decoder = TimeDecoder::parse(&model, &code, n).unwrap();
+            let (model, code, deltas, event_keys) = encode_sample(&mut rng, n);
             let mut out = Vec::new();
             // Quantum 1 from time 0: timestamps are the running sums, unless they overflow.
             let mut want = Vec::new();
@@ -1067,7 +1162,7 @@ mod tests {
                 t = t.and_then(|t| t.checked_add(*d));
                 want.push(t);
             }
-            match decoder.decode(&classes, 0, &mut out) {
+            match decode_sample(&model, &code, &event_keys, &mut out) {
                 Ok(last) => {
                     assert!(want.iter().all(|t| t.is_some()));
                     let want: Vec<u64> = want.into_iter().flatten().collect();
@@ -1085,7 +1180,7 @@ mod tests {
     #[test]
     fn damaged_streams_are_errors_not_panics() {
         let mut rng = Rng(12345);
-        let (model, code, _, classes) = encode_sample(&mut rng, 3000);
+        let (model, code, _, event_keys) = encode_sample(&mut rng, 3000);
         let mut rejected = 0;
         for round in 0..3000 {
             let (mut m, mut c) = (model.clone(), code.clone());
@@ -1105,8 +1200,7 @@ mod tests {
                 }
             }
             let mut out = Vec::new();
-            let result =
-                TimeDecoder::parse(&m, &c, 3000).and_then(|d| d.decode(&classes, 0, &mut out));
+            let result = decode_sample(&m, &c, &event_keys, &mut out);
             rejected += result.is_err() as u32;
         }
         // Most damage is caught (a flipped extra bit or a changed weight code can still decode).
