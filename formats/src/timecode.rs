@@ -133,7 +133,10 @@ pub(crate) struct TimeEncoder {
     table_of_slot: Vec<u32>,
     sym_of_event: Vec<u16>,
     sym_uses: Vec<(u32, u32)>,
-    words: Vec<u16>,
+    /// (context slot, symbol) of every symbol some context uses.
+    nonzero: Vec<(u32, u16)>,
+    /// Each lane's emitted rANS words.
+    words: [Vec<u16>; LANES],
 }
 
 /// One frequency table chosen by the encoder.
@@ -150,36 +153,24 @@ struct TableDef {
     freqs: Vec<u32>,
 }
 
-/// Bits to code `counts` with its own ideal table (its empirical entropy).
-fn self_bits(counts: &[u32]) -> (f64, usize) {
-    let total: u64 = counts.iter().map(|c| *c as u64).sum();
-    let mut bits = 0.0;
-    let mut nnz = 0;
-    for &c in counts {
-        if c != 0 {
-            nnz += 1;
-            bits += c as f64 * (total as f64 / c as f64).log2();
-        }
+/// Whether a table of its own for a distribution costs less than coding it with its parent's:
+/// `counts` are (count, parent's count) of the symbols it uses (the parent covers each of them),
+/// `parent_total` the parent's count over all its symbols. Own cost: the empirical entropy plus
+/// the table's estimated size; parent's: the cross entropy.
+fn pays_for_itself(counts: impl Iterator<Item = (u32, u32)>, parent_total: u64) -> bool {
+    let (mut total, mut nnz) = (0u64, 0usize);
+    let (mut own, mut cross) = (0.0f64, 0.0f64);
+    for (c, p) in counts {
+        let c_f = c as f64;
+        total += c as u64;
+        nnz += 1;
+        own -= c_f * c_f.log2();
+        cross -= c_f * (p.max(1) as f64).log2();
     }
-    (bits, nnz)
-}
-
-/// Bits to code `counts` with `parent`'s distribution (which covers every symbol of `counts`).
-fn cross_bits(counts: &[u32], parent: &[u32]) -> f64 {
-    let total: u64 = parent.iter().map(|c| *c as u64).sum();
-    let mut bits = 0.0;
-    for (c, p) in counts.iter().zip(parent) {
-        if *c != 0 {
-            bits += *c as f64 * (total as f64 / (*p).max(1) as f64).log2();
-        }
-    }
-    bits
-}
-
-/// Whether a table of its own for `counts` costs less than coding them with `parent`.
-fn pays_for_itself(counts: &[u32], parent: &[u32]) -> bool {
-    let (own, nnz) = self_bits(counts);
-    own + TABLE_HEADER_BITS + TABLE_ENTRY_BITS * (nnz as f64) < cross_bits(counts, parent)
+    let total_f = total as f64;
+    own += total_f * total_f.log2();
+    cross += total_f * (parent_total.max(1) as f64).log2();
+    own + TABLE_HEADER_BITS + TABLE_ENTRY_BITS * (nnz as f64) < cross
 }
 
 fn ceil_log2(x: u64) -> u32 {
@@ -383,6 +374,7 @@ impl TimeEncoder {
         }
         self.used.clear();
         self.counts.clear();
+        self.nonzero.clear();
         self.slot_of_event.clear();
         self.sym_of_event.clear();
         let bounds = lane_bounds(n);
@@ -410,7 +402,11 @@ impl TimeEncoder {
                 self.counts.resize(self.counts.len() + SYMBOLS, 0);
             }
             let (sym, _, _) = symbolize(d);
-            self.counts[slot as usize * SYMBOLS + sym as usize] += 1;
+            let cell = &mut self.counts[slot as usize * SYMBOLS + sym as usize];
+            if *cell == 0 {
+                self.nonzero.push((slot, sym));
+            }
+            *cell += 1;
             self.slot_of_event.push(slot);
             self.sym_of_event.push(sym);
             prev_class = class;
@@ -436,13 +432,23 @@ impl TimeEncoder {
         }
         self.global.clear();
         self.global.resize(SYMBOLS, 0);
-        for (slot, &ctx) in self.used.iter().enumerate() {
-            let class = (ctx as usize / BUCKETS) % CLASS_COUNT;
-            let c = &self.counts[slot * SYMBOLS..(slot + 1) * SYMBOLS];
-            for (s, v) in c.iter().enumerate() {
-                self.class_counts[class * SYMBOLS + s] += v;
-                self.global[s] += v;
-            }
+        // Each context's used symbols, contiguous and in order: the per-context work below is
+        // proportional to them, not to all 356 symbols.
+        self.nonzero.sort_unstable();
+        let mut nonzero_of_slot = vec![0u32; self.used.len() + 1];
+        for &(slot, _) in &self.nonzero {
+            nonzero_of_slot[slot as usize + 1] += 1;
+        }
+        for i in 0..self.used.len() {
+            nonzero_of_slot[i + 1] += nonzero_of_slot[i];
+        }
+        let mut class_total = [0u64; CLASS_COUNT];
+        for &(slot, sym) in &self.nonzero {
+            let class = (self.used[slot as usize] as usize / BUCKETS) % CLASS_COUNT;
+            let v = self.counts[slot as usize * SYMBOLS + sym as usize];
+            self.class_counts[class * SYMBOLS + sym as usize] += v;
+            self.global[sym as usize] += v;
+            class_total[class] += v as u64;
         }
         let mut context_tables = Vec::new();
         // Per used context: its own table's position among the context tables, if it gets one.
@@ -458,15 +464,18 @@ impl TimeEncoder {
             let class = (ctx as usize / BUCKETS) % CLASS_COUNT;
             let c = &self.counts[slot as usize * SYMBOLS..(slot as usize + 1) * SYMBOLS];
             let parent = &self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS];
-            if pays_for_itself(c, parent) {
+            let syms = &self.nonzero[nonzero_of_slot[slot as usize] as usize
+                ..nonzero_of_slot[slot as usize + 1] as usize];
+            let sparse = syms
+                .iter()
+                .map(|&(_, sym)| (c[sym as usize], parent[sym as usize]));
+            if pays_for_itself(sparse, class_total[class]) {
                 own_table[slot as usize] = Some(context_tables.len());
                 context_tables.push(quantize(KIND_CONTEXT, ctx, c));
             } else {
-                for (r, v) in self.residual[class * SYMBOLS..(class + 1) * SYMBOLS]
-                    .iter_mut()
-                    .zip(c)
-                {
-                    *r += v;
+                let residual = &mut self.residual[class * SYMBOLS..(class + 1) * SYMBOLS];
+                for &(_, sym) in syms {
+                    residual[sym as usize] += c[sym as usize];
                 }
             }
         }
@@ -478,7 +487,12 @@ impl TimeEncoder {
             if r.iter().all(|v| *v == 0) {
                 continue;
             }
-            if pays_for_itself(r, &self.global) {
+            let sparse = r
+                .iter()
+                .zip(&self.global)
+                .filter(|(c, _)| **c != 0)
+                .map(|(c, g)| (*c, *g));
+            if pays_for_itself(sparse, n as u64) {
                 class_table[class] = Some(class_tables.len());
                 class_tables.push(quantize(KIND_CLASS, class as u32, r));
             } else {
@@ -545,38 +559,66 @@ impl TimeEncoder {
                 .map(|&t| (t as u32) << 4 | tables[t].precision),
         );
 
-        // rANS per lane, last event first, so the decoder reads forwards.
-        for lane in 0..LANES {
-            // At most one word per event; written unconditionally, kept when emitted (whether a
-            // state overflows is a coin toss a branch would lose).
-            let events = bounds[lane + 1] - bounds[lane];
-            self.words.clear();
-            self.words.resize(events + 1, 0);
-            let mut emitted = 0usize;
-            let mut x: u32 = RANS_L;
-            for i in (bounds[lane]..bounds[lane + 1]).rev() {
-                let entry = self.table_of_slot[self.slot_of_event[i] as usize];
+        // rANS per lane, last event first, so the decoder reads forwards. The four lanes' state
+        // chains are independent: stepping them in turn lets the CPU overlap them.
+        // At most one word per event; written unconditionally, kept when emitted (whether a
+        // state overflows is a coin toss a branch would lose).
+        let mut x = [RANS_L; LANES];
+        let mut emitted = [0usize; LANES];
+        for (lane, words) in self.words.iter_mut().enumerate() {
+            words.clear();
+            words.resize(bounds[lane + 1] - bounds[lane] + 1, 0);
+        }
+        let (enc, reciprocal) = (&self.enc[..], &self.reciprocal[..]);
+        let (table_of_slot, slot_of_event, sym_of_event) = (
+            &self.table_of_slot[..],
+            &self.slot_of_event[..],
+            &self.sym_of_event[..],
+        );
+        let words = &mut self.words;
+        macro_rules! step {
+            ($k:expr, $i:expr) => {{
+                let (k, i): (usize, usize) = ($k, $i);
+                let entry = table_of_slot[slot_of_event[i] as usize];
                 let (t, precision) = ((entry >> 4) as usize, entry & 15);
-                let at = t * SYMBOLS + self.sym_of_event[i] as usize;
-                let fc = self.enc[at];
+                let at = t * SYMBOLS + sym_of_event[i] as usize;
+                let fc = enc[at];
                 let (freq, cum) = (fc >> 16, fc & 0xffff);
                 let x_max = (1u64 << (32 - precision)) * freq as u64;
-                let emit = x as u64 >= x_max;
-                self.words[emitted] = x as u16;
-                emitted += emit as usize;
-                x = if emit { x >> 16 } else { x };
+                let emit = x[k] as u64 >= x_max;
+                words[k][emitted[k]] = x[k] as u16;
+                emitted[k] += emit as usize;
+                let xk = if emit { x[k] >> 16 } else { x[k] };
                 // x / freq by multiplication: exact for 32-bit x with ceil(2^64 / freq).
-                let q = match self.reciprocal[at] {
-                    0 => x,
-                    m => ((m as u128 * x as u128) >> 64) as u32,
+                let q = match reciprocal[at] {
+                    0 => xk,
+                    m => ((m as u128 * xk as u128) >> 64) as u32,
                 };
-                x = (q << precision) + (x - q * freq) + cum;
+                x[k] = (q << precision) + (xk - q * freq) + cum;
+            }};
+        }
+        let per = bounds[1] - bounds[0];
+        let last = bounds[LANES] - bounds[LANES - 1];
+        for j in (last..per).rev() {
+            for k in 0..LANES - 1 {
+                if bounds[k] + j < bounds[k + 1] {
+                    step!(k, bounds[k] + j);
+                }
             }
-            self.words.truncate(emitted);
-            let rans_len = 4 + 2 * self.words.len();
+        }
+        for j in (0..last).rev() {
+            step!(0, bounds[0] + j);
+            step!(1, bounds[1] + j);
+            step!(2, bounds[2] + j);
+            step!(3, bounds[3] + j);
+        }
+        for lane in 0..LANES {
+            let words = &mut self.words[lane];
+            words.truncate(emitted[lane]);
+            let rans_len = 4 + 2 * words.len();
             put_varint(code, rans_len as u64);
-            code.extend_from_slice(&x.to_le_bytes());
-            for w in self.words.iter().rev() {
+            code.extend_from_slice(&x[lane].to_le_bytes());
+            for w in words.iter().rev() {
                 code.extend_from_slice(&w.to_le_bytes());
             }
             write_extra_bits(code, &deltas[bounds[lane]..bounds[lane + 1]]);
