@@ -284,6 +284,67 @@ fn verify_and_recover_exit_codes() {
 }
 
 #[test]
+fn unfinished_traces_are_read_as_recovered_and_damage_still_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tmp(&dir, "a.hwrr");
+    build_trace(&t, 2000, None, 100);
+    let whole = std::fs::read(&t).unwrap();
+    // A writer killed mid-stream: no footer, no trailer, a partial chunk at the end.
+    let cut = tmp(&dir, "cut.hwrr");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let recovered = tmp(&dir, "rec.hwrr");
+    let o = hwrr(&[
+        "recover",
+        cut.to_str().unwrap(),
+        "-o",
+        recovered.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+
+    // info and dump read it as `recover` would have written it, and say so on stderr.
+    let o = hwrr(&["info", cut.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let warning = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        warning.contains("unfinished") && warning.contains("hwrr recover"),
+        "{warning}"
+    );
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let want: Value = serde_json::from_str(&stdout(&hwrr(&[
+        "info",
+        recovered.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(v["unfinished"], Value::Bool(true));
+    assert_eq!(want["unfinished"], Value::Bool(false));
+    assert_eq!(v["events"], want["events"]);
+    assert_eq!(v["recovered"]["events"], want["events"]);
+    assert!(v["recovered"]["dropped_bytes"].as_u64().unwrap() > 0);
+    let dump = |p: &Path| stdout(&hwrr(&["dump", p.to_str().unwrap(), "--json"]));
+    assert_eq!(dump(&cut), dump(&recovered));
+    assert!(!dump(&cut).is_empty());
+    // verify still reports the missing trailer: the file on disk is not sound.
+    assert_eq!(
+        hwrr(&["verify", cut.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+
+    // A finished trace whose footer is damaged (the trailer holds) is not papered over.
+    let mut bytes = whole.clone();
+    let footer_byte = bytes.len() - 40;
+    bytes[footer_byte] ^= 0x01;
+    let bad = tmp(&dir, "badfooter.hwrr");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = hwrr(&["info", bad.to_str().unwrap()]);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("footer"),
+        "{o:?}"
+    );
+}
+
+#[test]
 fn slice_by_seq_and_time_keeps_numbers_and_start_state() {
     let dir = tempfile::tempdir().unwrap();
     let t = tmp(&dir, "a.hwrr");

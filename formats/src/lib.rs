@@ -31,6 +31,7 @@ pub use header::*;
 pub use layout::{BlobChunkInfo, ChunkInfo};
 pub use reader::{Events, TraceReader, VerifyReport};
 pub use recover::{
-    recover, recover_bytes, scan, verify_file, RecoverReport, ScanReport, VerifyError,
+    open_or_recover, recover, recover_bytes, scan, verify_file, RecoverReport, ScanReport,
+    VerifyError,
 };
 pub use writer::{EventEncoding, TraceWriter, WriteSummary, WriterOptions};

@@ -242,6 +242,31 @@ pub fn recover(input: &Path, output: &Path) -> Result<RecoverReport, FormatError
 /// [`recover`] on bytes in memory: returns the report and the recovered trace.
 pub fn recover_bytes(input: &[u8]) -> Result<(RecoverReport, Vec<u8>), FormatError> {
     let had_footer = TraceReader::from_bytes(input.to_vec()).is_ok();
+    rebuild(input, had_footer)
+}
+
+/// Opens `path` like [`TraceReader::open`]; a file without a valid trailer (a recorder or writer
+/// that was killed, or a copy cut short) is recovered in memory instead, as [`recover`] would
+/// write it, and the report says what was kept. Any other damage is still an error: a file whose
+/// trailer holds but whose footer or chunks are damaged needs `verify` and `recover`, not a
+/// silent partial read. The recovered trace is held in memory (about the size of its sound
+/// prefix); `recover` writes it out once for repeated use.
+pub fn open_or_recover(path: &Path) -> Result<(TraceReader, Option<RecoverReport>), FormatError> {
+    match TraceReader::open(path) {
+        Err(FormatError::MissingTrailer { .. }) => {
+            let file = File::open(path)?;
+            // SAFETY: read-only private map, as in `TraceReader::open`; the recovered bytes are
+            // copied out of it before it is dropped.
+            let map = unsafe { memmap2::Mmap::map(&file)? };
+            let (report, bytes) = rebuild(&map, false)?;
+            Ok((TraceReader::from_bytes(bytes)?, Some(report)))
+        }
+        other => other.map(|reader| (reader, None)),
+    }
+}
+
+/// The longest sound prefix of `input` with a fresh footer and trailer.
+fn rebuild(input: &[u8], had_footer: bool) -> Result<(RecoverReport, Vec<u8>), FormatError> {
     let scan = scan(input)?;
     let mut out = Vec::with_capacity(scan.sound_end as usize + 4096);
     out.extend_from_slice(&input[..scan.sound_end as usize]);

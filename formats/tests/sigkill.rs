@@ -112,4 +112,13 @@ fn killed_writer_loses_nothing_older_than_its_flush_bound() {
     r.verify().unwrap();
     let expected = mixed_events(0, report.events);
     assert_eq!(read_all(&r), expected);
+    // Read in place, the killed writer's file gives the same events and the same report.
+    let (in_place, in_place_report) = open_or_recover(&trace).unwrap();
+    assert_eq!(read_all(&in_place), expected);
+    assert_eq!(in_place_report, Some(report));
+    assert_eq!(
+        open_or_recover(&out).unwrap().1,
+        None,
+        "a sound file is opened as is"
+    );
 }

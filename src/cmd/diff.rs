@@ -76,10 +76,8 @@ impl<'a> Side<'a> {
 
 /// Runs `hwrr diff`.
 pub fn run(args: DiffArgs) -> anyhow::Result<i32> {
-    let ra = TraceReader::open(&args.a)
-        .with_context(|| format!("cannot open trace {}", args.a.display()))?;
-    let rb = TraceReader::open(&args.b)
-        .with_context(|| format!("cannot open trace {}", args.b.display()))?;
+    let (ra, _) = super::open_trace(&args.a)?;
+    let (rb, _) = super::open_trace(&args.b)?;
     let regmap = args.regmap.as_deref().map(RegisterMap::load).transpose()?;
     let mut a = Side::new(&ra);
     let mut b = Side::new(&rb);

@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::Args;
 use hwrr_formats::json::{event_to_json, event_to_text, JsonOptions};
 use hwrr_formats::regmap::RegisterMap;
-use hwrr_formats::TraceReader;
 
 /// Print events one per line.
 #[derive(Args, Debug)]
@@ -33,8 +32,7 @@ pub struct DumpArgs {
 
 /// Runs `hwrr dump`.
 pub fn run(args: DumpArgs) -> anyhow::Result<i32> {
-    let reader = TraceReader::open(&args.trace)
-        .with_context(|| format!("cannot open trace {}", args.trace.display()))?;
+    let (reader, _) = super::open_trace(&args.trace)?;
     let regmap = args.regmap.as_deref().map(RegisterMap::load).transpose()?;
     let from = args.from.unwrap_or_else(|| reader.first_seq());
     let limit = args.count.unwrap_or(u64::MAX);

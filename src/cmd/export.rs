@@ -34,8 +34,7 @@ pub struct ExportArgs {
 
 /// Runs `hwrr export`.
 pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
-    let reader = TraceReader::open(&args.trace)
-        .with_context(|| format!("cannot open trace {}", args.trace.display()))?;
+    let (reader, _) = super::open_trace(&args.trace)?;
     let file = File::create(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let mut out = BufWriter::new(file);

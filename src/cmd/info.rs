@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use hwrr_formats::{KindTag, TraceReader};
 use serde_json::{json, Map, Value};
@@ -87,15 +86,31 @@ pub fn info_json(reader: &TraceReader) -> Value {
 
 /// Runs `hwrr info`.
 pub fn run(args: InfoArgs) -> anyhow::Result<i32> {
-    let reader = TraceReader::open(&args.trace)
-        .with_context(|| format!("cannot open trace {}", args.trace.display()))?;
-    let info = info_json(&reader);
+    let (reader, recovered) = super::open_trace(&args.trace)?;
+    let mut info = info_json(&reader);
+    // A recovered trace's numbers (file_bytes among them) are those of its recovered form.
+    info["unfinished"] = json!(recovered.is_some());
+    if let Some(r) = &recovered {
+        info["recovered"] = json!({
+            "events": r.events,
+            "event_chunks": r.event_chunks,
+            "blob_chunks": r.blob_chunks,
+            "dropped_bytes": r.dropped_bytes,
+            "stopped_because": r.stopped_because,
+        });
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(0);
     }
     let h = reader.header();
     println!("trace        {}", args.trace.display());
+    if let Some(r) = &recovered {
+        println!(
+            "unfinished   no footer: {} events in {} event chunks recovered in memory, {} bytes dropped",
+            r.events, r.event_chunks, r.dropped_bytes
+        );
+    }
     println!(
         "device       {:04x}:{:04x} (subsystem {:04x}:{:04x}, class {:06x}, rev {:02x}){}",
         h.device.vendor_id,

@@ -77,3 +77,34 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Reset(a) => host::run_reset(a),
     }
 }
+
+/// Opens a trace for a command that reads it. An unfinished trace (no trailer: the recorder or
+/// writer was killed) is recovered in memory, as `hwrr recover` would write it, with a warning on
+/// stderr saying what was kept; any other damage is an error.
+fn open_trace(
+    path: &std::path::Path,
+) -> anyhow::Result<(
+    hwrr_formats::TraceReader,
+    Option<hwrr_formats::RecoverReport>,
+)> {
+    use anyhow::Context;
+    let (reader, recovered) = hwrr_formats::open_or_recover(path)
+        .with_context(|| format!("cannot open trace {}", path.display()))?;
+    if let Some(r) = &recovered {
+        let why = r
+            .stopped_because
+            .as_deref()
+            .map_or(String::new(), |w| format!("; the scan stopped {w}"));
+        eprintln!(
+            "warning: {} is unfinished (no footer: was its recorder killed?); reading the {} \
+             events of its {} sound event chunks, recovered in memory ({} bytes after them \
+             dropped{why}). `hwrr recover {} -o FIXED` keeps the recovered trace.",
+            path.display(),
+            r.events,
+            r.event_chunks,
+            r.dropped_bytes,
+            path.display()
+        );
+    }
+    Ok((reader, recovered))
+}

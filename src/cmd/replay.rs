@@ -142,7 +142,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         shorten_polls: args.shorten_polls,
         ..ReplayOptions::default()
     };
-    let mut device = hwrr_replayer::open(&args.trace, options)
+    let (reader, _) = super::open_trace(&args.trace)?;
+    let source: std::sync::Arc<dyn hwrr_replayer::EventSource> = std::sync::Arc::new(reader);
+    let mut device = hwrr_replayer::Replayer::new(source, options)
         .with_context(|| format!("cannot replay {}", args.trace.display()))?;
     let stop = stop_on_signals()?;
     let server_opts = ServerOptions {

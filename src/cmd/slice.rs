@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Args;
 use hwrr_formats::slice::StateTracker;
-use hwrr_formats::{TraceReader, TraceWriter, WriterOptions};
+use hwrr_formats::{TraceWriter, WriterOptions};
 
 /// Write the events of a sequence or time range as a trace of their own.
 #[derive(Args, Debug)]
@@ -31,8 +31,7 @@ pub struct SliceArgs {
 
 /// Runs `hwrr slice`.
 pub fn run(args: SliceArgs) -> anyhow::Result<i32> {
-    let reader = TraceReader::open(&args.trace)
-        .with_context(|| format!("cannot open trace {}", args.trace.display()))?;
+    let (reader, _) = super::open_trace(&args.trace)?;
     let first = reader.first_seq();
     let end = first + reader.event_count(); // one past the last sequence number
     let (from, to) = match (args.from, args.to, args.from_time, args.to_time) {
