@@ -21,6 +21,23 @@ use std::time::Duration;
 
 use crate::entry::Entry;
 
+/// How many slots ahead of the one it takes the consumer asks for.
+const PREFETCH_AHEAD: u64 = 8;
+
+/// A hint to bring `slot`'s cache line closer; no effect on what the program computes.
+#[inline(always)]
+fn prefetch(slot: &Slot) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it reads
+        // nothing the program sees and cannot fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((slot as *const Slot).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = slot;
+}
+
 /// The claim counter's bit that marks the queue closed.
 const CLOSED: u64 = 1 << 63;
 
@@ -262,6 +279,9 @@ impl Consumer {
     #[inline]
     pub(crate) fn pop(&mut self, queue: &EventQueue) -> Option<Entry> {
         let slot = queue.slot(self.head);
+        // Each slot is a cache line the producer's core wrote: asking for the one a few positions
+        // ahead now overlaps its transfer with the work on this one.
+        prefetch(queue.slot(self.head + PREFETCH_AHEAD));
 
         if slot.state.load(Ordering::Acquire) != self.head + 1 {
             return None;
