@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod emulator;
+pub mod guest_ram;
 pub mod log;
 mod real;
 pub mod record;

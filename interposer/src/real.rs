@@ -97,6 +97,7 @@ next_symbols! {
     pwrite64: "pwrite64" => fn(c_int, *const c_void, usize, libc::off64_t) -> isize;
     mmap: "mmap" => fn(*mut c_void, usize, c_int, c_int, c_int, libc::off_t) -> *mut c_void;
     mmap64: "mmap64" => fn(*mut c_void, usize, c_int, c_int, c_int, libc::off64_t) -> *mut c_void;
+    munmap: "munmap" => fn(*mut c_void, usize) -> c_int;
     stat: "stat" => fn(*const c_char, *mut Stat) -> c_int;
     stat64: "stat64" => fn(*const c_char, *mut Stat) -> c_int;
     lstat: "lstat" => fn(*const c_char, *mut Stat) -> c_int;

@@ -9,8 +9,10 @@
 //! - `MAP_DMA`/`UNMAP_DMA` on the container: forwarded to the kernel unchanged, logged on success.
 //! - `DEVICE_RESET`.
 //!
-//! The device's own DMA (the hardware writing guest RAM) is invisible from user space: traces
-//! recorded here have mappings but no DMA payloads.
+//! The device's own DMA (the hardware writing guest RAM) is invisible from user space. Each
+//! device's tap runs the recorder's watch set over the memory QEMU maps for DMA, read in place
+//! ([`crate::guest_ram`]): what changes in the pages registers and descriptors name is logged as
+//! `dma_write` events, with the watch set's limits (`docs/RECORDING.md`).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_void, CStr, CString};
@@ -18,13 +20,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use hwrr_device::{
-    Device, DeviceDescription, DeviceError, DeviceIdentity, DmaMapping, DmaRegion, GuestMemory,
-    IrqData, IrqInfo, IrqSetRequest, RegionInfo, RegionKind,
+    dma_flags, Device, DeviceDescription, DeviceError, DeviceIdentity, DmaMapping, DmaRegion,
+    GuestMemory, IrqData, IrqInfo, IrqSetRequest, RegionInfo, RegionKind,
 };
 use hwrr_recorder::{capture_header, Recorder, RecorderOptions, Tap};
 
 use crate::config::{normalize_bdf, vfio_hosts_in_cmdline, Config, DeviceSpec};
 use crate::emulator::parse_irq_set;
+use crate::guest_ram;
 use crate::log::Logger;
 use crate::shim::{unwatch, watch};
 use crate::uapi;
@@ -275,7 +278,8 @@ pub struct Recording {
     log: Arc<Logger>,
     specs: Vec<DeviceSpec>,
     hosts: Vec<String>,
-    containers: HashMap<RawFd, Vec<DmaMapping>>,
+    /// Per container: its DMA mappings and the process address each maps.
+    containers: HashMap<RawFd, Vec<(DmaMapping, u64)>>,
     groups: HashMap<RawFd, Option<RawFd>>,
     devices: HashMap<RawFd, Recorded>,
     used: HashSet<usize>,
@@ -374,11 +378,8 @@ impl Recording {
         let container = self.groups.get(&group).copied().flatten();
         // Mappings made before the device was opened (QEMU maps guest RAM first).
         if let Some(maps) = container.and_then(|c| self.containers.get(&c)) {
-            for m in maps {
-                let _ = tap.dma_map(DmaRegion {
-                    mapping: *m,
-                    memory: None,
-                });
+            for (mapping, vaddr) in maps {
+                Self::map_into(&mut tap, *mapping, *vaddr);
             }
         }
         self.log
@@ -485,17 +486,14 @@ impl Recording {
                 flags: m.flags & 3,
             };
             if let Some(list) = self.containers.get_mut(&container) {
-                list.push(mapping);
+                list.push((mapping, m.vaddr));
             }
             for rec in self
                 .devices
                 .values_mut()
                 .filter(|r| r.container == Some(container))
             {
-                let _ = rec.tap.dma_map(DmaRegion {
-                    mapping,
-                    memory: None,
-                });
+                Self::map_into(&mut rec.tap, mapping, m.vaddr);
             }
         } else {
             // SAFETY: a vfio_iommu_type1_dma_unmap the kernel accepted (size = bytes unmapped).
@@ -505,9 +503,13 @@ impl Recording {
                 len: u.size,
                 flags: u.flags,
             };
+            let (lo, hi) = if u.flags & dma_flags::UNMAP_ALL != 0 {
+                (0, u64::MAX)
+            } else {
+                (u.iova, u.iova.saturating_add(u.size))
+            };
             if let Some(list) = self.containers.get_mut(&container) {
-                let end = u.iova.saturating_add(u.size);
-                list.retain(|m| m.iova < u.iova || m.iova.saturating_add(m.len) > end);
+                list.retain(|(m, _)| m.iova < lo || m.iova.saturating_add(m.len) > hi);
             }
             for rec in self
                 .devices
@@ -515,6 +517,9 @@ impl Recording {
                 .filter(|r| r.container == Some(container))
             {
                 let _ = rec.tap.dma_unmap(mapping);
+                if let Some(watch) = rec.tap.watch_set() {
+                    guest_ram::forget(watch, lo, hi);
+                }
             }
         }
     }
@@ -585,7 +590,34 @@ impl Recording {
         }
     }
 
+    /// Logs a DMA mapping through `tap`, with the memory behind it for the watch set when the
+    /// device may write there.
+    fn map_into(tap: &mut Tap<KernelDevice>, mapping: DmaMapping, vaddr: u64) {
+        let memory = match tap.watch_set() {
+            Some(watch) if mapping.flags & dma_flags::WRITE != 0 => {
+                guest_ram::register(vaddr, mapping.len, watch, mapping)
+            }
+            _ => None,
+        };
+        let _ = tap.dma_map(DmaRegion { mapping, memory });
+    }
+
     fn finish_one(log: &Logger, rec: &mut Recorded) {
+        if rec.recorder.is_some() {
+            if let Some(watch) = rec.tap.watch_set() {
+                // What the device wrote since the last look is logged, then the program's memory
+                // is let go.
+                watch.remove_mapping(DmaMapping {
+                    iova: 0,
+                    len: u64::MAX,
+                    flags: dma_flags::UNMAP_ALL,
+                });
+                guest_ram::forget_all(watch);
+            }
+            if let Some(stats) = rec.tap.watch_stats() {
+                log.warn(&format!("{}: watch set {stats:?}", rec.trace.display()));
+            }
+        }
         if let Some(recorder) = rec.recorder.take() {
             match recorder.finish() {
                 Ok(stats) => log.warn(&format!(

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::{vfio_hosts_in_cmdline, Config, Mode};
 use crate::emulator::{report_json, Emulator, Errno, PathAnswer};
+use crate::guest_ram;
 use crate::log::Logger;
 use crate::real;
 use crate::record::Recording;
@@ -770,6 +771,21 @@ pub unsafe extern "C" fn mmap64(
             libc::MAP_FAILED
         }
     })
+}
+
+/// `munmap(2)`. In record mode, a range a watch set reads (memory given to the device with
+/// `VFIO_IOMMU_MAP_DMA`) is let go first; every other call costs one atomic load.
+///
+/// # Safety
+/// The C contract of `munmap`.
+#[no_mangle]
+pub unsafe extern "C" fn munmap(addr: *mut c_void, len: usize) -> c_int {
+    guest_ram::before_unmap(addr as u64, len as u64);
+    match real::munmap() {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Some(f) => unsafe { f(addr, len) },
+        None => missing_symbol_int(),
+    }
 }
 
 /// Fills a `stat` buffer for an emulated path.
