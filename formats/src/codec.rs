@@ -1214,6 +1214,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn varints_read_back_through_every_path() {
+        // One, two and more bytes, and the boundaries between them.
+        let values: Vec<u64> = (0..300)
+            .chain(16_000..16_500)
+            .chain([1 << 21, (1 << 21) - 1, u32::MAX as u64, u64::MAX])
+            .collect();
+        let mut stream = Vec::new();
+        for &v in &values {
+            put_varint(&mut stream, v);
+        }
+        let mut rd = Rd::new(&stream, "test");
+        for &v in &values {
+            assert_eq!(rd.varint(), Ok(v));
+        }
+        rd.expect_end().unwrap();
+        // A two-byte varint cut after its first byte, and one whose second byte also continues
+        // into nothing, are errors, not values.
+        for cut in [&[0x85u8][..], &[0x85, 0x81][..]] {
+            assert!(Rd::new(cut, "test").varint().is_err(), "{cut:?}");
+        }
+        // Overlong forms read as the slow path always read them.
+        assert_eq!(Rd::new(&[0x80, 0x00], "test").varint(), Ok(0));
+        assert_eq!(Rd::new(&[0xff, 0x7f], "test").varint(), Ok(0x3fff));
+    }
+
+    #[test]
     fn divider_matches_division() {
         let mut x = 0x1234_5678_9abc_def1u64;
         for d in [
