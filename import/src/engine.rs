@@ -337,6 +337,18 @@ impl<'p> Engine<'p> {
                         break;
                     }
                 }
+                if hit.is_none() && named.is_none() {
+                    // A region the model named after something else than the device (virtio's
+                    // `virtio-pci-common-virtio-net` inside `virtio-net-pci`'s BAR 4, `ahci`
+                    // inside `ich9-ahci`): the device whose mapped BAR holds the address owns it,
+                    // since mapped BARs never overlap one another.
+                    hit = self.devices.iter().enumerate().find_map(|(i, d)| {
+                        (d.dialect == Dialect::Emulated)
+                            .then(|| d.bar_containing(op.addr))
+                            .flatten()
+                            .map(|(bar, off)| (i, bar, off))
+                    });
+                }
                 let Some((i, bar, offset)) = hit else {
                     self.set_actor(raw, named);
                     return Ok(named.map_or(Outcome::Nothing, Outcome::Unmapped));

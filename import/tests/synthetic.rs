@@ -612,3 +612,38 @@ fn generic_msix_regions_go_to_the_device_whose_bar_holds_them() {
     );
     assert_eq!((ra.unmapped, rb.unmapped), (0, 0));
 }
+
+/// Models name the regions inside a BAR after themselves, not after the device type (virtio's
+/// `virtio-pci-common-virtio-net` in `virtio-net-pci`'s BAR 4, `ahci` in `ich9-ahci`'s BAR 5):
+/// the device whose mapped BAR holds the address owns the access.
+#[test]
+fn accesses_to_regions_named_otherwise_belong_to_the_bar_that_holds_them() {
+    let log = "\
+100@1000.000000:pci_cfg_read vnic-pci 00:02.0 @0x0 -> 0x10001af4
+100@1000.000010:pci_update_mappings_add vnic-pci 00:02.0 4,0xfebf0000+0x4000
+100@1000.000020:pci_update_mappings_add other 00:04.0 0,0xfe000000+0x1000
+100@1000.000030:memory_region_ops_write cpu 0 mr 0x1 addr 0xfebf0014 value 0x1 size 1 name 'vnic-common-x'
+100@1000.000040:memory_region_ops_read cpu 0 mr 0x1 addr 0xfebf3000 value 0x2 size 2 name 'vnic-device-x'
+100@1000.000050:memory_region_ops_read cpu 0 mr 0x2 addr 0xfe000010 value 0x5 size 4 name 'other-regs'
+100@1000.000060:memory_region_ops_read cpu 0 mr 0x3 addr 0xfed00000 value 0x6 size 4 name 'hpet'
+100@1000.000070:pci_update_mappings_del vnic-pci 00:02.0 4,0xfebf0000+0x4000
+100@1000.000080:memory_region_ops_read cpu 0 mr 0x1 addr 0xfebf0014 value 0x1 size 1 name 'vnic-common-x'
+";
+    let (_, events, report) = import(log, Some("vnic-pci"));
+    let mmio = |offset, size, value| RegionAccess {
+        region: 4,
+        offset,
+        data: val(size, value),
+    };
+    assert_eq!(
+        kinds(&events),
+        vec![
+            EventKind::ConfigRead(cfg(0, 4, 0x1000_1af4)),
+            EventKind::MmioWrite(mmio(0x14, 1, 1)),
+            EventKind::MmioRead(mmio(0x3000, 2, 2)),
+        ],
+        "the other device's BAR, a system region and an access after the BAR was unmapped are not \
+         the device's"
+    );
+    assert_eq!(report.malformed, 0);
+}
