@@ -24,3 +24,26 @@ box_exec() {
   grep -a 'boot-to-init' "$OUT/vtdbox.stderr" | sed 's/^.*guest exit/guest exit/' >> "$OUT/timings.txt" || true
   return "$rc"
 }
+
+# box_summary KERNEL TAG PATTERN appends the guest kernel, the QEMU version and the console's TAG
+# lines to $OUT/timings.txt, prints the console lines matching PATTERN (an extended regex) and the
+# timings.
+box_summary() {
+  {
+    echo "kernel=$1"
+    echo "qemu=$(qemu-system-x86_64 --version | head -1)"
+    grep -a "^$2" "$OUT/console.log" | tr -d '\r'
+  } >> "$OUT/timings.txt"
+  grep -aE "$3" "$OUT/console.log" | tr -d '\r' || true
+  cat "$OUT/timings.txt"
+}
+
+# modes_passed MODE... returns 1 (logging each) when an exercise mode's log, $OUT/exercise-MODE.log,
+# does not report " 0 failed".
+modes_passed() {
+  local mode ok=0
+  for mode in "$@"; do
+    grep -q ' 0 failed' "$OUT/exercise-$mode.log" 2>/dev/null || { log "mode $mode failed"; ok=1; }
+  done
+  return "$ok"
+}

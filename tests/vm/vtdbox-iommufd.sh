@@ -209,18 +209,11 @@ export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
 rc=0
 # shellcheck disable=SC2086
 box_exec "$script" "$bin" $hwrr_bin || rc=$?
-{
-  echo "kernel=$kv"
-  echo "qemu=$(qemu-system-x86_64 --version | head -1)"
-  grep -a '^VTDBOX-IOMMUFD\|^IOMMUFD' "$OUT/console.log" | tr -d '\r'
-} >> "$OUT/timings.txt"
-grep -aE '^(CHECK|OBS|e1000e_exercise|OPEN|IOMMU|MMAPPED|BENCH)' "$OUT/console.log" | tr -d '\r' || true
-cat "$OUT/timings.txt"
+box_summary "$kv" 'VTDBOX-IOMMUFD\|^IOMMUFD' '^(CHECK|OBS|e1000e_exercise|OPEN|IOMMU|MMAPPED|BENCH)'
 
 # ---- 4. verdicts
-for mode in $MODES; do
-  grep -q ' 0 failed' "$OUT/exercise-$mode.log" 2>/dev/null || { log "mode $mode failed"; rc=1; }
-done
+# shellcheck disable=SC2086
+modes_passed $MODES || rc=1
 case " $MODES " in *" iommufd "*)
   grep -q '^OPEN .*(cdev+iommufd)' "$OUT/exercise-iommufd.log" 2>/dev/null \
     || { log "the iommufd run did not open the device through its cdev"; rc=1; };;

@@ -109,16 +109,10 @@ export KERNEL_APPEND_EXTRA="${KERNEL_APPEND_EXTRA:-no_timer_check}"
 rc=0
 # shellcheck disable=SC2086
 box_exec "$script" "$bin" $hwrr_bin || rc=$?
-{
-  echo "kernel=$(ls "$WORK/kroot/lib/modules" | head -1)"
-  echo "qemu=$(qemu-system-x86_64 --version | head -1)"
-  grep -a '^VTDBOX-RECORD' "$OUT/console.log" | tr -d '\r'
-} >> "$OUT/timings.txt"
-grep -aE '^(CHECK|OBS|WATCH|e1000e_exercise|OPEN|IOMMU|MMAPPED|BENCH)' "$OUT/console.log" | tr -d '\r' || true
-cat "$OUT/timings.txt"
-for mode in $MODES; do
-  grep -q ' 0 failed' "$OUT/exercise-$mode.log" 2>/dev/null || { log "mode $mode failed"; rc=1; }
-done
+box_summary "$(ls "$WORK/kroot/lib/modules" | head -1)" VTDBOX-RECORD \
+  '^(CHECK|OBS|WATCH|e1000e_exercise|OPEN|IOMMU|MMAPPED|BENCH)'
+# shellcheck disable=SC2086
+modes_passed $MODES || rc=1
 if [ $record = 1 ]; then
   mac=$(sed -n 's/^OBS mac=\([0-9a-f:]*\).*/\1/p' "$OUT/exercise-fileio.log" 2>/dev/null | head -1)
   for f in "$OUT"/*.hwrr; do
