@@ -9,7 +9,9 @@
 //!   baseline: zstd + row parsing into `Event`s). "Decode columns" = hwrr's fast path,
 //!   `TraceReader::read_chunk_columns`: checksums, zstd, and every field of every event decoded into
 //!   reusable column vectors (times, kinds, access keys, values; complete `Event`s only for events
-//!   that are not value accesses), no per-event allocation. A summary of events/s, bytes per access and ratios to the baseline, measured in the
+//!   that are not value accesses), no per-event allocation; its baseline counterpart
+//!   (`baseline_fixed_zstd1_columns`) decompresses the rows and copies every field into reusable
+//!   column vectors. A summary of events/s, bytes per access and ratios to the baseline, measured in the
 //!   same run, is printed at the end of each corpus.
 //! * `open_seek/*`: open a synthetic trace of 10^9 events in 10^5 chunks and seek to an event.
 //!
@@ -77,6 +79,66 @@ mod baseline {
 
     fn u64_at(b: &[u8], o: usize) -> u64 {
         u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+    }
+
+    /// The baseline's rows read into reusable column vectors (no `Event`s, no per-event
+    /// allocation): the counterpart of hwrr's `read_chunk_columns`.
+    #[derive(Default)]
+    pub struct Columns {
+        raw: Vec<u8>,
+        seq: Vec<u64>,
+        t_ns: Vec<u64>,
+        tag: Vec<u8>,
+        region: Vec<u32>,
+        offset: Vec<u64>,
+        size: Vec<u8>,
+        value: Vec<u64>,
+        status: Vec<u32>,
+        duration: Vec<u64>,
+    }
+
+    pub fn decode_columns(blocks: &[Vec<u8>], events: usize, c: &mut Columns) -> usize {
+        let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let mut n = 0;
+        for b in blocks {
+            c.raw.clear();
+            c.raw.reserve(ROW * ROWS_PER_BLOCK);
+            d.decompress_to_buffer(b, &mut c.raw).unwrap();
+            let Columns {
+                raw,
+                seq,
+                t_ns,
+                tag,
+                region,
+                offset,
+                size,
+                value,
+                status,
+                duration,
+            } = c;
+            for v in [&mut *seq, t_ns, offset, value, duration] {
+                v.clear();
+            }
+            for v in [&mut *tag, size] {
+                v.clear();
+            }
+            region.clear();
+            status.clear();
+            for r in raw.chunks_exact(ROW) {
+                seq.push(u64_at(r, 0));
+                t_ns.push(u64_at(r, 8));
+                tag.push(r[16]);
+                region.push(u32::from_le_bytes(r[17..21].try_into().unwrap()));
+                offset.push(u64_at(r, 21));
+                size.push(r[29]);
+                value.push(u64_at(r, 30));
+                status.push(u32::from_le_bytes(r[38..42].try_into().unwrap()));
+                duration.push(u64_at(r, 42));
+            }
+            n += seq.len();
+        }
+        assert_eq!(n, events);
+        n
     }
 
     pub fn decode(blocks: &[Vec<u8>], events: usize) -> usize {
@@ -229,6 +291,10 @@ fn corpus(c: &mut Criterion) {
         g.bench_function("baseline_fixed_zstd1", |b| {
             b.iter(|| black_box(baseline::decode(&blocks, n)))
         });
+        let mut base_cols = baseline::Columns::default();
+        g.bench_function("baseline_fixed_zstd1_columns", |b| {
+            b.iter(|| black_box(baseline::decode_columns(&blocks, n, &mut base_cols)))
+        });
         g.finish();
 
         let enc = rate(n, 7, || {
@@ -253,11 +319,14 @@ fn corpus(c: &mut Criterion) {
         let dec_base = rate(n, 7, || {
             black_box(baseline::decode(&blocks, n));
         });
+        let dec_base_cols = rate(n, 7, || {
+            black_box(baseline::decode_columns(&blocks, n, &mut base_cols));
+        });
         println!(
             "\n== {name}: {n} events, {accesses} register+config accesses\n\
              size    hwrr {:.3} bytes/access ({} bytes) | baseline {:.3} ({} bytes) | ratio {:.2}x smaller\n\
              encode  hwrr {:.1} M events/s | baseline {:.1} M/s | ratio {:.2}\n\
-             decode  hwrr events {:.1} M events/s, columns {:.1} M/s | baseline {:.1} M/s | ratios {:.2}, {:.2}\n\
+             decode  hwrr events {:.1} M events/s, columns {:.1} M/s | baseline events {:.1} M/s, columns {:.1} M/s | ratios {:.2}, {:.2}\n\
              v1      size {:.3} bytes/access ({} bytes, v2/v1 {:.3}) | encode {:.1} M/s (v2/v1 {:.2}) | \
              decode events {:.1} M/s, columns {:.1} M/s (v2/v1 {:.2}, {:.2})\n",
             trace.len() as f64 / accesses,
@@ -271,8 +340,9 @@ fn corpus(c: &mut Criterion) {
             dec / 1e6,
             dec_cols / 1e6,
             dec_base / 1e6,
+            dec_base_cols / 1e6,
             dec / dec_base,
-            dec_cols / dec_base,
+            dec_cols / dec_base_cols,
             trace_v1.len() as f64 / accesses,
             trace_v1.len(),
             trace.len() as f64 / trace_v1.len() as f64,
