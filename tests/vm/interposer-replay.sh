@@ -13,7 +13,9 @@
 # Env:   WORK=/tmp/vtdbox (kernel: vmlinux + kroot from `vtdbox.sh setup`), OUT=$WORK/interposer,
 #        HWRR=<repo>/target/release/hwrr, LIB=<repo>/target/release/libhwrr_vfio.so,
 #        NIC_MAC=52:54:00:ab:cd:ef, POLICY=resync, MAX_SKIPS=64, QEMU_TIMEOUT=120, TRACE=<use this trace>,
-#        UP=1 (also bring the link up: rings, MSI-X, link interrupt; capture and replay must agree)
+#        UP=1 (also bring the link up: rings, MSI-X, link interrupt; capture and replay must agree),
+#        DRIVER=e1000e (the guest module that probes the replay; `capture` records e1000e only, so
+#        another driver needs TRACE, e.g. DRIVER=8139cp with the imported rtl8139 corpus log)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -23,6 +25,7 @@ HWRR=${HWRR:-$REPO/target/release/hwrr}
 LIB=${LIB:-$REPO/target/release/libhwrr_vfio.so}
 QEMU=${QEMU:-qemu-system-x86_64}
 NIC_MAC=${NIC_MAC:-52:54:00:ab:cd:ef}
+DRIVER=${DRIVER:-e1000e}
 POLICY=${POLICY:-resync}
 MAX_SKIPS=${MAX_SKIPS:-64}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-120}
@@ -45,7 +48,7 @@ prereqs() {
   mkdir -p "$OUT"
 }
 
-# A busybox initramfs with e1000e whose /init probes the NIC, prints its MAC and powers off.
+# A busybox initramfs with $DRIVER whose /init probes the NIC, prints its MAC and powers off.
 build_initrd() {
   local out=$OUT/probe-initrd.gz r kv M m p f
   kv=$(basename "$(ls -d "$WORK"/kroot/lib/modules/* | head -1)")
@@ -54,7 +57,7 @@ build_initrd() {
   mkdir -p "$r"/{bin,sbin,proc,sys,dev,tmp,lib/modules/$kv}
   cp /bin/busybox "$r/bin/busybox"
   for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
-  for m in e1000e; do
+  for m in $DRIVER; do
     p=$(grep -E "/${m}\.ko(\.xz|\.zst)?:" "$M/modules.dep") || die "module $m not in $M/modules.dep"
     for f in $(echo "$p" | tr -d ':'); do
       mkdir -p "$r/lib/modules/$kv/$(dirname "$f")"; cp -n "$M/$f" "$r/lib/modules/$kv/$f"
@@ -66,7 +69,7 @@ build_initrd() {
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 echo "PROBE init"
-modprobe e1000e
+modprobe @DRIVER@
 i=0
 while [ $i -lt 100 ] && ! ls /sys/class/net/ 2>/dev/null | grep -q '^eth'; do sleep 0.1; i=$((i+1)); done
 for n in /sys/class/net/eth*; do
@@ -85,6 +88,7 @@ fi
 echo "PROBE end"
 poweroff -f
 INIT
+  sed -i "s/@DRIVER@/$DRIVER/" "$r/init"
   chmod 755 "$r/init"
   (cd "$r" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"
   rm -rf "$r"
@@ -97,6 +101,7 @@ qemu_common() {
 }
 
 capture() {
+  [ "$DRIVER" = e1000e ] || die "capture records QEMU's e1000e only; give DRIVER=$DRIVER a TRACE"
   local ev=$OUT/events.txt raw=$OUT/capture-trace.log con=$OUT/capture-console.log
   printf '%s\n' 'e1000e_*' 'e1000x_*' pci_cfg_read pci_cfg_write msix_write_config pci_update_mappings_add \
     pci_update_mappings_del memory_region_ops_read memory_region_ops_write vtd_dmar_translate \
@@ -125,7 +130,7 @@ replay() {
     timeout "$QEMU_TIMEOUT" "$QEMU" $(qemu_common) -append "$GUEST_ARGS" -serial "file:$con" \
     -device "vfio-pci,host=$HOST_BDF,x-no-mmap=on,bus=pcie.0,addr=0x2" || rc=$?
   log "replay QEMU exit $rc"
-  tr -d '\r' < "$con" | grep -aE 'e1000e|PROBE|vfio' >&2 || true
+  tr -d '\r' < "$con" | grep -aE "$DRIVER|PROBE|vfio" >&2 || true
   [ -s "$report" ] || die "no JSON report at $report (shim log: $shimlog)"
   python3 - "$report" "$MAX_SKIPS" "${UP:-0}" <<'PY' >&2 || die "report checks failed"
 import json, sys
@@ -147,7 +152,7 @@ print("matched %.1f%% of %d accesses" % (100.0 * c["matched"] / c["accesses"], c
 PY
   grep -aq "PROBE-MAC eth0 $NIC_MAC" "$con" || die "the guest did not report the recorded MAC $NIC_MAC"
   if [ "${UP:-0}" = 1 ]; then grep -aq "PROBE-CARRIER 1" "$con" || die "link up: the guest saw no carrier"; fi
-  echo "PASS: guest e1000e driver probed the replayed device and reports $NIC_MAC"
+  echo "PASS: guest $DRIVER driver probed the replayed device and reports $NIC_MAC"
 }
 
 prereqs
