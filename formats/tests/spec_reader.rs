@@ -32,6 +32,9 @@ fn spec_reader_finds_the_same_timestamps() {
             ]
         })
         .collect();
+    for f in ["all_kinds.hwrr", "slice.hwrr"] {
+        files.push(root.join("tests/golden/v2/earlier").join(f));
+    }
     let seeds = root.join("../fuzz/corpus/trace_reader");
     files.push(seeds.join("rtl8139_v2_3000_events.hwrr"));
     files.push(seeds.join("nvme_v2_2000_events.hwrr"));
