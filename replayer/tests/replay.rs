@@ -1057,6 +1057,97 @@ fn the_guests_own_ring_confirms_its_buffers() {
 }
 
 #[test]
+fn inferred_writes_land_only_in_buffers_the_device_completes() {
+    const BUF2: u64 = 0x10_3000;
+    const ELSEWHERE: u64 = 0x18_0000;
+    // Kernel data both runs keep at the same addresses (a guest that boots the same way).
+    const KERNEL: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+    let mut t = ring_bring_up_trace();
+    t.dma_write(BUF, &[0xAA; 64], Some(&[0; 64]));
+    t.dma_write(RING + 12, &[1], Some(&[0]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    // The driver takes the buffer back and gives the descriptor a new one.
+    t.write(RDT, 9);
+    // A watch set then logs the recorded guest's own writes as device writes: into the buffer it
+    // took back (an skb's shared info), into a page it never gave the device, past the end of
+    // the new buffer, and into the new buffer before the device completes it.
+    t.dma_write(BUF + 0x100, &[0x55; 8], Some(&KERNEL));
+    t.dma_write(ELSEWHERE, &[0x66; 8], Some(&KERNEL));
+    t.dma_write(BUF2 + 2048, &[0x77; 8], Some(&KERNEL));
+    t.dma_write(BUF2 + 32, &[0x99; 8], Some(&KERNEL));
+    t.read(ICR, 0);
+    // The device fills the new buffer and completes its descriptor.
+    t.dma_write(BUF2 + 16, &[0x88; 8], Some(&[0; 8]));
+    t.dma_write(RING + 12, &[1], Some(&[0]));
+    t.read(ICR, 0x80);
+    for chunk in [4096, 1] {
+        let mut trace = Trace::new();
+        trace.events = t.events.clone();
+        let mut vmm = Vmm::new(trace, chunk, opts(Policy::resync()));
+        for at in [BUF + 0x100, ELSEWHERE, BUF2 + 2048, BUF2 + 32] {
+            vmm.put_mem(at, &KERNEL);
+        }
+        ring_bring_up(&mut vmm, RING, Some(BUF));
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(vmm.mem_bytes(BUF, 64), vec![0xAA; 64], "chunk {chunk}");
+        let mut desc = BUF2.to_le_bytes().to_vec();
+        desc.extend_from_slice(&[0u8; 8]);
+        vmm.put_mem(RING, &desc);
+        vmm.write(RDT, 9);
+        assert_eq!(vmm.read(ICR), 0);
+        assert_eq!(vmm.read(ICR), 0x80);
+        for at in [BUF + 0x100, ELSEWHERE, BUF2 + 2048, BUF2 + 32] {
+            assert_eq!(
+                vmm.mem_bytes(at, 8),
+                KERNEL,
+                "chunk {chunk}: {at:#x} untouched"
+            );
+        }
+        assert_eq!(vmm.mem_bytes(BUF2 + 16, 8), vec![0x88; 8], "chunk {chunk}");
+        assert_eq!(vmm.mem_bytes(RING + 12, 1), vec![1], "chunk {chunk}");
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{:?}", r.first_divergence);
+        let c = r.counters;
+        assert_eq!(
+            (c.dma_writes_applied, c.dma_writes_unconfirmed),
+            (4, 4),
+            "chunk {chunk}: {c:?}"
+        );
+    }
+}
+
+#[test]
+fn a_descriptor_given_a_buffer_is_the_drivers_write_not_the_devices() {
+    const BUF2: u64 = 0x10_3000;
+    let mut t = ring_bring_up_trace();
+    // A watch set logs the recorded driver refilling descriptor 1 (a 64-bit address, and one
+    // whose high half did not change) as device writes; the device later writes that buffer.
+    t.dma_write(RING + 16, &BUF2.to_le_bytes(), Some(&[0; 8]));
+    t.dma_write(RING + 32, &(BUF2 as u32).to_le_bytes(), Some(&[0; 4]));
+    t.read(ICR, 0);
+    t.dma_write(BUF2, &[0xAA; 64], Some(&[0; 64]));
+    t.read(ICR, 0x80);
+    for chunk in [4096, 1] {
+        let mut trace = Trace::new();
+        trace.events = t.events.clone();
+        let mut vmm = Vmm::new(trace, chunk, opts(Policy::resync()));
+        ring_bring_up(&mut vmm, RING, Some(BUF));
+        assert_eq!(vmm.read(ICR), 0);
+        assert_eq!(vmm.mem_bytes(RING + 16, 24), vec![0; 24], "chunk {chunk}");
+        assert_eq!(vmm.read(ICR), 0x80);
+        // No descriptor of the replay guest names BUF2: the frame is withheld too.
+        assert_eq!(vmm.mem_bytes(BUF2, 64), vec![0; 64], "chunk {chunk}");
+        let c = vmm.dev.report().counters;
+        assert_eq!(
+            (c.dma_writes_applied, c.dma_writes_unconfirmed),
+            (0, 3),
+            "chunk {chunk}: {c:?}"
+        );
+    }
+}
+
+#[test]
 fn a_guessed_relocation_span_does_not_carry_writes_past_the_named_page() {
     let new_ring = 0x80_0000u64;
     let mut t = ring_bring_up_trace();

@@ -35,17 +35,17 @@ const MIN_REGISTER_ADDRESS: u64 = 1 << 16;
 /// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
 const MIN_POINTER: u64 = 1 << 20;
 
-/// How many descriptor pages are searched for pointers to a buffer page.
-const MAX_STRUCTURE_PAGES: usize = 16;
+/// Bound on the buffer pointers remembered for one group of device actions.
+const MAX_GROUP_BUFFERS: usize = 4096;
 
-/// Bound on the set of pages confirmed as the guest's DMA buffers (cleared when full).
-const MAX_CONFIRMED_PAGES: usize = 1 << 16;
+/// Descriptor granularity assumed when reading the descriptor a write-back went to (16 bytes:
+/// Intel and Realtek NIC descriptors, virtio descriptors).
+const DESCRIPTOR_ALIGN: u64 = 16;
 
-/// Whether `guest` holds exactly the `recorded` bytes and they are not trivially equal (at least
-/// two non-zero bytes): evidence that the replay guest keeps the same structure there.
-fn holds_recorded_bytes(guest: &[u8], recorded: &[u8]) -> bool {
-    guest == recorded && recorded.iter().filter(|b| **b != 0).count() >= 2
-}
+/// Bytes from a buffer pointer in one of the guest's descriptor pages that a recorded device
+/// write may land on: the span the recorder's watch set watches from such a pointer
+/// (`hwrr_recorder::WatchOptions::pointer_span`), so no device write it attributed goes further.
+const BUFFER_SPAN: u64 = 2048;
 
 /// Largest recorded DMA mapping whose addresses count as evidence of a DMA address (256 MiB).
 const SMALL_MAPPING: u64 = 256 << 20;
@@ -188,13 +188,9 @@ pub struct ReplayState {
     /// Registers the guest programmed with a relocated address: (key, recorded value, guest
     /// value). A recorded read-back of the recorded value answers the guest's value.
     readback: Vec<(RegKey, u64, u64)>,
-    /// Replay guest pages (IOVA / 4 KiB) known to be the guest's DMA buffers where the recorded
-    /// guest had them: recorded DMA writes with "before" bytes land only on these, or on
-    /// relocated pages.
-    confirmed_pages: std::collections::BTreeSet<u64>,
-    /// Replay guest pages holding descriptors (rings named by registers), whose pointers confirm
-    /// buffer pages.
-    structure_pages: Vec<u64>,
+    /// Buffers of the descriptors the current group of device actions writes back, as the replay
+    /// guest's memory holds them before the group lands: the buffers the device fills now.
+    group_buffers: Vec<u64>,
     /// The recorded answer to a request the guest wrote off the stream (request/response
     /// registers), while the guest polls it.
     response: Option<Box<response::Response>>,
@@ -288,8 +284,7 @@ impl Shared {
             pending_half: None,
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
-            confirmed_pages: Default::default(),
-            structure_pages: Vec::new(),
+            group_buffers: Vec::new(),
             response: None,
             counters: Counters::default(),
             mismatch: None,
@@ -735,6 +730,17 @@ impl Replayer {
             return;
         };
         let total = payload.data.len();
+        if let Some(before) = payload.before.as_deref() {
+            if self.hands_out_buffers(op.value, &payload.data, before) {
+                // The recorded guest's own write (a driver filling descriptors), which a watch set
+                // cannot tell from the device's: it names the recorded guest's buffers, which in
+                // the replay guest's memory are anything.
+                let c = &mut self.state.counters;
+                c.dma_writes_unconfirmed += 1;
+                c.dma_writes_not_applied += 1;
+                return;
+            }
+        }
         // The recorded guest's pointers in the "before" bytes (a descriptor's buffer address) are
         // at their relocated values in the replay guest's memory: compare against those.
         let relocated_before = payload
@@ -767,7 +773,7 @@ impl Replayer {
                     self.scratch.resize(n, 0);
                     if memory.read(target, &mut self.scratch).is_err() {
                         fault = true;
-                    } else if !self.trusted_dma_page(rec, target, before) {
+                    } else if !self.trusted_dma_range(rec, target, n) {
                         // Guest memory the replay has no evidence the guest gave the device:
                         // the recorded buffer may be anything here (the guest put it elsewhere).
                         untrusted = true;
@@ -813,72 +819,95 @@ impl Replayer {
         }
     }
 
-    /// Whether a device write recorded at `rec` (with `before`, already relocated, the bytes the
-    /// recorded guest held there) may land at `target` in the replay guest's memory (held in
-    /// `self.scratch`): a page the relocation map moved there; a page confirmed before (see
-    /// [`Replayer::confirm_page`]); a page whose memory holds the recorded guest's bytes, not just
-    /// zeros; or a page an address register named with the value the guest wrote too.
-    fn trusted_dma_page(&mut self, rec: u64, target: u64, before: &[u8]) -> bool {
-        let page = target / PAGE;
-        // A relocation learned from a register covers `relocation_span` bytes on a guess (rings
-        // can be longer than a page): only its first page is the one the guest named; the pages
-        // after it may have held anything in the replay guest (page tables, once).
-        let relocated_exactly = self
+    /// Whether a device write recorded at `rec` may land on the `len` bytes at `target` in the
+    /// replay guest's memory: only memory the replay guest gives the device *now*. That is the
+    /// first page of a ring it programmed (an address register the guest wrote with the recorded
+    /// value or with the value the relocation map moves it to, or the first page of a relocation
+    /// learned from such a register), or the first `BUFFER_SPAN` bytes of a buffer named by a
+    /// descriptor the same group of device actions writes back (a received frame and its
+    /// completion: a device writes the buffers of the descriptors it completes, not those of
+    /// frames it sends, which sit in the guest's heap).
+    ///
+    /// A watch-set trace holds the recorded guest's own writes to its buffers and to the pages
+    /// around its rings as device writes (a diff cannot tell who wrote a byte), and a guest that
+    /// boots the same way keeps identical kernel data at identical addresses: matching "before"
+    /// bytes are no evidence, and neither is a page that was a buffer once (freed, it holds
+    /// anything). Re-applying such writes corrupted replayed kernels (a device list, an skb's
+    /// shared info); so trust is decided at each write, from the guest's structures as they are.
+    fn trusted_dma_range(&mut self, rec: u64, target: u64, len: usize) -> bool {
+        let register_ring_page = self
             .state
             .relocations
             .range_of(rec)
-            .is_some_and(|r| r.len <= PAGE || rec / PAGE == r.recorded / PAGE);
-        if relocated_exactly || self.state.confirmed_pages.contains(&page) {
+            .is_some_and(|r| r.len > PAGE && rec / PAGE == r.recorded / PAGE);
+        if register_ring_page || self.named_ring(rec) {
             return true;
         }
-        let guest = &self.scratch[..before.len()];
-        if holds_recorded_bytes(guest, before)
-            || self.named_by_register(rec) == Some(true)
-            || self.pointed_to_by_structure(page)
-        {
-            self.confirm_page(target);
-            return true;
+        self.given_to_device(target, len as u64)
+    }
+    /// Remembers the buffers named by the replay guest's descriptors at `target` (`len` bytes a
+    /// write-back of the current group goes to, widened to whole descriptors).
+    fn note_group_buffers(&mut self, target: u64, len: u64) {
+        let Some(memory) = self.memory.clone() else {
+            return;
+        };
+        let start = target - target % DESCRIPTOR_ALIGN;
+        let end = target
+            .saturating_add(len.max(1))
+            .div_ceil(DESCRIPTOR_ALIGN)
+            .saturating_mul(DESCRIPTOR_ALIGN);
+        let mut buf = std::mem::take(&mut self.scratch2);
+        buf.resize(end.saturating_sub(start).min(PAGE) as usize, 0);
+        if memory.read(start, &mut buf).is_ok() {
+            for w in buf.chunks_exact(8) {
+                let ptr = le_value(w);
+                if ptr >= MIN_POINTER && self.state.group_buffers.len() < MAX_GROUP_BUFFERS {
+                    self.state.group_buffers.push(ptr);
+                }
+            }
+        }
+        self.scratch2 = buf;
+    }
+
+    /// Whether a recorded write of `data` over `before` at `iova` changes an 8-byte aligned word to
+    /// a DMA address of the recording: a descriptor given a buffer. Drivers hand out buffers;
+    /// devices report completions (status, lengths, ids) and do not. A word the write covers only
+    /// in part counts when it covers the low half (a 32-bit address, the high half unchanged and
+    /// taken as 0: a diff logs only the bytes that changed).
+    fn hands_out_buffers(&self, iova: u64, data: &[u8], before: &[u8]) -> bool {
+        let len = data.len().min(before.len()) as u64;
+        let end = iova.saturating_add(len);
+        let mut word_at = iova - iova % 8;
+        while word_at < end {
+            let (lo, hi) = (word_at.max(iova), (word_at + 8).min(end));
+            let covers_low_half = lo == word_at && hi >= word_at + 4;
+            if covers_low_half {
+                let mut new = [0u8; 8];
+                let mut old = [0u8; 8];
+                let (from, to) = ((lo - iova) as usize, (hi - iova) as usize);
+                new[..to - from].copy_from_slice(&data[from..to]);
+                old[..to - from].copy_from_slice(&before[from..to]);
+                let word = u64::from_le_bytes(new);
+                if word != u64::from_le_bytes(old)
+                    && word >= MIN_POINTER
+                    && self.is_recorded_dma_page(word)
+                {
+                    return true;
+                }
+            }
+            word_at += 8;
         }
         false
     }
 
-    /// Remembers a replay guest page that holds descriptors (bounded, oldest forgotten first).
-    fn note_structure_page(&mut self, addr: u64) {
-        let pages = &mut self.state.structure_pages;
-        let page = addr / PAGE;
-        if !pages.contains(&page) {
-            if pages.len() >= MAX_STRUCTURE_PAGES {
-                pages.remove(0);
-            }
-            pages.push(page);
-        }
-    }
-
-    /// Whether an 8-byte aligned word in one of the guest's descriptor pages points into `page`
-    /// (the replay guest gave the device a buffer there, as the recorder's watch set found it).
-    fn pointed_to_by_structure(&mut self, page: u64) -> bool {
-        let Some(memory) = self.memory.clone() else {
-            return false;
-        };
-        let mut buf = std::mem::take(&mut self.scratch2);
-        buf.resize(PAGE as usize, 0);
-        let found = self.state.structure_pages.iter().any(|p| {
-            memory.read(p * PAGE, &mut buf).is_ok()
-                && buf
-                    .chunks_exact(8)
-                    .any(|w| le_value(w) / PAGE == page && le_value(w) != 0)
-        });
-        self.scratch2 = buf;
-        found
-    }
-
-    /// Remembers that the replay guest uses `addr`'s page for DMA the way the recorded guest did.
-    fn confirm_page(&mut self, addr: u64) {
-        let pages = &mut self.state.confirmed_pages;
-        if pages.len() >= MAX_CONFIRMED_PAGES {
-            pages.clear();
-        }
-        pages.insert(addr / PAGE);
+    /// Whether the `len` bytes at `target` lie in the first `BUFFER_SPAN` bytes of a buffer the
+    /// current group's write-backs complete (see `ReplayState::group_buffers`).
+    fn given_to_device(&self, target: u64, len: u64) -> bool {
+        let end = target.saturating_add(len.max(1));
+        self.state
+            .group_buffers
+            .iter()
+            .any(|&ptr| ptr <= target && end <= ptr.saturating_add(BUFFER_SPAN))
     }
 
     /// Whether a recorded register write before the cursor (this chunk or the look-around before
@@ -886,6 +915,24 @@ impl Replayer {
     /// neighbour): `Some(true)` when the guest wrote that register with the recorded value too,
     /// `Some(false)` when it wrote another, `None` when no register named the page.
     fn named_by_register(&self, rec: u64) -> Option<bool> {
+        self.register_naming(rec)
+            .map(|named| self.guest_named_too(&named))
+    }
+
+    /// Whether `rec`'s page is a ring the guest programmed as the recorded guest did: named by a
+    /// recorded register write that looks like a ring base (16-byte aligned, not a small number)
+    /// and written by the guest with the same value or its relocation. Every register value names
+    /// "a page" in the summary; most are counts, masks and flags.
+    fn named_ring(&self, rec: u64) -> bool {
+        self.register_naming(rec).is_some_and(|named| {
+            named.addr % 16 == 0
+                && named.addr >= MIN_REGISTER_ADDRESS
+                && self.guest_named_too(&named)
+        })
+    }
+
+    /// The last recorded register write before the cursor that named `rec`'s page.
+    fn register_naming(&self, rec: u64) -> Option<crate::compile::NamedPage> {
         let page = rec / PAGE;
         let current = self.state.cursor.chunk;
         let here = (current < self.shared.chunk_count)
@@ -895,7 +942,6 @@ impl Replayer {
         here.into_iter()
             .chain(self.shared.chunks_before(current))
             .find_map(|(_, summary)| summary.register_named_pages.get(&page).copied())
-            .map(|named| self.guest_named_too(&named))
     }
 
     /// Whether the guest's last write of the register that named a page (the register model
@@ -966,6 +1012,7 @@ impl Replayer {
         let mut next_chunk = self.state.cursor.chunk + 1;
         let mut i = first;
         let mut end_in_current = None;
+        self.state.group_buffers.clear();
         loop {
             let Some(op) = chunk.ops.get(i).copied() else {
                 // The group goes on in the next chunk (a recorder that flushes often).
@@ -987,21 +1034,20 @@ impl Replayer {
                 break;
             }
             if op.kind == OpKind::DmaWrite {
-                // A write-back to a ring or queue the guest programmed makes that ring a place
-                // to look for the group's buffer pointers, whatever the order of the group's
-                // writes.
-                let len = chunk
-                    .dma_writes
-                    .get(op.aux as usize)
-                    .map_or(0, |p| p.data.len());
-                let end = op.value.saturating_add(len.max(1) as u64);
-                let mut addr = op.value;
-                while addr < end {
-                    if self.named_by_register(addr).is_some() {
-                        let target = self.state.relocations.translate(addr);
-                        self.note_structure_page(target);
-                    }
-                    addr = (addr / PAGE + 1).saturating_mul(PAGE);
+                // A write-back to a ring the guest programmed completes the descriptors it
+                // covers: their buffers are the ones the group's other writes may fill, whatever
+                // the order of the group's writes. (A write that hands out buffers is the
+                // recorded driver's, see `hands_out_buffers`: it completes nothing.)
+                let payload = chunk.dma_writes.get(op.aux as usize);
+                let len = payload.map_or(0, |p| p.data.len()) as u64;
+                let driver_write = payload.is_some_and(|p| {
+                    p.before
+                        .as_deref()
+                        .is_some_and(|b| self.hands_out_buffers(op.value, &p.data, b))
+                });
+                if !driver_write && self.named_by_register(op.value).is_some() {
+                    let target = self.state.relocations.translate(op.value);
+                    self.note_group_buffers(target, len);
                 }
                 if let Some(before) = chunk
                     .dma_writes
@@ -1028,11 +1074,7 @@ impl Replayer {
         let mut guest = std::mem::take(&mut self.scratch2);
         guest.resize(recorded.len(), 0);
         let readable = memory.read(target, &mut guest).is_ok();
-        let mut confirmed = Vec::new();
         if readable {
-            if holds_recorded_bytes(&guest, recorded) {
-                confirmed.push(target);
-            }
             let first = ((8 - (iova % 8)) % 8) as usize;
             let mut k = first;
             while k + 8 <= recorded.len() {
@@ -1043,12 +1085,7 @@ impl Replayer {
                     continue;
                 }
                 if rec == now {
-                    // The guest points where the recorded guest did: its buffer is there too.
-                    if self.state.relocations.translate(rec) == rec
-                        && self.is_recorded_dma_page(rec)
-                    {
-                        confirmed.push(rec);
-                    }
+                    // The guest points where the recorded guest did: nothing to relocate.
                     continue;
                 }
                 // A pointer is aligned as the recorded one was (buffers are at least cache-line
@@ -1070,9 +1107,6 @@ impl Replayer {
             }
         }
         self.scratch2 = guest;
-        for addr in confirmed {
-            self.confirm_page(addr);
-        }
         readable
     }
 
