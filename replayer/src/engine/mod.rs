@@ -42,8 +42,8 @@ const MAX_GROUP_BUFFERS: usize = 4096;
 /// Intel and Realtek NIC descriptors, virtio descriptors).
 const DESCRIPTOR_ALIGN: u64 = 16;
 
-/// Bytes from a buffer pointer in one of the guest's descriptor pages that a recorded device
-/// write may land on: the span the recorder's watch set watches from such a pointer
+/// Bytes from a buffer pointer in a descriptor the device completes that a recorded device write
+/// may land on: the span the recorder's watch set watches from such a pointer
 /// (`hwrr_recorder::WatchOptions::pointer_span`), so no device write it attributed goes further.
 const BUFFER_SPAN: u64 = 2048;
 
@@ -845,6 +845,7 @@ impl Replayer {
         }
         self.given_to_device(target, len as u64)
     }
+
     /// Remembers the buffers named by the replay guest's descriptors at `target` (`len` bytes a
     /// write-back of the current group goes to, widened to whole descriptors).
     fn note_group_buffers(&mut self, target: u64, len: u64) {
@@ -910,28 +911,25 @@ impl Replayer {
             .any(|&ptr| ptr <= target && end <= ptr.saturating_add(BUFFER_SPAN))
     }
 
-    /// Whether a recorded register write before the cursor (this chunk or the look-around before
-    /// it) named `rec`'s page (as a 64-bit value, or a 32-bit one, alone or paired with its
-    /// neighbour): `Some(true)` when the guest wrote that register with the recorded value too,
-    /// `Some(false)` when it wrote another, `None` when no register named the page.
-    fn named_by_register(&self, rec: u64) -> Option<bool> {
-        self.register_naming(rec)
-            .map(|named| self.guest_named_too(&named))
-    }
-
     /// Whether `rec`'s page is a ring the guest programmed as the recorded guest did: named by a
     /// recorded register write that looks like a ring base (16-byte aligned, not a small number)
     /// and written by the guest with the same value or its relocation. Every register value names
     /// "a page" in the summary; most are counts, masks and flags.
     fn named_ring(&self, rec: u64) -> bool {
-        self.register_naming(rec).is_some_and(|named| {
-            named.addr % 16 == 0
-                && named.addr >= MIN_REGISTER_ADDRESS
-                && self.guest_named_too(&named)
-        })
+        self.ring_naming(rec)
+            .is_some_and(|named| self.guest_named_too(&named))
     }
 
-    /// The last recorded register write before the cursor that named `rec`'s page.
+    /// The recorded register write before the cursor that named `rec`'s page with a value that
+    /// looks like a ring base.
+    fn ring_naming(&self, rec: u64) -> Option<crate::compile::NamedPage> {
+        self.register_naming(rec)
+            .filter(|named| named.addr % 16 == 0 && named.addr >= MIN_REGISTER_ADDRESS)
+    }
+
+    /// The last recorded register write before the cursor (this chunk or the look-around before
+    /// it) that named `rec`'s page (as a 64-bit value, or a 32-bit one, alone or paired with its
+    /// neighbour).
     fn register_naming(&self, rec: u64) -> Option<crate::compile::NamedPage> {
         let page = rec / PAGE;
         let current = self.state.cursor.chunk;
@@ -1045,7 +1043,7 @@ impl Replayer {
                         .as_deref()
                         .is_some_and(|b| self.hands_out_buffers(op.value, &p.data, b))
                 });
-                if !driver_write && self.named_by_register(op.value).is_some() {
+                if !driver_write && self.ring_naming(op.value).is_some() {
                     let target = self.state.relocations.translate(op.value);
                     self.note_group_buffers(target, len);
                 }
