@@ -16,6 +16,16 @@ fn hwrr(args: &[&str]) -> Output {
         .expect("run hwrr")
 }
 
+/// `hwrr recover FROM -o TO`.
+fn recover(from: &Path, to: &Path) -> Output {
+    hwrr(&[
+        "recover",
+        from.to_str().unwrap(),
+        "-o",
+        to.to_str().unwrap(),
+    ])
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -262,12 +272,7 @@ fn verify_and_recover_exit_codes() {
         Some(1)
     );
     let out = tmp(&dir, "rec.hwrr");
-    let o = hwrr(&[
-        "recover",
-        cut.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = recover(&cut, &out);
     assert!(o.status.success(), "{o:?}");
     assert!(stdout(&o).contains("recovered"));
     assert_eq!(
@@ -293,12 +298,7 @@ fn unfinished_traces_are_read_as_recovered_and_damage_still_fails() {
     let cut = tmp(&dir, "cut.hwrr");
     std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
     let recovered = tmp(&dir, "rec.hwrr");
-    let o = hwrr(&[
-        "recover",
-        cut.to_str().unwrap(),
-        "-o",
-        recovered.to_str().unwrap(),
-    ]);
+    let o = recover(&cut, &recovered);
     assert!(o.status.success(), "{o:?}");
 
     // info and dump read it as `recover` would have written it, and say so on stderr.

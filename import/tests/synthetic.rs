@@ -42,12 +42,16 @@ fn val(size: u8, value: u64) -> AccessData {
     AccessData::Value { size, value }
 }
 
-fn pio(offset: u64, size: u8, value: u64) -> RegionAccess {
+fn access(region: u32, offset: u64, size: u8, value: u64) -> RegionAccess {
     RegionAccess {
-        region: 0,
+        region,
         offset,
         data: val(size, value),
     }
+}
+
+fn pio(offset: u64, size: u8, value: u64) -> RegionAccess {
+    access(0, offset, size, value)
 }
 
 fn cfg(offset: u32, size: u8, value: u64) -> ConfigAccess {
@@ -449,11 +453,7 @@ fn passthrough_dialect() {
     assert_eq!(imp.device().dialect, Dialect::Passthrough);
     assert_eq!(imp.device().name, "0000:01:00.0");
     assert_eq!(report.malformed, 0, "{:?}", report.malformed_examples);
-    let r = |region: u32, offset: u64, size: u8, value: u64| RegionAccess {
-        region,
-        offset,
-        data: val(size, value),
-    };
+    let r = access;
     assert_eq!(
         kinds(&events),
         vec![
@@ -630,11 +630,7 @@ fn accesses_to_regions_named_otherwise_belong_to_the_bar_that_holds_them() {
 100@1000.000080:memory_region_ops_read cpu 0 mr 0x1 addr 0xfebf0014 value 0x1 size 1 name 'vnic-common-x'
 ";
     let (_, events, report) = import(log, Some("vnic-pci"));
-    let mmio = |offset, size, value| RegionAccess {
-        region: 4,
-        offset,
-        data: val(size, value),
-    };
+    let mmio = |offset, size, value| access(4, offset, size, value);
     assert_eq!(
         kinds(&events),
         vec![

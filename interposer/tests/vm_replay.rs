@@ -10,12 +10,17 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Runs the script with `envs`; panics on failure, prints a skip notice on exit code 77.
-fn run_script(envs: &[(&str, &str)]) {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The workspace root.
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("crate inside the workspace")
-        .to_path_buf();
+        .to_path_buf()
+}
+
+/// Runs the script with `envs`; panics on failure, prints a skip notice on exit code 77.
+fn run_script(envs: &[(&str, &str)]) {
+    let repo = repo();
     let script = repo.join("tests/vm/interposer-replay.sh");
     let work = std::env::var("VTDBOX_WORK").unwrap_or_else(|_| "/tmp/vtdbox".into());
     let out = tempfile::tempdir().expect("temp dir");
@@ -56,10 +61,7 @@ fn guest_brings_replayed_e1000e_link_up_with_msix_interrupts() {
 fn guest_8139cp_probes_and_links_up_on_the_imported_rtl8139_corpus_trace() {
     // A real trace not captured by this test: the corpus log of Linux's 8139cp under QEMU 7.2
     // (DHCP, ping, TCP), imported, replayed to the guest's own 8139cp.
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate inside the workspace")
-        .to_path_buf();
+    let repo = repo();
     let log = repo.join("../shared/corpus/rtl8139-linux-8139cp/trace.device.log.zst");
     let hwrr = repo.join("target/release/hwrr");
     if !log.is_file() || !hwrr.is_file() {
