@@ -873,10 +873,17 @@ pub fn scan(path: &Path, opts: &ImportOptions) -> Result<QemuImport, ImportError
         };
         let alias_of =
             if d.dialect == Dialect::Emulated && d.bar_mapped[bar] && d.bar_accesses[bar] == 0 {
-                let cands =
-                    (0..6).filter(|&o| o != bar && d.bar_accesses[o] > 0 && sizes[o] == sizes[bar]);
-                cands
-                    .max_by_key(|&o| (bar_io[o] != bar_io[bar], std::cmp::Reverse(o)))
+                // Only across kinds: QEMU aliases a memory BAR onto an I/O BAR (rtl8139), while
+                // an unused memory BAR beside a used one of the same size is a BAR of its own
+                // (e1000e's flash), whose reads the register stream must not answer.
+                (0..6)
+                    .filter(|&o| {
+                        o != bar
+                            && d.bar_accesses[o] > 0
+                            && sizes[o] == sizes[bar]
+                            && bar_io[o] != bar_io[bar]
+                    })
+                    .min()
                     .map(|o| o as u32)
             } else {
                 None

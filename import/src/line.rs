@@ -343,10 +343,14 @@ pub fn ioapic_set_irq(args: &str) -> Result<(u32, bool), LineError> {
     Ok((u32::try_from(gsi).map_err(|_| "bad GSI")?, level != 0))
 }
 
-/// The last whitespace-separated word as a number (decimal or `0x` hex): the vector of
-/// `pci_nvme_irq_msix raising MSI-X IRQ vector 3` or `e1000e_irq_msix_notify_vec MSI-X notify vector 0x2`.
+/// The number (decimal or `0x` hex) that ends the last whitespace-separated word: the vector of
+/// `pci_nvme_irq_msix raising MSI-X IRQ vector 3`, `e1000e_irq_msix_notify_vec MSI-X notify
+/// vector 0x2` or `e1000e_irq_msix_notify_postponed_vec Sending MSI-X postponed by EITR[1]`
+/// (a bracketed or parenthesized index, or one after `=`/`:`, counts; `EITR1` does not).
 pub fn last_number(args: &str) -> Option<u64> {
     let w = args.split_ascii_whitespace().next_back()?;
+    let w = w.trim_end_matches([']', ')', ',', '.']);
+    let w = w.rsplit(['[', '(', '=', ':']).next()?;
     parse_hex(w).or_else(|| parse_dec(w))
 }
 
@@ -522,6 +526,18 @@ mod tests {
         assert_eq!(l.args, "(0000:01:00.0:region0+0x8, 0x1, 4)");
         assert!(split_line("23167@17954").is_err());
         assert!(split_line("hello, world").is_err());
+    }
+
+    #[test]
+    fn vectors_end_the_line_bare_or_bracketed() {
+        assert_eq!(last_number("raising MSI-X IRQ vector 3"), Some(3));
+        assert_eq!(last_number("MSI-X notify vector 0x2"), Some(2));
+        assert_eq!(last_number("Sending MSI-X postponed by EITR[1]"), Some(1));
+        assert_eq!(last_number("vec (4)"), Some(4));
+        assert_eq!(last_number("vector=0x10"), Some(16));
+        assert_eq!(last_number("Sending MSI-X postponed by EITR1"), None);
+        assert_eq!(last_number("EITR[]"), None);
+        assert_eq!(last_number(""), None);
     }
 
     #[test]

@@ -179,6 +179,37 @@ fn emulated_header_has_snapshot_regions_alias_and_irqs() {
 }
 
 #[test]
+fn an_unused_memory_bar_beside_a_used_memory_bar_is_no_alias() {
+    // foonic's BAR0 made a memory BAR at 0xfeb00000 (accesses moved with it): BAR1 (memory, same
+    // size, never accessed) is a BAR of its own, as e1000e's flash BAR beside its registers.
+    let text = EMULATED
+        .replace("@0x10 -> 0xffffff01", "@0x10 -> 0xffffff00")
+        .replace("@0x10 <- 0xc001", "@0x10 <- 0xfeb00000")
+        .replace("0,0xc000+0x100", "0,0xfeb00000+0x100")
+        .replace("0,0xd000+0x100", "0,0xfeb01000+0x100")
+        .replace("addr 0xc0", "addr 0xfeb000")
+        .replace("addr 0xd004", "addr 0xfeb01004");
+    let (imp, events, _) = import(&text, Some("foonic"));
+    let kinds: Vec<(u32, RegionKind, Option<u32>)> = imp
+        .header()
+        .regions
+        .iter()
+        .map(|r| (r.index, r.kind, r.alias_of))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (0, RegionKind::Mmio, None),
+            (1, RegionKind::Mmio, None),
+            (7, RegionKind::Config, None)
+        ]
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::MmioWrite(a) if a.region == 0 && a.offset == 0x10)));
+}
+
+#[test]
 fn no_alias_when_the_unused_bar_has_another_size_or_is_accessed() {
     let text = EMULATED.replace("1,0xfebc0000+0x100", "1,0xfebc0000+0x1000");
     let (imp, _, _) = import(&text, Some("foonic"));
