@@ -53,6 +53,8 @@ struct Dev {
     cfg: ConfigRecon,
     accesses: u64,
     vector_events: u64,
+    /// Device-model trace events (`<name>_*`, `pci_<name>_*`) of any kind.
+    model_events: u64,
     intx_events: u64,
     max_vector: [Option<u32>; 3],
     vfio_config_size: Option<u64>,
@@ -77,6 +79,7 @@ impl Dev {
             cfg: ConfigRecon::default(),
             accesses: 0,
             vector_events: 0,
+            model_events: 0,
             intx_events: 0,
             max_vector: [None; 3],
             vfio_config_size: None,
@@ -468,6 +471,7 @@ impl<'p> Engine<'p> {
                     return Ok(Outcome::Nothing);
                 };
                 self.set_actor(raw, Some(i));
+                self.devices[i].model_events += 1;
                 if let Some(&(_, index, numbered)) =
                     VECTOR_EVENTS.iter().find(|(s, _, _)| *s == suffix)
                 {
@@ -785,6 +789,9 @@ fn select(engine: &Engine<'_>, opts: &ImportOptions) -> Result<usize, ImportErro
             let d = &engine.devices[i];
             (
                 d.dialect == Dialect::Passthrough,
+                // A capture that enabled a device model's own trace events was made to study
+                // that device, however busy the disk or console beside it was.
+                d.model_events > 0,
                 d.bar_accesses.iter().sum::<u64>(),
                 weight(d),
             )
