@@ -674,3 +674,16 @@ fn accesses_to_regions_named_otherwise_belong_to_the_bar_that_holds_them() {
     );
     assert_eq!(report.malformed, 0);
 }
+
+#[test]
+fn without_device_the_one_whose_model_events_were_traced_wins() {
+    // foonic has the most BAR accesses, but the capture enabled `other`'s own trace events.
+    let (imp, _, _) = import(EMULATED, None);
+    assert_eq!(imp.header().device.bdf.as_deref(), Some("0000:00:03.0"));
+    let text = format!("{EMULATED}100@1000.000500:other_set_link link up\n");
+    let (imp, events, _) = import(&text, None);
+    assert_eq!(imp.header().device.bdf.as_deref(), Some("0000:00:04.0"));
+    assert!(events
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::MmioWrite(a) if a.region == 0 && a.offset == 0x10)));
+}
