@@ -172,6 +172,16 @@ struct Engine<'p> {
     last_t: u64,
     seq: u64,
     report: ImportReport,
+    /// A vfio event whose sizes QEMU printed on the next line (older `Device %s config:\n  size:
+    /// ...` formats): the device and what the size is of.
+    awaiting_sizes: Option<(usize, SizeOf)>,
+}
+
+/// What the continuation line of a two-line vfio event gives the size of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SizeOf {
+    Config,
+    Rom,
 }
 
 impl<'p> Engine<'p> {
@@ -189,6 +199,7 @@ impl<'p> Engine<'p> {
             first_wall: None,
             last_wall: None,
             last_t: 0,
+            awaiting_sizes: None,
             seq: 0,
             report: ImportReport::default(),
         }
@@ -252,6 +263,14 @@ impl<'p> Engine<'p> {
                 self.report.ignored += 1;
                 continue;
             }
+            // QEMU's log lines start at column 0; a line that starts with blanks is the rest of
+            // the previous event's message (formats with an embedded `\n`).
+            if text.starts_with([' ', '\t']) {
+                self.continuation(text);
+                self.report.ignored += 1;
+                continue;
+            }
+            self.awaiting_sizes = None;
             let raw = match line::split_line(text) {
                 Ok(r) => r,
                 Err(why) => {
@@ -303,6 +322,28 @@ impl<'p> Engine<'p> {
             }
         }
         Ok(())
+    }
+
+    /// The second line of `vfio_populate_device_config` / `vfio_pci_load_rom` in QEMU versions
+    /// that print `Device %s config:\n  size: 0x%lx, offset: 0x%lx, flags: 0x%lx`.
+    fn continuation(&mut self, text: &str) {
+        let Some((i, what)) = self.awaiting_sizes.take() else {
+            return;
+        };
+        if let Some(size) = line::field_hex(text, "size:") {
+            self.set_size(i, what, size);
+        }
+    }
+
+    fn set_size(&mut self, i: usize, what: SizeOf, size: u64) {
+        let d = &mut self.devices[i];
+        match what {
+            SizeOf::Config => d.vfio_config_size = Some(size),
+            SizeOf::Rom => {
+                d.bar_size[6] = size;
+                d.bar_mapped[6] = true;
+            }
+        }
     }
 
     fn set_actor(&mut self, raw: &RawLine<'_>, dev: Option<usize>) {
@@ -655,16 +696,20 @@ impl<'p> Engine<'p> {
                 }
                 Outcome::Nothing
             }
-            "vfio_pci_load_rom" | "vfio_populate_device_config" => {
-                let name = line::quoted_device(args).ok_or("vfio event without device")?;
-                let size = line::field_hex(args, "size:").ok_or("vfio event without size")?;
+            "vfio_pci_load_rom"
+            | "vfio_populate_device_config"
+            | "vfio_pci_populate_device_config" => {
+                let name = line::described_device(args).ok_or("vfio event without device")?;
+                let what = if raw.name == "vfio_pci_load_rom" {
+                    SizeOf::Rom
+                } else {
+                    SizeOf::Config
+                };
                 if let Some(i) = self.vfio_device(name) {
-                    let d = &mut self.devices[i];
-                    if raw.name == "vfio_pci_load_rom" {
-                        d.bar_size[6] = size;
-                        d.bar_mapped[6] = true;
-                    } else {
-                        d.vfio_config_size = Some(size);
+                    match line::field_hex(args, "size:") {
+                        Some(size) => self.set_size(i, what, size),
+                        // Older QEMUs print the sizes on the next line.
+                        None => self.awaiting_sizes = Some((i, what)),
                     }
                 }
                 Outcome::Nothing

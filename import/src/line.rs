@@ -479,10 +479,17 @@ pub fn field_hex(args: &str, key: &str) -> Option<u64> {
     parse_hex(&v[..end]).or_else(|| parse_dec(&v[..end]))
 }
 
-/// The quoted device of `Device '%s' ...` (vfio_pci_load_rom, vfio_populate_device_config).
-pub fn quoted_device(args: &str) -> Option<&str> {
-    let rest = args.strip_prefix("Device '")?;
-    Some(&rest[..rest.find('\'')?])
+/// The device of `Device '%s' config: size: ...` (newer QEMUs) or `Device %s config:` /
+/// `Device %s ROM:` (older ones, which print the sizes on the next line): vfio_pci_load_rom,
+/// vfio_populate_device_config.
+pub fn described_device(args: &str) -> Option<&str> {
+    let rest = args.strip_prefix("Device ")?;
+    if let Some(quoted) = rest.strip_prefix('\'') {
+        return Some(&quoted[..quoted.find('\'')?]);
+    }
+    let name = rest.split_ascii_whitespace().next()?;
+    let name = name.strip_suffix(':').unwrap_or(name);
+    (!name.is_empty()).then_some(name)
 }
 
 /// `vfio_region_setup`: `Device %s, region %d "%s", flags: 0x%lx, offset: 0x%lx, size: 0x%lx`

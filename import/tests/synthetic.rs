@@ -532,6 +532,37 @@ fn passthrough_dialect() {
 }
 
 #[test]
+fn passthrough_two_line_formats_of_older_qemus() {
+    // QEMU 7.2 prints `Device %s config:\n  size: ...` and `Device %s ROM:\n  size: ...`: the
+    // second line starts with blanks and belongs to the event before it.
+    let text = PASSTHROUGH
+        .replace(
+            "Device '0000:01:00.0' config: size: 0x1000,",
+            "Device 0000:01:00.0 config:\n  size: 0x1000,",
+        )
+        .replace(
+            "Device '0000:01:00.0' ROM: size: 0x40000,",
+            "Device 0000:01:00.0 ROM:\n  size: 0x8000,",
+        );
+    let (imp, events, report) = import(&text, None);
+    assert_eq!(report.malformed, 0, "{:?}", report.malformed_examples);
+    assert_eq!(report.lines, PASSTHROUGH.lines().count() as u64 + 2);
+    assert_eq!(events.len(), 11);
+    assert_eq!(
+        imp.header().region(6).map(|x| (x.kind, x.size)),
+        Some((RegionKind::Rom, 0x8000))
+    );
+    // A blank-led line after any other event is ignored, not malformed, and sets nothing.
+    let text = PASSTHROUGH.replace(
+        "vfio_pci_reset  (0000:01:00.0)\n",
+        "vfio_pci_reset  (0000:01:00.0)\n  size: 0x99\n",
+    );
+    let (imp, _, report) = import(&text, None);
+    assert_eq!(report.malformed, 0);
+    assert_eq!(imp.header().region(6).map(|x| x.size), Some(0x40000));
+}
+
+#[test]
 fn passthrough_selected_by_host_address() {
     let both = format!("{PASSTHROUGH}{EMULATED}");
     let (imp, events, _) = import(&both, Some("0000:01:00.0"));
@@ -607,7 +638,7 @@ proptest! {
         let _ = normalize_bdf(&text);
         let _ = last_number(&text);
         let _ = field_hex(&text, "size:");
-        let _ = quoted_device(&text);
+        let _ = described_device(&text);
     }
 }
 

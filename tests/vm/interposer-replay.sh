@@ -14,6 +14,7 @@
 #        HWRR=<repo>/target/release/hwrr, LIB=<repo>/target/release/libhwrr_vfio.so,
 #        NIC_MAC=52:54:00:ab:cd:ef, POLICY=resync, MAX_SKIPS=64, QEMU_TIMEOUT=120, TRACE=<use this trace>,
 #        UP=1 (also bring the link up: rings, MSI-X, link interrupt; capture and replay must agree),
+#        REPLAY_TRACE=1 (the replay QEMU logs its vfio_* trace events to $OUT/replay-vfio-trace.log),
 #        DRIVER=e1000e (the guest module that probes the replay; `capture` records e1000e only, so
 #        another driver needs TRACE, e.g. DRIVER=8139cp with the imported rtl8139 corpus log)
 set -euo pipefail
@@ -100,6 +101,17 @@ qemu_common() {
     -display none -vga none -monitor none -no-reboot -nic none
 }
 
+# REPLAY_TRACE=1: the replay QEMU logs its vfio-pci trace events (QEMU's passthrough dialect, what
+# a user tracing a real passthrough device gets) to $OUT/replay-vfio-trace.log.
+replay_trace_args() {
+  [ "${REPLAY_TRACE:-0}" = 1 ] || return 0
+  printf '%s\n' 'vfio_region_read' 'vfio_region_write' 'vfio_pci_read_config' 'vfio_pci_write_config' \
+    'vfio_intx_interrupt' 'vfio_msi_interrupt' 'vfio_msix_vector_do_use' 'vfio_msix_enable' 'vfio_msi_enable' \
+    'vfio_intx_enable' 'vfio_pci_reset' 'vfio_populate_device_config' 'vfio_region_setup' 'vfio_msix_early_setup' \
+    'vfio_rom_read' 'vfio_pci_size_rom' > "$OUT/replay-vfio-events.txt"
+  echo -msg timestamp=on -trace "events=$OUT/replay-vfio-events.txt" -D "$OUT/replay-vfio-trace.log"
+}
+
 capture() {
   [ "$DRIVER" = e1000e ] || die "capture records QEMU's e1000e only; give DRIVER=$DRIVER a TRACE"
   local ev=$OUT/events.txt raw=$OUT/capture-trace.log con=$OUT/capture-console.log
@@ -128,7 +140,7 @@ replay() {
   # shellcheck disable=SC2046
   LD_PRELOAD="$LIB" HWRR_MODE=replay HWRR_TRACE="$trace" HWRR_POLICY="$POLICY" HWRR_REPORT="$report" HWRR_LOG="$shimlog" \
     timeout "$QEMU_TIMEOUT" "$QEMU" $(qemu_common) -append "$GUEST_ARGS" -serial "file:$con" \
-    -device "vfio-pci,host=$HOST_BDF,x-no-mmap=on,bus=pcie.0,addr=0x2" || rc=$?
+    -device "vfio-pci,host=$HOST_BDF,x-no-mmap=on,bus=pcie.0,addr=0x2" $(replay_trace_args) || rc=$?
   log "replay QEMU exit $rc"
   tr -d '\r' < "$con" | grep -aE "$DRIVER|PROBE|vfio" >&2 || true
   [ -s "$report" ] || die "no JSON report at $report (shim log: $shimlog)"
