@@ -11,7 +11,9 @@
 #   - MSI-X `irq` events = the log's e1000e_irq_msix_notify_vec + e1000e_irq_msix_notify_postponed_vec
 #     lines, register writes = e1000e_core_write lines + MSI-X table writes, counted with grep/awk;
 #   - `hwrr verify` passes;
-#   - replay (resync, link up): the guest's e1000e prints the recorded MAC and sees carrier.
+#   - replay (resync, link up): the guest's e1000e prints the recorded MAC and sees carrier;
+#   - the replay QEMU's own vfio-pci trace log (QEMU's passthrough dialect) imports with 0 malformed
+#     lines, holds exactly the BAR accesses the replay served, and replays the same way.
 #
 # Usage: harness-trace-replay.sh        (exit 77 = prerequisites missing: skip)
 # Env:   WORK=/tmp/vtdbox (as for vtdbox.sh), OUT=$WORK/harness-trace, HARNESS=<repo>/../shared/harness,
@@ -90,5 +92,30 @@ rm -f "$OUT/full.jsonl" "$OUT/device.jsonl"
 log "replay to the guest's e1000e (resync, link up)"
 trace=$OUT/full.hwrr
 WORK="$WORK" OUT="$OUT/replay" TRACE="$trace" DRIVER=e1000e NIC_MAC=52:54:00:12:34:56 UP=1 \
-  POLICY=resync MAX_SKIPS=1000000 "$HERE/interposer-replay.sh" replay
-echo "PASS: a harness-captured e1000e trace imports exactly and replays to the guest's e1000e"
+  POLICY=resync MAX_SKIPS=1000000 REPLAY_TRACE=1 "$HERE/interposer-replay.sh" replay
+
+# The replay QEMU's own vfio-pci trace log is QEMU's passthrough dialect, from real QEMU code: it
+# must import whole, hold exactly the BAR accesses the replay served, and replay again.
+log "import the replay QEMU's vfio-pci log (passthrough dialect) and replay it"
+"$HWRR" import qemu-trace "$OUT/replay/replay-vfio-trace.log" -o "$OUT/passthrough.hwrr" \
+  > "$OUT/import-passthrough.txt" 2>&1
+cat "$OUT/import-passthrough.txt" >&2
+grep -q '(passthrough 0000:00:19.0@00:19.0' "$OUT/import-passthrough.txt" || die "the vfio log's device is not 0000:00:19.0"
+grep -q ' 0 malformed' "$OUT/import-passthrough.txt" || die "the vfio log import counted malformed lines"
+"$HWRR" info --json "$OUT/passthrough.hwrr" > "$OUT/passthrough-info.json"
+python3 - "$OUT/passthrough-info.json" "$OUT/replay/replay-report.json" <<'PY' >&2 || die "the vfio log disagrees with the replay report"
+import json, sys
+info, rep = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+k = info["by_kind"]
+bar = k["mmio_read"] + k["mmio_write"] + k["pio_read"] + k["pio_write"]
+served = rep["accesses"] + rep["msix_accesses"] + rep["rom_reads"]
+print(f"vfio log BAR accesses {bar}; replay served {served} (accesses {rep['accesses']} + MSI-X table "
+      f"{rep['msix_accesses']} + ROM {rep['rom_reads']}); resets {k['reset']}")
+assert bar == served, "QEMU's vfio log and the replay engine count different BAR accesses"
+assert k["reset"] >= 1, "QEMU's machine-reset VFIO_DEVICE_RESET is not in its log"
+PY
+trace=$OUT/passthrough.hwrr
+WORK="$WORK" OUT="$OUT/replay-passthrough" TRACE="$trace" DRIVER=e1000e NIC_MAC=52:54:00:12:34:56 \
+  UP=1 POLICY=resync MAX_SKIPS=1000000 "$HERE/interposer-replay.sh" replay
+echo "PASS: a harness-captured e1000e trace imports exactly and replays to the guest's e1000e;" \
+  "the replay's own QEMU vfio log imports and replays too"
