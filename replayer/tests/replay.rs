@@ -1222,3 +1222,52 @@ fn a_page_the_guest_named_at_its_relocated_address_takes_the_write() {
     assert_eq!(vmm.mem_bytes(new_ring + 12, 1), vec![1]);
     assert_eq!(r.counters.dma_writes_unconfirmed, 0);
 }
+
+/// An NVMe-style enable handshake: the controller is disabled (CC.EN = 0), CSTS.RDY reads 0, it
+/// is enabled, and CSTS.RDY reads 1.
+fn enable_handshake_trace() -> Trace {
+    const CAP: u64 = 0x0;
+    let mut t = Trace::new();
+    t.write(NVME_CC, 0);
+    t.read(CAP, 0x0f01_07ff);
+    t.read(NVME_CSTS, 0);
+    t.write(NVME_CC, 0x46_0001);
+    t.read(NVME_CSTS, 1);
+    t
+}
+const NVME_CC: u64 = 0x14;
+const NVME_CSTS: u64 = 0x1c;
+
+#[test]
+fn a_read_does_not_resync_past_a_write_the_guest_has_not_made() {
+    // The replayed driver reads CSTS once more than the recorded one did, before disabling: the
+    // answer is the recorded one ahead, but the cursor stays before the CC write, so the poll
+    // after the guest's own CC.EN = 0 still sees RDY = 0 and the enable is matched too.
+    let mut vmm = Vmm::new(enable_handshake_trace(), 4096, opts(Policy::resync()));
+    assert_eq!(vmm.read(NVME_CSTS), 0);
+    vmm.write(NVME_CC, 0);
+    assert_eq!(vmm.read(NVME_CSTS), 0, "RDY after the disable");
+    assert_eq!(
+        vmm.read(NVME_CSTS),
+        0,
+        "polls longer than recorded: the same answer"
+    );
+    vmm.write(NVME_CC, 0x46_0001);
+    assert_eq!(vmm.read(NVME_CSTS), 1, "RDY after the enable");
+    let r = vmm.dev.report();
+    assert_eq!(r.counters.inserted, 1, "the early read");
+    assert_eq!(r.counters.skipped, 1, "the CAP read the guest did not make");
+    assert!(r.trace_finished);
+}
+
+#[test]
+fn a_read_resyncs_past_a_recorded_write_the_guest_made_with_another_value() {
+    // The guest's CC write differs from the recorded one (inserted); the recorded write is
+    // still the guest's, so a read may resync past it.
+    let mut vmm = Vmm::new(enable_handshake_trace(), 4096, opts(Policy::resync()));
+    vmm.write(NVME_CC, 0x10);
+    assert_eq!(vmm.read(0x0), 0x0f01_07ff);
+    assert_eq!(vmm.read(NVME_CSTS), 0);
+    let r = vmm.dev.report();
+    assert_eq!((r.counters.inserted, r.counters.skipped), (1, 1));
+}

@@ -5,12 +5,19 @@ use super::*;
 /// How far (in recorded ops) the two halves of an address pair may be apart.
 const PAIR_DISTANCE: usize = 8;
 
+/// How many registers written off the stream a read's resync remembers (a bound, not a tuning:
+/// a guest that far off the trace resyncs on its writes).
+const MAX_WRITES_OFF_STREAM: usize = 16;
+
 impl Replayer {
     /// Consumes the op at the cursor as matched and settles (interrupts and DMA recorded after it
     /// happen now). Returns the value a read answers.
     #[inline]
     pub(super) fn consume(&mut self, op: Op) -> u64 {
         self.state.counters.matched += 1;
+        if !self.state.writes_off_stream.is_empty() {
+            self.state.writes_off_stream.clear();
+        }
         self.pass(op)
     }
 
@@ -628,7 +635,23 @@ impl Replayer {
                 self.answer_from_model(write, key, value, false)
             }
             Policy::Resync { window } => {
-                if let Some(target) = self.lookahead(kind, region, offset, size, value, window) {
+                let found = self.lookahead_crossing(kind, region, offset, size, value, window);
+                if let (false, Some((_, o, true))) = (write, found) {
+                    // A read found only past a recorded write or reset the guest has not made:
+                    // the recorded answer is the best guess of the register, but skipping there
+                    // would skip that write too, and the answers after it may be its effect
+                    // (NVMe's CSTS.RDY after CC.EN). Answer without moving.
+                    self.state.counters.inserted += 1;
+                    self.state.last_read = None;
+                    let v = if self.state.readback.is_empty() {
+                        o.value
+                    } else {
+                        self.read_back(o.region, o.offset, o.size, o.value)
+                    };
+                    self.set_model(key, v);
+                    return v;
+                }
+                if let Some((target, _, _)) = found {
                     let skipped = self.skip_to(target);
                     self.state.counters.skipped += skipped;
                     if let Some(o) = self.peek() {
@@ -640,6 +663,12 @@ impl Replayer {
                 }
                 self.state.counters.inserted += 1;
                 self.state.last_read = None;
+                if write
+                    && !self.state.writes_off_stream.contains(&key)
+                    && self.state.writes_off_stream.len() < MAX_WRITES_OFF_STREAM
+                {
+                    self.state.writes_off_stream.push(key);
+                }
                 self.answer_from_model(write, key, value, true)
             }
             Policy::Model => {
@@ -715,13 +744,46 @@ impl Replayer {
         value: u64,
         window: u32,
     ) -> Option<Cursor> {
-        self.find_ahead(window, |_, o| {
-            o.kind == kind
+        self.lookahead_crossing(kind, region, offset, size, value, window)
+            .map(|(at, _, _)| at)
+    }
+
+    /// [`Self::lookahead`], with the call found and whether the recorded calls before it include
+    /// a write or a reset (the one at the cursor counts).
+    fn lookahead_crossing(
+        &self,
+        kind: OpKind,
+        region: u8,
+        offset: u64,
+        size: u8,
+        value: u64,
+        window: u32,
+    ) -> Option<(Cursor, Op, bool)> {
+        // A recorded write to a register the guest wrote off the stream is the guest's (with
+        // another value): it has been made.
+        let made = &self.state.writes_off_stream;
+        let changes_state = |o: &Op| match o.kind {
+            OpKind::Reset => true,
+            OpKind::Write => !made.contains(&(o.region, o.offset, o.size)),
+            _ => false,
+        };
+        let mut crossed = self
+            .cur
+            .ops
+            .get(self.state.cursor.op)
+            .is_some_and(changes_state);
+        self.find_call(1, window, |_, o| {
+            let hit = o.kind == kind
                 && o.region == region
                 && o.offset == offset
                 && o.size == size
-                && (kind != OpKind::Write || o.value == value || self.is_relocated(o, value))
+                && (kind != OpKind::Write || o.value == value || self.is_relocated(o, value));
+            if !hit {
+                crossed |= changes_state(o);
+            }
+            hit
         })
+        .map(|(at, o)| (at, o, crossed))
     }
 
     /// The first of the `window` recorded guest calls after the one at the cursor that `matches`
@@ -821,6 +883,7 @@ impl Replayer {
     /// Moves the cursor to `target`, performing device actions on the way; returns how many
     /// recorded guest calls were skipped.
     pub(super) fn skip_to(&mut self, target: Cursor) -> u64 {
+        self.state.writes_off_stream.clear();
         let mut skipped = 0;
         let mut learned_upto = 0usize;
         while self.state.cursor != target {

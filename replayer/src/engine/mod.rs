@@ -176,6 +176,9 @@ pub struct ReplayState {
     run_extended: bool,
     /// Whether `shorten_polls` looked for the end of the current run already.
     shorten_tried: bool,
+    /// Registers the guest wrote where the trace did not follow (inserted writes) since the
+    /// cursor last moved: a recorded write to one of them counts as made when a read resyncs.
+    writes_off_stream: Vec<RegKey>,
     /// Register values the guest wrote that differ from the recording, and model answers: stamp
     /// (cursor position) and value.
     model: BTreeMap<RegKey, (u64, u64)>,
@@ -277,6 +280,7 @@ impl Shared {
             run_pos: 0,
             run_extended: false,
             shorten_tried: false,
+            writes_off_stream: Vec::new(),
             model: BTreeMap::new(),
             config: self.rules.snapshot.clone(),
             msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
