@@ -166,6 +166,9 @@ impl Emulator {
                     continue;
                 }
             };
+            for caveat in replayer.caveats() {
+                log.warn(&format!("{}: {caveat}", spec.trace.display()));
+            }
             let description = replayer.describe();
             let bdf = spec
                 .bdf

@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use hwrr_device::Device;
-use hwrr_replayer::{check, Policy, ReplayOptions};
+use hwrr_replayer::{check, MemorySource, Policy, ReplayOptions, Replayer};
+use std::sync::Arc;
 
 const CTRL: u64 = 0x0;
 const STATUS: u64 = 0x8;
@@ -1270,4 +1271,17 @@ fn a_read_resyncs_past_a_recorded_write_the_guest_made_with_another_value() {
     assert_eq!(vmm.read(NVME_CSTS), 0);
     let r = vmm.dev.report();
     assert_eq!((r.counters.inserted, r.counters.skipped), (1, 1));
+}
+
+#[test]
+fn an_imported_qemu_log_is_replayed_with_a_caveat_about_dma() {
+    let recorded = Replayer::new(Trace::new().source(16), opts(Policy::resync())).unwrap();
+    assert!(recorded.caveats().is_empty(), "{:?}", recorded.caveats());
+    let mut h = header();
+    h.capture.source = "qemu-trace".into();
+    let source = Arc::new(MemorySource::with_chunk_size(h, Vec::new(), 16));
+    let imported = Replayer::new(source, opts(Policy::resync())).unwrap();
+    let caveats = imported.caveats();
+    assert_eq!(caveats.len(), 1);
+    assert!(caveats[0].contains("no DMA data"), "{caveats:?}");
 }

@@ -146,6 +146,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let source: std::sync::Arc<dyn hwrr_replayer::EventSource> = std::sync::Arc::new(reader);
     let mut device = hwrr_replayer::Replayer::new(source, options)
         .with_context(|| format!("cannot replay {}", args.trace.display()))?;
+    for caveat in device.caveats() {
+        eprintln!("hwrr: note: {caveat}");
+    }
     let stop = stop_on_signals()?;
     let server_opts = ServerOptions {
         once: args.once,

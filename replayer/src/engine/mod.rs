@@ -415,6 +415,25 @@ impl Replayer {
         })
     }
 
+    /// What this trace cannot give a replayed driver, in words for the user, from its header:
+    /// empty for a trace recorded by hwrr. A trace imported from a QEMU trace log has no DMA
+    /// payloads (QEMU logs DMA translations, not data), so a driver that waits for the device to
+    /// write memory waits in vain.
+    pub fn caveats(&self) -> Vec<String> {
+        let header = self.shared.source.header();
+        let mut caveats = Vec::new();
+        if header.capture.source == "qemu-trace" {
+            caveats.push(
+                "this trace was imported from a QEMU trace log, which holds no DMA data: registers \
+                 and interrupts replay, but memory the device wrote does not (descriptor \
+                 write-backs, received frames, NVMe completion entries, virtio used rings), so a \
+                 driver that waits for it times out"
+                    .to_string(),
+            );
+        }
+        caveats
+    }
+
     /// A copy of the engine state (cursor, models, relocation map, counters, divergence).
     pub fn state(&self) -> ReplayState {
         self.state.clone()
