@@ -13,9 +13,6 @@
 
 use crate::codec::{put_varint, Rd};
 
-#[cfg(target_arch = "x86_64")]
-mod simd;
-
 /// Context classes: 0..=53 for the most used access keys, 54 for every other access key, 55 for
 /// "before the first event", 56..=63 for the non-access kinds (tags 6..=13).
 pub(crate) const CLASS_COUNT: usize = 64;
@@ -709,8 +706,6 @@ impl ContextRows {
 pub(crate) struct TimeDecoder<'a> {
     quantum: u64,
     slots: Vec<u32>,
-    /// The time code stream, which holds every lane's sections.
-    code: &'a [u8],
     lanes: [LaneInput<'a>; LANES],
     /// Per context row pair and bucket: the table entry, `slot_offset << 4 | precision`.
     lut: Vec<u32>,
@@ -853,7 +848,6 @@ impl<'a> TimeDecoder<'a> {
         Ok(TimeDecoder {
             quantum,
             slots,
-            code,
             lanes,
             lut,
             dense,
@@ -894,17 +888,6 @@ impl<'a> TimeDecoder<'a> {
         first_t_ns: u64,
         out: &mut Vec<u64>,
     ) -> Result<u64, String> {
-        self.decode_with(bases, first_t_ns, out, true)
-    }
-
-    /// [`Self::decode`], with the vector path only if `vector` (the tests compare both paths).
-    fn decode_with(
-        &self,
-        bases: &[u16],
-        first_t_ns: u64,
-        out: &mut Vec<u64>,
-        vector: bool,
-    ) -> Result<u64, String> {
         let n = bases.len();
         let bounds = lane_bounds(n);
         let base = out.len();
@@ -928,33 +911,6 @@ impl<'a> TimeDecoder<'a> {
         let lut = &self.lut[..];
         let slots = &self.slots[..];
         let mut large_sum = 0u128;
-        // Every lane but the last has `per` events; all four run together for the last lane's
-        // length.
-        let per = bounds[1] - bounds[0];
-        let together = bounds[LANES] - bounds[LANES - 1];
-        // The vector decoder steps the four lanes together for as many steps as it can; the
-        // scalar steps below finish from there (and do all of it without AVX2).
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if vector {
-            let mut state = simd::LaneState {
-                x,
-                pos,
-                prev_bucket,
-                raw,
-                large_sum,
-            };
-            done = simd::decode_steps(self, bases, &bounds, together, deltas, &mut state)?;
-            simd::LaneState {
-                x,
-                pos,
-                prev_bucket,
-                raw,
-                large_sum,
-            } = state;
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = vector;
         // One event of lane `k` at event index `i`.
         macro_rules! step {
             ($k:literal, $i:expr) => {{
@@ -992,8 +948,11 @@ impl<'a> TimeDecoder<'a> {
             }};
         }
         // The lanes' dependency chains are independent: stepping them in turn lets the CPU overlap
-        // them.
-        for j in done..together {
+        // them. Every lane but the last has `per` events; all four run together for the last
+        // lane's length.
+        let per = bounds[1] - bounds[0];
+        let together = bounds[LANES] - bounds[LANES - 1];
+        for j in 0..together {
             step!(0, bounds[0] + j);
             step!(1, bounds[1] + j);
             step!(2, bounds[2] + j);
@@ -1263,135 +1222,6 @@ mod tests {
                     assert!(want.iter().any(|t| t.is_none()), "{n}: {e}");
                     assert!(n <= 100, "{n}: long chunks must round trip");
                 }
-            }
-        }
-    }
-
-    /// Decodes `model` / `code` with the vector path and with the scalar one; both must give the
-    /// same timestamps or both an error.
-    fn assert_paths_agree(model: &[u8], code: &[u8], event_keys: &[u32]) -> bool {
-        let mut kind_counts = [0u32; 14];
-        for &k in event_keys {
-            if k & NON_ACCESS != 0 {
-                kind_counts[(k & !NON_ACCESS) as usize] += 1;
-            } else {
-                kind_counts[0] += 1;
-            }
-        }
-        let Ok(decoder) = TimeDecoder::parse(model, code, event_keys.len(), &kind_counts) else {
-            return false;
-        };
-        let rows = decoder.context_rows();
-        let mut prev = rows.start;
-        let bases: Vec<u16> = event_keys
-            .iter()
-            .map(|&k| {
-                let row = if k & NON_ACCESS != 0 {
-                    rows.other_row((k & !NON_ACCESS) as u8)
-                } else {
-                    decoder.access_row(k)
-                };
-                let base = rows.base(prev, row);
-                prev = row;
-                base
-            })
-            .collect();
-        let (mut scalar, mut vector) = (Vec::new(), Vec::new());
-        let want = decoder.decode_with(&bases, 0, &mut scalar, false);
-        let got = decoder.decode_with(&bases, 0, &mut vector, true);
-        match (&want, &got) {
-            (Ok(a), Ok(b)) => {
-                assert_eq!(a, b);
-                assert_eq!(scalar, vector);
-            }
-            (Err(_), Err(_)) => {}
-            _ => panic!("scalar {want:?}, vector {got:?}"),
-        }
-        want.is_ok()
-    }
-
-    #[test]
-    fn vector_and_scalar_decoders_agree() {
-        let mut rng = Rng(0x5eed_1234_abcd_ef01);
-        // Long enough for the vector path (64 steps per lane), with lanes of unequal lengths.
-        for n in [
-            255usize, 256, 257, 258, 259, 300, 1001, 4096, 20_000, 65_536,
-        ] {
-            let (model, code, _, event_keys) = encode_sample(&mut rng, n);
-            assert!(assert_paths_agree(&model, &code, &event_keys), "{n}");
-            // Damaged code and model streams: bit flips, random bytes, truncation, and code
-            // streams whose lanes run out of words (truncated rANS sections keep their lengths'
-            // varints consistent only by chance, so most of these are parse errors).
-            for round in 0..300 {
-                let (mut m, mut c) = (model.clone(), code.clone());
-                let target = if round % 4 == 0 { &mut m } else { &mut c };
-                for _ in 0..1 + rng.next() % 3 {
-                    let at = (rng.next() as usize) % target.len();
-                    match rng.next() % 3 {
-                        0 => target[at] ^= 1 << (rng.next() % 8),
-                        1 => target[at] = rng.next() as u8,
-                        _ => target.truncate(at.max(1)),
-                    }
-                }
-                assert_paths_agree(&m, &c, &event_keys);
-            }
-        }
-    }
-
-    /// Times the vector and the scalar decoder on one chunk of 64 Ki events with corpus-like
-    /// deltas: `cargo test --release -p hwrr-formats time_decode_speed -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn time_decode_speed() {
-        let mut rng = Rng(77);
-        let n = 65_536;
-        let keys = 40u64;
-        let mut deltas = Vec::new();
-        let mut event_keys = Vec::new();
-        for i in 0..n {
-            let k = rng.next() % keys;
-            event_keys.push(k as u32);
-            deltas.push(match (i, rng.next() % 100) {
-                (0, _) => 0,
-                (_, 0..=2) => 200 + rng.next() % 5000,
-                (_, r) => (k * 3 + r % 8) % 100,
-            });
-        }
-        let (mut model, mut code) = (Vec::new(), Vec::new());
-        TimeEncoder::default().encode(
-            &mut model,
-            &mut code,
-            1,
-            &deltas,
-            &event_keys,
-            keys as usize,
-        );
-        let decoder = TimeDecoder::parse(&model, &code, n, &[n as u32]).unwrap();
-        let rows = decoder.context_rows();
-        let mut prev = rows.start;
-        let bases: Vec<u16> = event_keys
-            .iter()
-            .map(|&k| {
-                let row = decoder.access_row(k);
-                let b = rows.base(prev, row);
-                prev = row;
-                b
-            })
-            .collect();
-        let mut out = Vec::new();
-        for round in 0..3 {
-            for vector in [false, true] {
-                let mut best = f64::MAX;
-                for _ in 0..200 {
-                    out.clear();
-                    let t = std::time::Instant::now();
-                    decoder.decode_with(&bases, 0, &mut out, vector).unwrap();
-                    best = best.min(t.elapsed().as_secs_f64());
-                }
-                println!(
-                    "{round} vector {vector}: {:.2} ns/event",
-                    best / n as f64 * 1e9
-                );
             }
         }
     }
