@@ -266,8 +266,13 @@ impl<'p> Engine<'p> {
             // QEMU's log lines start at column 0; a line that starts with blanks is the rest of
             // the previous event's message (formats with an embedded `\n`).
             if text.starts_with([' ', '\t']) {
-                self.continuation(text);
-                self.report.ignored += 1;
+                match self.continuation(text) {
+                    Ok(()) => self.report.ignored += 1,
+                    Err(why) => {
+                        let owned = bytes.to_vec();
+                        self.malformed(line_no, why, &owned);
+                    }
+                }
                 continue;
             }
             self.awaiting_sizes = None;
@@ -326,24 +331,24 @@ impl<'p> Engine<'p> {
 
     /// The second line of `vfio_populate_device_config` / `vfio_pci_load_rom` in QEMU versions
     /// that print `Device %s config:\n  size: 0x%lx, offset: 0x%lx, flags: 0x%lx`.
-    fn continuation(&mut self, text: &str) {
+    fn continuation(&mut self, text: &str) -> Result<(), LineError> {
         let Some((i, what)) = self.awaiting_sizes.take() else {
-            return;
+            return Ok(());
         };
-        if let Some(size) = line::field_hex(text, "size:") {
-            self.set_size(i, what, size);
-        }
+        let size = line::field_hex(text, "size:").ok_or("vfio event without size")?;
+        self.set_size(i, what, size)
     }
 
-    fn set_size(&mut self, i: usize, what: SizeOf, size: u64) {
+    fn set_size(&mut self, i: usize, what: SizeOf, size: u64) -> Result<(), LineError> {
         let d = &mut self.devices[i];
         match what {
-            SizeOf::Config => d.vfio_config_size = Some(size),
+            SizeOf::Config => d.vfio_config_size = Some(line::plausible_region_size(7, size)?),
             SizeOf::Rom => {
-                d.bar_size[6] = size;
+                d.bar_size[6] = line::plausible_region_size(6, size)?;
                 d.bar_mapped[6] = true;
             }
         }
+        Ok(())
     }
 
     fn set_actor(&mut self, raw: &RawLine<'_>, dev: Option<usize>) {
@@ -707,7 +712,7 @@ impl<'p> Engine<'p> {
                 };
                 if let Some(i) = self.vfio_device(name) {
                     match line::field_hex(args, "size:") {
-                        Some(size) => self.set_size(i, what, size),
+                        Some(size) => self.set_size(i, what, size)?,
                         // Older QEMUs print the sizes on the next line.
                         None => self.awaiting_sizes = Some((i, what)),
                     }

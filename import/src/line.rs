@@ -509,7 +509,23 @@ pub fn vfio_region_setup(args: &str) -> Result<(&str, u32, u64), LineError> {
     if idx > 8 {
         return Err("region index out of range");
     }
-    Ok((name, idx as u32, size))
+    Ok((name, idx as u32, plausible_region_size(idx as u32, size)?))
+}
+
+/// A VFIO region size as PCI allows it: BARs (0–5) and the ROM (6) are 0 or a power of two (the
+/// ROM at most 2 GiB, a 32-bit BAR), config space (7) is 64 to 4096 bytes.
+pub fn plausible_region_size(region: u32, size: u64) -> Result<u64, LineError> {
+    let ok = match region {
+        0..=5 => size == 0 || size.is_power_of_two(),
+        6 => size == 0 || (size.is_power_of_two() && size <= 1 << 31),
+        7 => (64..=4096).contains(&size),
+        _ => true,
+    };
+    if ok {
+        Ok(size)
+    } else {
+        Err("region size PCI does not allow")
+    }
 }
 
 #[cfg(test)]

@@ -552,6 +552,14 @@ fn passthrough_two_line_formats_of_older_qemus() {
         imp.header().region(6).map(|x| (x.kind, x.size)),
         Some((RegionKind::Rom, 0x8000))
     );
+    // A size PCI does not allow is a malformed line, not a region.
+    let text = PASSTHROUGH.replace(
+        "Device '0000:01:00.0' ROM: size: 0x40000,",
+        "Device 0000:01:00.0 ROM:\n  size: 0xffffffffffffffff,",
+    );
+    let (imp, _, report) = import(&text, None);
+    assert_eq!(report.malformed, 1);
+    assert_ne!(imp.header().region(6).map(|x| x.size), Some(u64::MAX));
     // A blank-led line after any other event is ignored, not malformed, and sets nothing.
     let text = PASSTHROUGH.replace(
         "vfio_pci_reset  (0000:01:00.0)\n",
@@ -592,7 +600,17 @@ proptest! {
         picks in proptest::collection::vec((0usize..64, 0usize..200, 0usize..200, any::<u8>(), any::<bool>()), 1..60),
         noise in proptest::collection::vec(any::<u8>(), 0..200),
     ) {
-        let source: Vec<&str> = EMULATED.lines().chain(PASSTHROUGH.lines()).collect();
+        let two_line_formats = [
+            "2024-05-01T10:00:00.000001Z vfio_populate_device_config Device 0000:01:00.0 config:",
+            "2024-05-01T10:00:00.000002Z vfio_pci_load_rom Device 0000:01:00.0 ROM:",
+            "  size: 0x40000, offset: 0x60000000000, flags: 0x1",
+            "\tsize: 0xffffffffffffffff",
+        ];
+        let source: Vec<&str> = EMULATED
+            .lines()
+            .chain(PASSTHROUGH.lines())
+            .chain(two_line_formats)
+            .collect();
         let mut text = String::new();
         for (i, cut, flip, byte, keep) in picks {
             let l = source[i % source.len()];
