@@ -62,6 +62,10 @@ pub struct Counters {
     pub poll_extended: u64,
     /// Polling runs the guest left early (or that `shorten_polls` cut).
     pub poll_shortened: u64,
+    /// Guest reads answered with a recorded read farther ahead while the cursor stays (counted in
+    /// `inserted`, resync): reads found past a write the guest has not made, and an interrupt
+    /// handler's first reads of a register when the capture's handler ran later.
+    pub answered_from_ahead: u64,
     /// Guest calls that did not match the recorded stream at the cursor (the report's
     /// `divergences` lists the first 32).
     pub mismatches: u64,

@@ -9,12 +9,23 @@ const PAIR_DISTANCE: usize = 8;
 /// a guest that far off the trace resyncs on its writes).
 const MAX_WRITES_OFF_STREAM: usize = 16;
 
+/// How many reads in a row are answered from ahead while the cursor stands still.
+const MAX_AHEAD_STREAK: u32 = 8;
+
+/// How many registers an interrupt handler's reads are looked for after one interrupt.
+const MAX_READS_AFTER_IRQ: usize = 8;
+
+/// How much farther than the resync window an interrupt handler's read is looked for: a
+/// capture's handler can run a few dozen driver accesses after its interrupt.
+const READ_AHEAD_WINDOWS: u32 = 4;
+
 impl Replayer {
     /// Consumes the op at the cursor as matched and settles (interrupts and DMA recorded after it
     /// happen now). Returns the value a read answers.
     #[inline]
     pub(super) fn consume(&mut self, op: Op) -> u64 {
         self.state.counters.matched += 1;
+        self.state.ahead_streak = 0;
         if !self.state.writes_off_stream.is_empty() {
             self.state.writes_off_stream.clear();
         }
@@ -509,6 +520,7 @@ impl Replayer {
     #[inline(always)]
     pub(super) fn advance_matched(&mut self, i: usize, answer: u64) -> u64 {
         self.state.counters.matched += 1;
+        self.state.ahead_streak = 0;
         self.state.cursor.op = i + 1;
         match self.cur.ops.get(i + 1) {
             Some(next) if next.kind.is_guest_call() => {}
@@ -636,12 +648,23 @@ impl Replayer {
             }
             Policy::Resync { window } => {
                 let found = self.lookahead_crossing(kind, region, offset, size, value, window);
-                if let (false, Some((_, o, true))) = (write, found) {
-                    // A read found only past a recorded write or reset the guest has not made:
-                    // the recorded answer is the best guess of the register, but skipping there
-                    // would skip that write too, and the answers after it may be its effect
-                    // (NVMe's CSTS.RDY after CC.EN). Answer without moving.
+                // A read found only past a recorded write or reset the guest has not made: the
+                // recorded answer is the best guess of the register, but skipping there would
+                // skip that write too, and the answers after it may be its effect (NVMe's
+                // CSTS.RDY after CC.EN). Answer without moving.
+                // A driver that left the recorded path for good (a watchdog pass that skips
+                // the PHY accesses the capture made) would keep the cursor standing: after
+                // `MAX_AHEAD_STREAK` such reads in a row, reads skip ahead as writes do.
+                let standing = self.state.ahead_streak < MAX_AHEAD_STREAK;
+                let ahead = match found {
+                    Some((_, o, true)) if !write && standing => Some(o),
+                    None if !write && standing => self.irq_handler_read(key, window),
+                    _ => None,
+                };
+                if let Some(o) = ahead {
+                    self.state.ahead_streak += 1;
                     self.state.counters.inserted += 1;
+                    self.state.counters.answered_from_ahead += 1;
                     self.state.last_read = None;
                     let v = if self.state.readback.is_empty() {
                         o.value
@@ -746,6 +769,25 @@ impl Replayer {
     ) -> Option<Cursor> {
         self.lookahead_crossing(kind, region, offset, size, value, window)
             .map(|(at, _, _)| at)
+    }
+
+    /// The recorded first read of `key` after the interrupt the device raised last, when it lies
+    /// beyond the resync window (within [`READ_AHEAD_WINDOWS`] windows) and this is the guest's
+    /// first such read of `key` since: an interrupt handler that ran right away at replay, where
+    /// the capture's ran dozens of driver accesses later (a busy TCG host), reads what the
+    /// capture's handler read (e1000e's ICR with the cause it tests for).
+    fn irq_handler_read(&mut self, key: RegKey, window: u32) -> Option<Op> {
+        let keys = self.state.reads_after_irq.as_ref()?;
+        if keys.contains(&key) || keys.len() >= MAX_READS_AFTER_IRQ {
+            return None;
+        }
+        let (region, offset, size) = key;
+        let reach = window.saturating_mul(READ_AHEAD_WINDOWS);
+        let (_, o, _) = self.lookahead_crossing(OpKind::Read, region, offset, size, 0, reach)?;
+        if let Some(keys) = self.state.reads_after_irq.as_mut() {
+            keys.push(key);
+        }
+        Some(o)
     }
 
     /// [`Self::lookahead`], with the call found and whether the recorded calls before it include
@@ -884,6 +926,7 @@ impl Replayer {
     /// recorded guest calls were skipped.
     pub(super) fn skip_to(&mut self, target: Cursor) -> u64 {
         self.state.writes_off_stream.clear();
+        self.state.ahead_streak = 0;
         let mut skipped = 0;
         let mut learned_upto = 0usize;
         while self.state.cursor != target {

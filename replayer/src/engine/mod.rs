@@ -179,6 +179,13 @@ pub struct ReplayState {
     /// Registers the guest wrote where the trace did not follow (inserted writes) since the
     /// cursor last moved: a recorded write to one of them counts as made when a read resyncs.
     writes_off_stream: Vec<RegKey>,
+    /// Reads answered from ahead in a row while the cursor stood still: past a bound the guest
+    /// is taken to have left the recorded path, and reads resync by skipping again.
+    ahead_streak: u32,
+    /// Since the device last raised an interrupt (`None` before the first): the registers whose
+    /// first read after it was answered from farther ahead than the resync window (the
+    /// interrupt handler's reads, where the capture's handler ran later).
+    reads_after_irq: Option<Vec<RegKey>>,
     /// Register values the guest wrote that differ from the recording, and model answers: stamp
     /// (cursor position) and value.
     model: BTreeMap<RegKey, (u64, u64)>,
@@ -281,6 +288,8 @@ impl Shared {
             run_extended: false,
             shorten_tried: false,
             writes_off_stream: Vec::new(),
+            reads_after_irq: None,
+            ahead_streak: 0,
             model: BTreeMap::new(),
             config: self.rules.snapshot.clone(),
             msix: self.rules.msix.map(|m| MsixModel::new(m.entries)),
@@ -568,6 +577,10 @@ impl Replayer {
     fn execute(&mut self, op: Op) {
         match op.kind {
             OpKind::Irq => {
+                match &mut self.state.reads_after_irq {
+                    Some(keys) => keys.clear(),
+                    None => self.state.reads_after_irq = Some(Vec::new()),
+                }
                 if self.shared.options.honor_delays {
                     self.wait_recorded_delay();
                 }
