@@ -277,3 +277,37 @@ fn e1000e_recorded_dhcp_and_how_far_its_replay_gets() {
         run.count("relocations_learned"),
     );
 }
+
+#[test]
+fn e1000e_watch_set_recording_replays_its_dma_without_harming_the_guest() {
+    // Recorded with the watch set (the RX frames and descriptor write-backs logged as DMA
+    // writes) and replayed to a fresh guest: the replayer applies those writes in the replayed
+    // guest's memory, which must keep its kernel healthy (the script checks for BUG/Oops/panic)
+    // and its driver probing with the recorded MAC.
+    let Some(run) = run_scenario(
+        "e1000e",
+        "-watch",
+        &[
+            ("DHCP", "1"),
+            ("RECORD_ARGS", ""),
+            ("REPLAY_LINK", "report"),
+        ],
+    ) else {
+        return;
+    };
+    assert_probed_with_the_recorded_mac(&run);
+    assert!(link_up(&run.record), "{:?}", run.record);
+    assert!(
+        run.count("dma_writes_applied") > 0,
+        "no recorded DMA write reached the replayed guest: {}",
+        run.report
+    );
+    println!(
+        "WATCH e1000e replay: link {}, trace finished {}, dma_writes_applied {}, relocations_learned {}, answered_from_ahead {}",
+        if link_up(&run.replay) { "up" } else { "down" },
+        run.report["trace_finished"],
+        run.count("dma_writes_applied"),
+        run.count("relocations_learned"),
+        run.count("answered_from_ahead"),
+    );
+}
