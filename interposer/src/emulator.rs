@@ -12,7 +12,7 @@ use hwrr_device::{
     Device, DeviceDescription, DeviceError, DmaMapping, DmaRegion, IrqAction, IrqData,
     IrqSetRequest, IrqSetup, MappedMemory, SparseMemory,
 };
-use hwrr_replayer::{ReplayOptions, ReplayReport, ReplayState, Replayer};
+use hwrr_replayer::{ReplayOptions, ReplayReport, Replayer};
 
 use crate::config::{normalize_bdf, Config};
 use crate::log::Logger;
@@ -61,10 +61,6 @@ struct Slot {
     container: Option<usize>,
     device_fds: usize,
     memory_attached: bool,
-    /// The engine's state before the first access: the device as the capture found it.
-    initial: ReplayState,
-    /// Resets QEMU made before the guest touched a register and the trace did not have.
-    power_on_resets: u64,
 }
 
 /// The emulated VFIO world of replay mode.
@@ -194,10 +190,7 @@ impl Emulator {
                     config.policy.name()
                 )
             });
-            let initial = replayer.state();
             slots.push(Slot {
-                initial,
-                power_on_resets: 0,
                 bdf,
                 group,
                 trace: spec.trace.clone(),
@@ -756,17 +749,8 @@ impl Emulator {
                 let Some(r) = s.replayer.as_mut() else {
                     return Err(libc::ENODEV);
                 };
-                if r.state_ref().counters().accesses == 0 && !trace_resets_here(r) {
-                    // QEMU's vfio-pci resets the device at machine reset, before the guest runs. A
-                    // reset before any register access leaves the device as the capture found it
-                    // (a capture starts from a freshly reset device), so the engine goes back to
-                    // its starting state instead of calling it a divergence.
-                    r.restore(s.initial.clone()).map_err(|_| libc::EIO)?;
-                    s.power_on_resets += 1;
-                    self.log
-                        .debug(|| "DEVICE_RESET before any register access: back to the recorded starting state".into());
-                    return Ok(0);
-                }
+                // A reset before any register access that the trace lacks (QEMU's machine-reset
+                // reset) is absorbed by the engine as a power-on reset.
                 self.log.debug(|| "DEVICE_RESET".into());
                 r.reset().map_err(|e| errno_of(&e))?;
                 Ok(0)
@@ -863,12 +847,6 @@ impl Emulator {
         })
     }
 
-    /// Resets absorbed as power-on resets (before any register access, absent from the trace), by
-    /// device, in [`Emulator::devices`] order.
-    pub fn power_on_resets(&self) -> Vec<u64> {
-        self.slots.iter().map(|s| s.power_on_resets).collect()
-    }
-
     /// The replay reports of every device, by BDF.
     pub fn reports(&self) -> Vec<(String, PathBuf, Vec<ReplayReport>)> {
         self.slots
@@ -881,15 +859,6 @@ impl Emulator {
             })
             .collect()
     }
-}
-
-/// Whether the trace has a device reset at the engine's cursor (tried on a fork, which shares the
-/// compiled trace and has no interrupt wiring or memory).
-fn trace_resets_here(r: &Replayer) -> bool {
-    let before = r.state_ref().counters().resets_matched;
-    let mut probe = r.fork();
-    let _ = probe.reset();
-    probe.state_ref().counters().resets_matched > before
 }
 
 /// Up to 16 bytes of an access as hex, for the log.

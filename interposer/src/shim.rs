@@ -175,11 +175,7 @@ fn finish() {
             }
         }
         if let Some(path) = &shim.report {
-            let mut v = report_json(&reports);
-            let resets = em.power_on_resets();
-            if let (Some(obj), [n]) = (v.as_object_mut(), resets.as_slice()) {
-                obj.insert("power_on_resets".into(), (*n).into());
-            }
+            let v = report_json(&reports);
             let text = serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
             if let Err(e) = std::fs::write(path, text) {
                 shim.log

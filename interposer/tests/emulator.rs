@@ -371,7 +371,7 @@ fn qemu_vfio_pci_sequence() {
     let mut word = [0u8; 2];
     assert_eq!(em.pwrite(dev_fd, &[0x06, 0x00], (7 << 40) + 4), Some(Ok(2)));
     assert_eq!(ioctl_int(&mut em, dev_fd, uapi::DEVICE_RESET, 0), Ok(0));
-    assert_eq!(em.power_on_resets(), vec![1]);
+    assert_eq!(power_on_resets(&em), 1);
     assert_eq!(em.pread(dev_fd, &mut word, (7 << 40) + 4), Some(Ok(2)));
     assert_eq!(
         u16::from_le_bytes(word),
@@ -441,7 +441,7 @@ fn qemu_vfio_pci_sequence() {
 
     // A reset after register accesses is the guest's business: the trace has none, strict diverges.
     assert_eq!(ioctl_int(&mut em, dev_fd, uapi::DEVICE_RESET, 0), Ok(0));
-    assert_eq!(em.power_on_resets(), vec![1]);
+    assert_eq!(power_on_resets(&em), 1);
     let after = em.reports();
     assert!(after[0].2.last().unwrap().first_divergence.is_some());
 
@@ -547,4 +547,13 @@ fn two_devices_share_a_container_like_qemu_does() {
         // SAFETY: closing the placeholder fds the emulator created.
         unsafe { libc::close(fd) };
     }
+}
+
+/// Power-on resets the engine absorbed, over the sessions of the emulator's only device.
+fn power_on_resets(em: &Emulator) -> u64 {
+    em.reports()
+        .iter()
+        .flat_map(|(_, _, sessions)| sessions.iter())
+        .map(|r| r.counters.power_on_resets)
+        .sum()
 }

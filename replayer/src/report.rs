@@ -97,6 +97,10 @@ pub struct Counters {
     /// Guest resets the trace had no reset for (also counted as an insertion under resync and a
     /// fallback under model).
     pub resets_unmatched: u64,
+    /// Device resets before the guest's first register access that the trace did not have at
+    /// its start (a VMM's machine-reset reset): absorbed, the device stays as the capture found
+    /// it.
+    pub power_on_resets: u64,
     /// Nanoseconds waited to honour recorded interrupt delays (`honor_delays`).
     pub delay_ns_waited: u64,
     /// Config-space reads (modelled).

@@ -315,13 +315,20 @@ fn reset_matches_a_recorded_reset_or_diverges() {
             4096,
             opts(policy),
         );
+        // Before the first register access it is the VMM's machine-reset reset: absorbed.
+        vmm.dev.reset().unwrap();
+        let r = vmm.dev.report();
+        assert!(!r.diverged, "{policy:?}");
+        assert_eq!(r.counters.power_on_resets, 1);
+        vmm.write(0x0, 1);
         vmm.dev.reset().unwrap();
         let r = vmm.dev.report();
         assert!(r.diverged, "{policy:?}");
         let d = r.first_divergence.unwrap();
         assert_eq!(d.actual["kind"], "reset");
-        assert_eq!(d.seq, 0);
+        assert_eq!(d.seq, 1);
         assert_eq!(r.stopped_following, policy == Policy::Strict);
+        assert_eq!(r.counters.power_on_resets, 1);
     }
 }
 
