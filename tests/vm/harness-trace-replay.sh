@@ -18,7 +18,8 @@
 # Usage: harness-trace-replay.sh        (exit 77 = prerequisites missing: skip)
 # Env:   WORK=/tmp/vtdbox (as for vtdbox.sh), OUT=$WORK/harness-trace, HARNESS=<repo>/../shared/harness,
 #        HWRR=<repo>/target/release/hwrr, MB=2 PINGS=100 (capture workload),
-#        QEMU_NEW=<a newer qemu-system-x86_64> (also replay under it, e.g. the QEMU 10.2 CI builds)
+#        QEMU_NEW=<a newer qemu-system-x86_64> (also replay under its vfio-pci through the interposer,
+#        and with `hwrr replay` over vfio-user to its vfio-user-pci: QEMU >= 10.1, e.g. CI's 10.2 build)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -124,6 +125,10 @@ if [ -n "${QEMU_NEW:-}" ]; then
   trace=$OUT/full.hwrr
   WORK="$WORK" OUT="$OUT/replay-newer-qemu" TRACE="$trace" DRIVER=e1000e NIC_MAC=52:54:00:12:34:56 \
     UP=1 POLICY=resync MAX_SKIPS=1000000 QEMU="$QEMU_NEW" "$HERE/interposer-replay.sh" replay
+  # And served by `hwrr replay` over vfio-user to that QEMU's vfio-user-pci client.
+  log "replay over vfio-user to $("$QEMU_NEW" --version | head -1)"
+  WORK="$WORK" OUT="$OUT/replay-vfio-user" TRACE="$trace" DRIVER=e1000e NIC_MAC=52:54:00:12:34:56 \
+    UP=1 POLICY=resync MAX_SKIPS=1000000 QEMU="$QEMU_NEW" TRANSPORT=vfio-user "$HERE/interposer-replay.sh" replay
 fi
 echo "PASS: a harness-captured e1000e trace imports exactly and replays to the guest's e1000e;" \
   "the replay's own QEMU vfio log imports and replays too"

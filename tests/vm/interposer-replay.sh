@@ -15,6 +15,8 @@
 #        NIC_MAC=52:54:00:ab:cd:ef, POLICY=resync, MAX_SKIPS=64, QEMU_TIMEOUT=120, TRACE=<use this trace>,
 #        UP=1 (also bring the link up: rings, MSI-X, link interrupt; capture and replay must agree),
 #        REPLAY_TRACE=1 (the replay QEMU logs its vfio_* trace events to $OUT/replay-vfio-trace.log),
+#        TRANSPORT=vfio-user (serve the trace with `hwrr replay` over vfio-user to QEMU's vfio-user-pci
+#        client instead of the interposer; QEMU must be >= 10.1),
 #        DRIVER=e1000e (the guest module that probes the replay; `capture` records e1000e only, so
 #        another driver needs TRACE, e.g. DRIVER=8139cp with the imported rtl8139 corpus log)
 set -euo pipefail
@@ -140,12 +142,32 @@ replay() {
   local trace=${TRACE:-$OUT/e1000e-probe.hwrr} con=$OUT/replay-console.log report=$OUT/replay-report.json shimlog=$OUT/shim.log
   [ -s "$trace" ] || die "no trace at $trace (run capture first)"
   rm -f "$con" "$report" "$shimlog"
-  log "replay: $trace under $LIB (policy $POLICY), vfio-pci host=$HOST_BDF, no IOMMU"
   local rc=0
-  # shellcheck disable=SC2046
-  LD_PRELOAD="$LIB" HWRR_MODE=replay HWRR_TRACE="$trace" HWRR_POLICY="$POLICY" HWRR_REPORT="$report" HWRR_LOG="$shimlog" \
+  if [ "${TRANSPORT:-interposer}" = vfio-user ]; then
+    # The same guest and checks, the trace served by `hwrr replay` over vfio-user to QEMU's
+    # vfio-user-pci client (QEMU >= 10.1; guest RAM in a shared memfd for the server's DMA).
+    local sock=$OUT/replay.sock rp
+    rm -f "$sock"
+    log "replay: $trace via hwrr replay over vfio-user (policy $POLICY) to $("$QEMU" --version | head -1)"
+    "$HWRR" replay "$trace" --listen "$sock" --once --policy "$POLICY" --report "$report" > "$shimlog" 2>&1 &
+    rp=$!
+    for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || { cat "$shimlog" >&2; die "hwrr replay did not listen on $sock"; }
+    # shellcheck disable=SC2046
     timeout "$QEMU_TIMEOUT" "$QEMU" $(qemu_common) -append "$GUEST_ARGS" -serial "file:$con" \
-    -device "vfio-pci,host=$HOST_BDF,x-no-mmap=on,bus=pcie.0,addr=0x2" $(replay_trace_args) || rc=$?
+      -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
+      -device "{\"driver\":\"vfio-user-pci\",\"id\":\"vu0\",\"socket\":{\"type\":\"unix\",\"path\":\"$sock\"}}" || rc=$?
+    for _ in $(seq 1 100); do kill -0 "$rp" 2>/dev/null || break; sleep 0.1; done
+    kill "$rp" 2>/dev/null || true
+    wait "$rp" 2>/dev/null || true
+    tail -1 "$shimlog" >&2
+  else
+    log "replay: $trace under $LIB (policy $POLICY), vfio-pci host=$HOST_BDF, no IOMMU"
+    # shellcheck disable=SC2046
+    LD_PRELOAD="$LIB" HWRR_MODE=replay HWRR_TRACE="$trace" HWRR_POLICY="$POLICY" HWRR_REPORT="$report" HWRR_LOG="$shimlog" \
+      timeout "$QEMU_TIMEOUT" "$QEMU" $(qemu_common) -append "$GUEST_ARGS" -serial "file:$con" \
+      -device "vfio-pci,host=$HOST_BDF,x-no-mmap=on,bus=pcie.0,addr=0x2" $(replay_trace_args) || rc=$?
+  fi
   log "replay QEMU exit $rc"
   tr -d '\r' < "$con" | grep -aE "$DRIVER|PROBE|vfio" >&2 || true
   [ -s "$report" ] || die "no JSON report at $report (shim log: $shimlog)"
