@@ -103,9 +103,10 @@ INIT
   echo "$out"
 }
 
+# -nodefaults: QEMU 10.2's default q35 devices (the AHCI CD-ROM) cost a TCG guest ~30 s of boot.
 qemu_common() {
   echo -accel tcg -M q35 -cpu max -m 512 -smp 1 -kernel "$WORK/vmlinux" -initrd "$OUT/probe-initrd.gz" \
-    -display none -vga none -monitor none -no-reboot -nic none
+    -nodefaults -display none -vga none -monitor none -no-reboot -nic none
 }
 
 # REPLAY_TRACE=1: the replay QEMU logs its vfio-pci trace events (QEMU's passthrough dialect, what
