@@ -63,10 +63,21 @@ impl Replayer {
             Some(next) if next.kind.is_guest_call() => {}
             _ => self.settle(),
         }
-        if op.kind == OpKind::Read && !self.state.readback.is_empty() {
-            self.read_back(op.region, op.offset, op.size, op.value)
+        if op.kind == OpKind::Read {
+            self.read_answer(&op)
         } else {
             op.value
+        }
+    }
+
+    /// What the recorded read `op` answers the guest: its value, or what the guest wrote to a
+    /// relocated address register that the recording wrote the value to ([`Self::read_back`]).
+    #[inline(always)]
+    fn read_answer(&self, op: &Op) -> u64 {
+        if self.state.readback.is_empty() {
+            op.value
+        } else {
+            self.read_back(op.region, op.offset, op.size, op.value)
         }
     }
 
@@ -477,11 +488,7 @@ impl Replayer {
                             self.state.last_read = Some(*op);
                         }
                         self.state.run_extended = false;
-                        let answer = if self.state.readback.is_empty() {
-                            v
-                        } else {
-                            self.read_back(region, offset, size, v)
-                        };
+                        let answer = self.read_answer(op);
                         return self.advance_matched(i, answer);
                     }
                 }
@@ -666,11 +673,7 @@ impl Replayer {
                     self.state.counters.inserted += 1;
                     self.state.counters.answered_from_ahead += 1;
                     self.state.last_read = None;
-                    let v = if self.state.readback.is_empty() {
-                        o.value
-                    } else {
-                        self.read_back(o.region, o.offset, o.size, o.value)
-                    };
+                    let v = self.read_answer(&o);
                     self.set_model(key, v);
                     return v;
                 }

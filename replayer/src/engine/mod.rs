@@ -176,8 +176,9 @@ pub struct ReplayState {
     run_extended: bool,
     /// Whether `shorten_polls` looked for the end of the current run already.
     shorten_tried: bool,
-    /// Registers the guest wrote where the trace did not follow (inserted writes) since the
-    /// cursor last moved: a recorded write to one of them counts as made when a read resyncs.
+    /// Registers the guest wrote where the trace did not follow (inserted writes) since the last
+    /// resync or slow-path match (a fast-path match keeps them: the recorded write may still be
+    /// ahead): a recorded write to one of them counts as made when a read resyncs.
     writes_off_stream: Vec<RegKey>,
     /// Reads answered from ahead in a row while the cursor stood still: past a bound the guest
     /// is taken to have left the recorded path, and reads resync by skipping again.
