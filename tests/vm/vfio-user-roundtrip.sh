@@ -4,6 +4,10 @@
 #
 #   e1000e  QEMU's own e1000e (non-default MAC) exported by `-object x-vfio-user-server`;
 #           the guest loads Linux's e1000e (IntMode=0), reports the MAC and the link, tries DHCP.
+#   nvme    QEMU's own nvme (a 64 MiB raw image) exported by `-object x-vfio-user-server`; the guest
+#           loads Linux's nvme (legacy INTx: pci=nomsi), writes NVME_KIB of a fixed pattern with
+#           O_DIRECT and reads it back: in the replayed run every byte read comes from the trace's
+#           DMA writes.
 #   gpio    libvfio-user's gpio-pci-idio-16 sample; the guest loads Linux's gpio-pci-idio-16 and
 #           reads GPIO lines through sysfs (the sample answers with a counter, so the values read
 #           pin down the order of the recorded accesses).
@@ -37,7 +41,7 @@
 set -euo pipefail
 
 SCEN=${1:-}
-case "$SCEN" in e1000e|gpio) ;; *) echo "usage: $0 e1000e|gpio" >&2; exit 2;; esac
+case "$SCEN" in e1000e|gpio|nvme) ;; *) echo "usage: $0 e1000e|gpio|nvme" >&2; exit 2;; esac
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=${OUT:-/tmp/hwrr-vfio-user-$SCEN}
@@ -100,7 +104,7 @@ r=$(mktemp -d)
 mkdir -p "$r"/{bin,sbin,proc,sys,dev,tmp,etc,usr/bin,usr/sbin,lib/modules/$KV}
 cp /bin/busybox "$r/bin/busybox"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$r/bin/$a"; done
-for m in e1000e gpio-pci-idio-16; do
+for m in e1000e gpio-pci-idio-16 nvme; do
   p=$(grep -E "/${m}\.ko(\.xz|\.zst)?:" "$M/modules.dep" || true)
   [ -n "$p" ] || die "module $m not in $M/modules.dep"
   for f in $(echo "$p" | tr -d ':'); do
@@ -141,7 +145,9 @@ client_vm() {
   local dev='{"driver":"vfio-user-pci","id":"vu0","socket":{"type":"unix","path":"'"$sock"'"}}'
   local tr=()
   [ "${VM_TRACE:-0}" = 1 ] && tr=(-trace 'vfio_region_r*' -trace 'vfio_region_w*' -D "$con.trace")
-  local append="console=ttyS0 panic=-1 quiet loglevel=4 vu=$SCEN vu_dhcp=$DHCP ${KERNEL_APPEND_EXTRA:-}"
+  local append="console=ttyS0 panic=-1 quiet loglevel=4 vu=$SCEN vu_dhcp=$DHCP vu_kib=${NVME_KIB:-1024} ${KERNEL_APPEND_EXTRA:-}"
+  # MSI-X does not work between QEMU's vfio-user client and server (QEMU-VFIO-USER.md)
+  [ "$SCEN" = nvme ] && append="$append pci=nomsi"
   echo "$Q -accel tcg -M q35 -cpu max -m 512M -smp 1 -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem -nodefaults -display none -vga none -serial file:$con -monitor none -no-reboot -kernel $WORK/vmlinux -initrd $INITRD -append '$append' -device '$dev'" > "$con.cmd"
   timeout "$VM_TIMEOUT" "$Q" -accel tcg -M q35 -cpu max -m 512M -smp 1 \
     -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem \
@@ -173,6 +179,12 @@ e1000e)
   "$Q" -machine x-remote,vfio-user=on,auto-shutdown=on -accel tcg -nodefaults -display none -monitor none \
     -device "e1000e,id=nic0,netdev=n0,mac=$NIC_MAC" -netdev user,id=n0 \
     -object "x-vfio-user-server,id=vfu0,type=unix,path=$SERVER_SOCK,device=nic0" > "$OUT/server.log" 2>&1 &
+  SERVER_PID=$! ;;
+nvme)
+  truncate -s 64M "$OUT/run/nvme.img"
+  "$Q" -machine x-remote,vfio-user=on,auto-shutdown=on -accel tcg -nodefaults -display none -monitor none \
+    -drive "file=$OUT/run/nvme.img,if=none,id=nv0,format=raw,cache=unsafe" -device nvme,id=nvme0,drive=nv0,serial=hwrr0 \
+    -object "x-vfio-user-server,id=vfu0,type=unix,path=$SERVER_SOCK,device=nvme0" > "$OUT/server.log" 2>&1 &
   SERVER_PID=$! ;;
 gpio)
   "$QEMU_PREFIX/bin/libvfio-user-samples/gpio-pci-idio-16" -M -R -v "$SERVER_SOCK" > "$OUT/server.log" 2>&1 &
@@ -245,6 +257,14 @@ e1000e)
     echo "DHCP record=$rd replay=$pd ($(line "$OUT/vu-replay.txt" 'dhcp lease'))"
     [ "${REQUIRE_DHCP:-0}" = 1 ] && check replay-dhcp "$([ "$pd" = ok ] && echo 0 || echo 1)" "replay dhcp $pd"
   fi ;;
+nvme)
+  for run in record replay; do
+    f="$OUT/vu-$run.txt"
+    check "$run-driver" "$(has "$f" "VU driver nvme")" "$(line "$f" driver)"
+    check "$run-namespace" "$(grep -q '^VU nvme namespace nvme0n1 ' "$f" && echo 0 || echo 1)" "$(line "$f" 'nvme namespace')"
+    check "$run-write" "$(has "$f" "VU nvme write ok")" "$(line "$f" 'nvme write')"
+    check "$run-readback" "$(grep -q '^VU nvme readback ok' "$f" && echo 0 || echo 1)" "$(line "$f" 'nvme readback')"
+  done ;;
 gpio)
   for run in record replay; do
     f="$OUT/vu-$run.txt"
