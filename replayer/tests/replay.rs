@@ -937,6 +937,68 @@ fn inferred_writes_land_only_where_the_guest_keeps_its_buffers() {
     }
 }
 
+/// An NVMe-like command: the guest puts a command naming a whole page into the ring at `RING`
+/// (its submission queue), programs a completion ring at `CQ` and the device fills the page
+/// (Identify data, a read) and, with `completes`, posts the completion and interrupts. No
+/// descriptor is written back over the pointer, so only the submitted command says the page is
+/// the device's.
+const CQ: u64 = 0x10_8000;
+const CQ_LO: u64 = 0x3800;
+const CQ_HI: u64 = 0x3804;
+const DATA: u64 = 0x10_4000;
+
+fn submitted_page_trace(completes: bool) -> Trace {
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    t.dma_write(DATA + 0x800, &[0x5A; 16], Some(&[0; 16]));
+    if completes {
+        t.dma_write(CQ + 14, &[1], Some(&[0]));
+    }
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    t
+}
+
+#[test]
+fn a_page_named_by_a_submitted_command_receives_the_completed_write() {
+    for policy in policies() {
+        for (completes, named, landed) in [
+            // The guest's submission ring names the page and the group posts a completion: the
+            // write lands (past the 2 KiB a written-back descriptor's buffer is trusted for: a
+            // command names a whole page).
+            (true, Some(DATA), true),
+            // Another page, an address inside the page (a page-aligned pointer names a page;
+            // packet buffers are not page-aligned), nothing named, or a group that completes
+            // nothing (the guest's own writes to a buffer it just handed out): the page is left
+            // alone.
+            (true, Some(DATA + 0x1000), false),
+            (true, Some(DATA + 0x100), false),
+            (true, None, false),
+            (false, Some(DATA), false),
+        ] {
+            let mut vmm = Vmm::new(submitted_page_trace(completes), 4096, opts(policy));
+            ring_bring_up(&mut vmm, RING, named);
+            vmm.write(CQ_LO, CQ as u32);
+            vmm.write(CQ_HI, 0);
+            assert_eq!(vmm.read(ICR), 0x80);
+            assert_eq!(vmm.irqs(0), 1);
+            let want = if landed { [0x5A; 16] } else { [0; 16] };
+            let case = format!("{policy:?} completes={completes} named={named:x?}");
+            assert_eq!(vmm.mem_bytes(DATA + 0x800, 16), want, "{case}");
+            let c = vmm.dev.report().counters;
+            assert_eq!(
+                c.dma_writes_unconfirmed,
+                u64::from(!landed),
+                "{case}: {c:?}"
+            );
+            if completes {
+                assert_eq!(vmm.mem_bytes(CQ + 14, 1), [1], "{case}: completion posted");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_mapping_the_recorded_iommu_refused_is_refused_again() {
     use hwrr_device::{DmaMapping, DmaRegion};

@@ -37,6 +37,9 @@ const MIN_POINTER: u64 = 1 << 20;
 
 /// Bound on the buffer pointers remembered for one group of device actions.
 const MAX_GROUP_BUFFERS: usize = 4096;
+/// Rings whose first page `page_named_by_guest_ring` reads (the register-named pages around the
+/// cursor; a device has a few).
+const MAX_NAMED_RINGS: usize = 64;
 
 /// Descriptor granularity assumed when reading the descriptor a write-back went to (16 bytes:
 /// Intel and Realtek NIC descriptors, virtio descriptors).
@@ -202,6 +205,9 @@ pub struct ReplayState {
     /// Buffers of the descriptors the current group of device actions writes back, as the replay
     /// guest's memory holds them before the group lands: the buffers the device fills now.
     group_buffers: Vec<u64>,
+    /// Whether the current group of device actions writes back to a ring the guest programmed
+    /// (a completion): only then may it fill pages the guest's submitted commands name.
+    group_completes: bool,
     /// The recorded answer to a request the guest wrote off the stream (request/response
     /// registers), while the guest polls it.
     response: Option<Box<response::Response>>,
@@ -299,6 +305,7 @@ impl Shared {
             recorded_mappings: self.start_mappings.clone(),
             readback: Vec::new(),
             group_buffers: Vec::new(),
+            group_completes: false,
             response: None,
             counters: Counters::default(),
             mismatch: None,
@@ -880,7 +887,57 @@ impl Replayer {
         if register_ring_page || self.named_ring(rec) {
             return true;
         }
-        self.given_to_device(target, len as u64)
+        self.given_to_device(target, len as u64) || self.page_named_by_guest_ring(target, len)
+    }
+
+    /// Whether the `len` bytes at `target` lie in one page whose address, page-aligned, is a word
+    /// of the first page of a ring the replay guest programmed as the recorded guest did, while
+    /// the current group of device actions completes something (writes back to such a ring): a
+    /// page a submitted command names (an NVMe command's data pointer: Identify data, a queue, a
+    /// read buffer), filled in the group that posts the command's completion. Such commands sit
+    /// in a submission queue, which the device reads and never writes back, and their completion
+    /// goes to another ring, so `given_to_device` (buffers of the descriptors written back) misses
+    /// them. A guest's own writes to a buffer it just handed out come in a group that completes
+    /// nothing, and a NIC's packet buffers are not page-aligned.
+    fn page_named_by_guest_ring(&mut self, target: u64, len: usize) -> bool {
+        let page = target - target % PAGE;
+        if !self.state.group_completes
+            || page < MIN_POINTER
+            || target.saturating_add(len as u64) > page + PAGE
+        {
+            return false;
+        }
+        let Some(memory) = self.memory.clone() else {
+            return false;
+        };
+        let mut rings: Vec<u64> = Vec::new();
+        let current = self.state.cursor.chunk;
+        let here = (current < self.shared.chunk_count)
+            .then(|| self.shared.summary(current))
+            .flatten()
+            .map(|summary| (current, summary));
+        for (_, summary) in here.into_iter().chain(self.shared.chunks_before(current)) {
+            for named in summary.register_named_pages.values() {
+                if named.addr % 16 != 0
+                    || named.addr < MIN_REGISTER_ADDRESS
+                    || !self.guest_named_too(named)
+                {
+                    continue;
+                }
+                let ring = self.state.relocations.translate(named.addr);
+                let ring_page = ring - ring % PAGE;
+                if !rings.contains(&ring_page) && rings.len() < MAX_NAMED_RINGS {
+                    rings.push(ring_page);
+                }
+            }
+        }
+        let mut buf = std::mem::take(&mut self.scratch2);
+        buf.resize(PAGE as usize, 0);
+        let named = rings.iter().any(|&ring| {
+            memory.read(ring, &mut buf).is_ok() && buf.chunks_exact(8).any(|w| le_value(w) == page)
+        });
+        self.scratch2 = buf;
+        named
     }
 
     /// Remembers the buffers named by the replay guest's descriptors at `target` (`len` bytes a
@@ -1048,6 +1105,7 @@ impl Replayer {
         let mut i = first;
         let mut end_in_current = None;
         self.state.group_buffers.clear();
+        self.state.group_completes = false;
         loop {
             let Some(op) = chunk.ops.get(i).copied() else {
                 // The group goes on in the next chunk (a recorder that flushes often).
@@ -1083,6 +1141,7 @@ impl Replayer {
                 if !driver_write && self.ring_naming(op.value).is_some() {
                     let target = self.state.relocations.translate(op.value);
                     self.note_group_buffers(target, len);
+                    self.state.group_completes = true;
                 }
                 if let Some(before) = chunk
                     .dma_writes
