@@ -9,7 +9,11 @@
 //!
 //! A diff cannot tell who wrote a byte. Guest writes (descriptors, buffers) are absorbed silently
 //! right before every register write is forwarded: drivers fill memory and then ring a doorbell, and
-//! hardware DMA happens after the doorbell, so what changes later is attributed to the device.
+//! hardware DMA happens after the doorbell, so what changes later is attributed to the device. The
+//! exception is a ring named by a register whose changes so far were all found where the guest
+//! could observe device writes (a completion queue, which only the device writes): its changes
+//! are logged there too, since a driver may consume a completion it found without an interrupt
+//! of its own (a shared INTx line) and write the queue's head doorbell before any observation.
 //! `docs/RECORDING.md` states the limits.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -114,6 +118,9 @@ pub struct WatchStats {
     /// Device writes logged exactly (through the attached guest memory) that touched watched
     /// pages: their shadows were updated instead of reporting them again.
     pub exact_writes_absorbed: u64,
+    /// Changed ranges found before a register write in register-named pages that only the
+    /// device had written so far (completion queues): logged as device writes, not absorbed.
+    pub device_ring_ranges_kept: u64,
 }
 
 #[derive(Default)]
@@ -130,6 +137,7 @@ struct Counters {
     guest_ranges_absorbed: AtomicU64,
     guest_bytes_absorbed: AtomicU64,
     exact_writes_absorbed: AtomicU64,
+    device_ring_ranges_kept: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -157,6 +165,12 @@ struct Page {
     shadow: Vec<u8>,
     naming: Naming,
     stamp: u64,
+    /// Whether an address register's value lies in this page (the first page of a ring, not
+    /// one of the neighbours its span watches too).
+    ring_head: bool,
+    /// Who changed the page so far: `None` until a diff finds a change, then `Device` while every
+    /// change was the device's, `Guest` from the first change absorbed before a register write.
+    writer: Option<Attribution>,
 }
 
 /// What a diff does with the changes it finds.
@@ -252,6 +266,7 @@ impl WatchSet {
             guest_ranges_absorbed: get(&c.guest_ranges_absorbed),
             guest_bytes_absorbed: get(&c.guest_bytes_absorbed),
             exact_writes_absorbed: get(&c.exact_writes_absorbed),
+            device_ring_ranges_kept: get(&c.device_ring_ranges_kept),
         }
     }
 
@@ -465,9 +480,11 @@ impl WatchSet {
             return false;
         };
         let end = address.saturating_add(span.max(1)).min(start + len);
-        let mut page = address & !(WATCH_PAGE_SIZE - 1);
+        let first = address & !(WATCH_PAGE_SIZE - 1);
+        let mut page = first;
         while page < end {
-            self.watch_page(st, page, start, len, &memory, naming);
+            let ring_head = naming == Naming::Register && page == first;
+            self.watch_page(st, page, (start, len, &memory), naming, ring_head);
             page = match page.checked_add(WATCH_PAGE_SIZE) {
                 Some(p) => p,
                 None => break,
@@ -480,10 +497,9 @@ impl WatchSet {
         &self,
         st: &mut State,
         key: u64,
-        map_start: u64,
-        map_len: u64,
-        memory: &Arc<MappedMemory>,
+        (map_start, map_len, memory): (u64, u64, &Arc<MappedMemory>),
         naming: Naming,
+        ring_head: bool,
     ) {
         let stamp = st.next_stamp;
         st.next_stamp += 1;
@@ -496,6 +512,7 @@ impl WatchSet {
                 existing.naming
             };
             existing.naming = new_naming;
+            existing.ring_head |= ring_head;
             existing.stamp = stamp;
             match old.0 {
                 Naming::Register => st.lru_register.remove(&old.1),
@@ -540,6 +557,8 @@ impl WatchSet {
                 shadow,
                 naming,
                 stamp,
+                ring_head,
+                writer: None,
             },
         );
         match naming {
@@ -588,7 +607,13 @@ impl WatchSet {
         let mut pending: Option<PendingWrite> = None;
         let mut compared = 0u64;
         let mut pointer_sources: Vec<(u64, Vec<u8>, usize, usize)> = Vec::new();
-        let State { pages, scratch, .. } = &mut *st;
+        let align = self.options.address_align.max(1);
+        let State {
+            pages,
+            scratch,
+            mappings,
+            ..
+        } = &mut *st;
         for page in pages.values_mut() {
             let n = page.shadow.len();
             scratch.resize(n, 0);
@@ -598,6 +623,23 @@ impl WatchSet {
             compared += n as u64;
             if scratch[..n] == page.shadow[..] {
                 continue;
+            }
+            // A ring the guest has not been seen writing (a completion queue, which only the
+            // device writes) is the device's: what changed there before a register write is a
+            // completion the driver found without an interrupt (a polling driver, a shared INTx
+            // line). A driver that fills a ring gives descriptors buffers, and writes pointers:
+            // that makes the ring the guest's (a receive ring, a submission queue).
+            let kept = attribution == Attribution::Guest
+                && page.ring_head
+                && page.writer != Some(Attribution::Guest)
+                && !writes_a_pointer(&page.shadow, &scratch[..n], page.iova, align, mappings);
+            let page_attribution = if kept {
+                Attribution::Device
+            } else {
+                attribution
+            };
+            if page.writer != Some(Attribution::Guest) {
+                page.writer = Some(page_attribution);
             }
             let live = &scratch[..n];
             let mut first_changed = usize::MAX;
@@ -625,9 +667,12 @@ impl WatchSet {
                 first_changed = first_changed.min(start);
                 last_changed = last_changed.max(end);
                 let run_iova = page.iova + start as u64;
-                match attribution {
+                match page_attribution {
                     Attribution::Device => {
                         bump(&self.counters.changes_found, 1);
+                        if kept {
+                            bump(&self.counters.device_ring_ranges_kept, 1);
+                        }
                         let contiguous = pending
                             .as_ref()
                             .is_some_and(|p| p.iova + p.data.len() as u64 == run_iova);
@@ -661,7 +706,7 @@ impl WatchSet {
                 }
             }
             page.shadow.copy_from_slice(live);
-            if attribution == Attribution::Guest
+            if page_attribution == Attribution::Guest
                 && page.naming == Naming::Register
                 && self.options.follow_pointers
             {
@@ -691,6 +736,34 @@ impl WatchSet {
             0,
         );
     }
+}
+
+/// Whether a changed 8-byte-aligned (by IOVA) word of a page now holds a believable address: one
+/// inside a watchable mapping, aligned to `align`.
+fn writes_a_pointer(
+    shadow: &[u8],
+    live: &[u8],
+    iova: u64,
+    align: u64,
+    mappings: &BTreeMap<u64, Mapped>,
+) -> bool {
+    let skip = ((8 - iova % 8) % 8) as usize;
+    let words = live.get(skip..).unwrap_or_default().chunks_exact(8);
+    let old = shadow.get(skip..).unwrap_or_default().chunks_exact(8);
+    words.zip(old).any(|(w, o)| {
+        if w == o {
+            return false;
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let value = u64::from_le_bytes(b);
+        value != 0
+            && value % align == 0
+            && mappings
+                .range(..=value)
+                .next_back()
+                .is_some_and(|(&start, m)| value - start < m.len)
+    })
 }
 
 /// The periodic sweep thread; stops when dropped.

@@ -443,16 +443,23 @@ fn direct_device_writes_are_logged_with_before_bytes_ahead_of_the_interrupt() {
     assert!(irq < icr);
 }
 
-#[test]
-fn guest_writes_before_a_doorbell_are_not_reported_as_device_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.hwrr");
-    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+/// Starts recording to `path` (no sweep), brings the ring up and receives one 200-byte frame with
+/// its interrupt, as a driver does (descriptors filled before the ring is named).
+fn recording_after_one_frame(path: &Path) -> (Recorder, Tap<RxNic>, Guest) {
+    let recorder = Recorder::create(path, &header(), RecorderOptions::default()).unwrap();
     let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
     let guest = bring_up(&mut tap, true);
     write32(&mut tap, RX_INJECT, 200);
     assert_eq!(wait_for_irq(&guest.irq), 1);
     assert_eq!(read32(&mut tap, ICR), 0x80);
+    (recorder, tap, guest)
+}
+
+#[test]
+fn guest_writes_before_a_doorbell_are_not_reported_as_device_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let (recorder, mut tap, guest) = recording_after_one_frame(&path);
 
     // The driver consumes the frame: clears the descriptor's write-back, scribbles on the buffer
     // it handed up, re-points descriptor 0 at a new buffer in a watched page, and returns it with a
@@ -498,6 +505,40 @@ fn guest_writes_before_a_doorbell_are_not_reported_as_device_writes() {
             );
         }
     }
+}
+
+#[test]
+fn a_completion_the_driver_finds_before_any_observation_is_still_the_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    // The descriptors were filled before the ring was named, so the device's write-back is the
+    // first change the ring's page shows: a ring only the device has written so far.
+    let (recorder, mut tap, guest) = recording_after_one_frame(&path);
+
+    // The next completion raises no interrupt (another device's shared line woke the driver,
+    // say) and the driver reads no register: its next call is a doorbell.
+    write32(&mut tap, IMS, 0);
+    write32(&mut tap, RX_INJECT, 300);
+    assert_eq!(guest.read(RING + 16 + 12, 1), [STATUS_DD_EOP]);
+    write32(&mut tap, RDT, 1);
+    let stats = tap.watch_stats().unwrap();
+    drop(tap);
+    recorder.finish().unwrap();
+
+    assert_eq!(stats.device_ring_ranges_kept, 1, "{stats:?}");
+    let events = events_of(&path);
+    let doorbell = events
+        .iter()
+        .rposition(|e| matches!(&e.kind, EventKind::MmioWrite(a) if a.offset == RDT))
+        .unwrap();
+    let kept = dma_writes(&events)
+        .into_iter()
+        .find(|(_, w)| overlaps(w, RING + 16 + 12, 1))
+        .expect("the second write-back is logged");
+    assert!(kept.0 < doorbell, "logged before the doorbell it precedes");
+    let at = (RING + 16 + 12 - kept.1.iova) as usize;
+    assert_eq!(kept.1.data[at], STATUS_DD_EOP);
+    assert_eq!(kept.1.before.as_ref().unwrap()[at], 0);
 }
 
 #[test]

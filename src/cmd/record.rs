@@ -156,7 +156,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
             "hwrr: watch set: {} dma_write events ({} bytes) inferred from {} changes; {} pages \
              watched ({} named by registers, {} by pointers, {} evicted); {} observations, {} \
              sweeps, {} bytes compared; {} guest ranges ({} bytes) absorbed before register \
-             writes; {} exact writes not logged twice",
+             writes, {} kept as the device's (rings only it had written); {} exact writes not \
+             logged twice",
             w.dma_writes_logged,
             w.dma_bytes_logged,
             w.changes_found,
@@ -169,6 +170,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
             w.bytes_compared,
             w.guest_ranges_absorbed,
             w.guest_bytes_absorbed,
+            w.device_ring_ranges_kept,
             w.exact_writes_absorbed
         );
     }
