@@ -607,7 +607,6 @@ impl WatchSet {
         let mut pending: Option<PendingWrite> = None;
         let mut compared = 0u64;
         let mut pointer_sources: Vec<(u64, Vec<u8>, usize, usize)> = Vec::new();
-        let align = self.options.address_align.max(1);
         let State {
             pages,
             scratch,
@@ -632,7 +631,7 @@ impl WatchSet {
             let kept = attribution == Attribution::Guest
                 && page.ring_head
                 && page.writer != Some(Attribution::Guest)
-                && !writes_a_pointer(&page.shadow, &scratch[..n], page.iova, align, mappings);
+                && !writes_a_pointer(&page.shadow, &scratch[..n], page.iova, mappings);
             let page_attribution = if kept {
                 Attribution::Device
             } else {
@@ -738,13 +737,16 @@ impl WatchSet {
     }
 }
 
-/// Whether a changed 8-byte-aligned (by IOVA) word of a page now holds a believable address: one
-/// inside a watchable mapping, aligned to `align`.
+/// Smallest value `writes_a_pointer` takes for an address: small numbers are counts and flags,
+/// even where a mapping starts at IOVA 0.
+const MIN_POINTER: u64 = 1 << 20;
+
+/// Whether a changed 8-byte-aligned (by IOVA) word of a page now holds an address inside a
+/// watchable mapping, of any alignment: a transmit descriptor points into a packet's data.
 fn writes_a_pointer(
     shadow: &[u8],
     live: &[u8],
     iova: u64,
-    align: u64,
     mappings: &BTreeMap<u64, Mapped>,
 ) -> bool {
     let skip = ((8 - iova % 8) % 8) as usize;
@@ -757,8 +759,7 @@ fn writes_a_pointer(
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
         let value = u64::from_le_bytes(b);
-        value != 0
-            && value % align == 0
+        value >= MIN_POINTER
             && mappings
                 .range(..=value)
                 .next_back()
