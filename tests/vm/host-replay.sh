@@ -13,7 +13,8 @@
 #    and link, TX and RX write-backs, the received frame's bytes, interrupts after RX), its WATCH
 #    lines (what the device wrote, as offsets from the DMA base) and its driver CHECKs (interrupt
 #    counts included) must equal the box run's; `--check` must pass, the report must show the DMA
-#    writes applied and the relocation learned.
+#    writes applied (or withheld as unconfirmed: a sweep can log the guest's own frame) and the
+#    relocation learned.
 # 2. The same with `--change-write` (one register write differs from the capture): `--check` must
 #    exit 1 and the report's first_divergence must name that access: the trace's seq of it (checked
 #    with `hwrr dump`), the recorded value as expected, the changed value as actual.
@@ -125,8 +126,12 @@ r="$OUT/report-same.json"
 if [ -s "$r" ]; then
   verdict report-no-divergence "$(jq -e '.diverged == false and .first_divergence == null' "$r" >/dev/null && echo OK || echo FAIL)" \
     "diverged=$(jq -c .diverged "$r")"
-  verdict report-dma-writes-applied "$(jq -e '.dma_writes_applied >= 1 and .dma_writes_not_applied == 0 and .dma_writes_partial == 0 and .dma_write_faults == 0' "$r" >/dev/null && echo OK || echo FAIL)" \
-    "applied=$(jq -c .dma_writes_applied "$r") not_applied=$(jq -c .dma_writes_not_applied "$r") partial=$(jq -c .dma_writes_partial "$r")"
+  # Every recorded write lands, except one the replayer withholds as unconfirmed: a watch-set
+  # sweep that runs between the exercise writing the frame it is about to send and its next
+  # register write logs that guest write as the device's (docs/RECORDING.md, limits), and the
+  # replayer must keep it out of memory the guest never gave the device.
+  verdict report-dma-writes-applied "$(jq -e '.dma_writes_applied >= 1 and .dma_writes_not_applied == .dma_writes_unconfirmed and .dma_writes_partial == 0 and .dma_write_faults == 0' "$r" >/dev/null && echo OK || echo FAIL)" \
+    "applied=$(jq -c .dma_writes_applied "$r") not_applied=$(jq -c .dma_writes_not_applied "$r") unconfirmed=$(jq -c .dma_writes_unconfirmed "$r") partial=$(jq -c .dma_writes_partial "$r")"
   verdict report-relocated "$(jq -e --argjson c "$((capture_base))" --argjson h "$((IOVA))" \
     '[.relocations[] | select(.recorded == $c and .replay == $h)] | length == 1' "$r" >/dev/null && echo OK || echo FAIL)" \
     "relocations=$(jq -c .relocations "$r")"
