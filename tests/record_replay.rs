@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hwrr_testdev::driver::{self, DriverOptions, DMA_AREA_SIZE};
-use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice};
+use hwrr_testdev::TestDevice;
+use hwrr_vfio_user::{Client, ClientOptions, RemoteDevice, Server, ServerOptions};
 
 fn hwrr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hwrr"))
@@ -202,4 +203,50 @@ fn libc_sigterm() -> i32 {
 
 fn libc_sigint() -> i32 {
     2
+}
+
+#[test]
+fn the_recorder_offers_the_vmm_what_the_remote_server_negotiated() {
+    // A server with tighter limits than hwrr's own: the proxy must not accept from the VMM what
+    // the server behind it would refuse (more descriptors or mappings, larger transfers).
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| -> PathBuf { dir.path().join(n) };
+    let (backend_sock, record_sock) = (p("backend.sock"), p("record.sock"));
+    let mut server = Server::bind(
+        &backend_sock,
+        ServerOptions {
+            once: true,
+            max_msg_fds: 4,
+            max_dma_maps: 7,
+            max_data_xfer_size: 64 << 10,
+            ..ServerOptions::default()
+        },
+    )
+    .unwrap();
+    let backend = std::thread::spawn(move || {
+        let mut device = TestDevice::new();
+        server.serve(&mut device).map(|_| ())
+    });
+    let mut record = hwrr()
+        .args(["record", "--vfio-user"])
+        .arg(&backend_sock)
+        .arg("--listen")
+        .arg(&record_sock)
+        .arg("-o")
+        .arg(p("t.hwrr"))
+        .arg("--once")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&record_sock, &mut record);
+    let client = Client::connect(&record_sock, ClientOptions::default()).unwrap();
+    let caps = client.server_capabilities();
+    assert_eq!(
+        (caps.max_msg_fds, caps.max_dma_maps, caps.max_data_xfer_size),
+        (4, 7, 64 << 10),
+        "{caps:?}"
+    );
+    drop(client);
+    finish(record, "hwrr record");
+    backend.join().unwrap().unwrap();
 }

@@ -70,6 +70,11 @@ fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 /// Runs `hwrr record`.
 pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
     let labels = parse_labels(&args.labels)?;
+    // What a remote server negotiated, offered to the VMM in turn: a proxy that accepted more
+    // descriptors, mappings or data per message than the server behind it would pass the VMM's
+    // requests on to a server that refuses them (libvfio-user's client sizes its DMA maps by
+    // `max_msg_fds`, and its server takes 16 mappings).
+    let mut offered = ServerOptions::default();
     let (backend, source, bdf): (Box<dyn Device>, &str, Option<Bdf>) =
         match (&args.vfio, &args.vfio_user) {
             (Some(bdf), None) => {
@@ -90,6 +95,11 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
             (None, Some(sock)) => {
                 let client = Client::connect(sock, ClientOptions::default())
                     .with_context(|| format!("cannot connect to {}", sock.display()))?;
+                let remote = client.server_capabilities();
+                offered.max_msg_fds = offered.max_msg_fds.min(remote.max_msg_fds);
+                offered.max_dma_maps = offered.max_dma_maps.min(remote.max_dma_maps);
+                offered.max_data_xfer_size =
+                    offered.max_data_xfer_size.min(remote.max_data_xfer_size);
                 (Box::new(RemoteDevice::new(client)?), "vfio-user", None)
             }
             _ => bail!("give exactly one of --vfio BDF or --vfio-user SOCKET"),
@@ -116,7 +126,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
         ServerOptions {
             once: args.once,
             stop: Some(stop),
-            ..ServerOptions::default()
+            ..offered
         },
     )
     .with_context(|| format!("cannot listen on {}", args.listen.display()))?;
