@@ -24,6 +24,24 @@ fn wait_for_socket(path: &Path, child: &mut Child) {
     }
 }
 
+/// Starts `hwrr record --vfio-user SERVER --listen LISTEN -o TRACE EXTRA...` and waits for its
+/// socket.
+fn start_recording(server: &Path, listen: &Path, trace: &Path, extra: &[&str]) -> Child {
+    let mut record = hwrr()
+        .args(["record", "--vfio-user"])
+        .arg(server)
+        .arg("--listen")
+        .arg(listen)
+        .arg("-o")
+        .arg(trace)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(listen, &mut record);
+    record
+}
+
 fn finish(mut child: Child, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -69,18 +87,12 @@ fn record_a_replay_and_get_the_same_accesses() {
         .unwrap();
     wait_for_socket(&replay_sock, &mut replay);
     let again = p("again.hwrr");
-    let mut record = hwrr()
-        .args(["record", "--vfio-user"])
-        .arg(&replay_sock)
-        .arg("--listen")
-        .arg(&record_sock)
-        .arg("-o")
-        .arg(&again)
-        .args(["--once", "--label", "test=record_replay"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&record_sock, &mut record);
+    let record = start_recording(
+        &replay_sock,
+        &record_sock,
+        &again,
+        &["--once", "--label", "test=record_replay"],
+    );
 
     // The mode of the sockets: only their owner may connect.
     use std::os::unix::fs::PermissionsExt;
@@ -162,17 +174,7 @@ fn sigterm_finishes_the_trace() {
     wait_for_socket(&replay_sock, &mut replay);
     for signal in [libc_sigterm(), libc_sigint()] {
         let trace = p(&format!("signalled-{signal}.hwrr"));
-        let mut record = hwrr()
-            .args(["record", "--vfio-user"])
-            .arg(&replay_sock)
-            .arg("--listen")
-            .arg(&record_sock)
-            .arg("-o")
-            .arg(&trace)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_socket(&record_sock, &mut record);
+        let record = start_recording(&replay_sock, &record_sock, &trace, &[]);
         // A VMM session: a few accesses go into the trace before the signal.
         {
             let client = Client::connect(&record_sock, ClientOptions::default()).unwrap();
@@ -227,18 +229,7 @@ fn the_recorder_offers_the_vmm_what_the_remote_server_negotiated() {
         let mut device = TestDevice::new();
         server.serve(&mut device).map(|_| ())
     });
-    let mut record = hwrr()
-        .args(["record", "--vfio-user"])
-        .arg(&backend_sock)
-        .arg("--listen")
-        .arg(&record_sock)
-        .arg("-o")
-        .arg(p("t.hwrr"))
-        .arg("--once")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&record_sock, &mut record);
+    let record = start_recording(&backend_sock, &record_sock, &p("t.hwrr"), &["--once"]);
     let client = Client::connect(&record_sock, ClientOptions::default()).unwrap();
     let caps = client.server_capabilities();
     assert_eq!(
