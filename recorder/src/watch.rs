@@ -119,7 +119,8 @@ pub struct WatchStats {
     /// pages: their shadows were updated instead of reporting them again.
     pub exact_writes_absorbed: u64,
     /// Changed ranges found before a register write in register-named pages that only the
-    /// device had written so far (completion queues): logged as device writes, not absorbed.
+    /// device had written so far (completion queues), and in the buffers that changed with them:
+    /// logged as device writes, not absorbed.
     pub device_ring_ranges_kept: u64,
 }
 
@@ -613,6 +614,27 @@ impl WatchSet {
             mappings,
             ..
         } = &mut *st;
+        // A ring the guest has not been seen writing (a completion queue, which only the device
+        // writes) is the device's: what changed there before a register write is a completion the
+        // driver found without an interrupt (a polling driver, a shared INTx line). A driver that
+        // fills a ring gives descriptors buffers, and writes pointers: that makes the ring the
+        // guest's (a receive ring, a submission queue).
+        let kept_ring = |page: &Page, live: &[u8]| {
+            page.ring_head
+                && page.writer != Some(Attribution::Guest)
+                && !writes_a_pointer(&page.shadow, live, page.iova, mappings)
+        };
+        // When such a completion is found, the buffers that changed with it hold its data (the
+        // Identify data or the read the driver consumed along with the completion).
+        let completion_found = attribution == Attribution::Guest
+            && pages.values().any(|page| {
+                let n = page.shadow.len();
+                scratch.resize(n, 0);
+                page.ring_head
+                    && page.memory.read(page.offset, &mut scratch[..n]).is_ok()
+                    && scratch[..n] != page.shadow[..]
+                    && kept_ring(page, &scratch[..n])
+            });
         for page in pages.values_mut() {
             let n = page.shadow.len();
             scratch.resize(n, 0);
@@ -623,15 +645,9 @@ impl WatchSet {
             if scratch[..n] == page.shadow[..] {
                 continue;
             }
-            // A ring the guest has not been seen writing (a completion queue, which only the
-            // device writes) is the device's: what changed there before a register write is a
-            // completion the driver found without an interrupt (a polling driver, a shared INTx
-            // line). A driver that fills a ring gives descriptors buffers, and writes pointers:
-            // that makes the ring the guest's (a receive ring, a submission queue).
             let kept = attribution == Attribution::Guest
-                && page.ring_head
-                && page.writer != Some(Attribution::Guest)
-                && !writes_a_pointer(&page.shadow, &scratch[..n], page.iova, mappings);
+                && completion_found
+                && (kept_ring(page, &scratch[..n]) || page.naming == Naming::Pointer);
             let page_attribution = if kept {
                 Attribution::Device
             } else {

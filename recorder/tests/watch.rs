@@ -525,7 +525,8 @@ fn a_completion_the_driver_finds_before_any_observation_is_still_the_devices() {
     drop(tap);
     recorder.finish().unwrap();
 
-    assert_eq!(stats.device_ring_ranges_kept, 1, "{stats:?}");
+    // The write-back, and the frame it completes (in a buffer a descriptor names).
+    assert_eq!(stats.device_ring_ranges_kept, 2, "{stats:?}");
     let events = events_of(&path);
     let doorbell = events
         .iter()
@@ -539,6 +540,12 @@ fn a_completion_the_driver_finds_before_any_observation_is_still_the_devices() {
     let at = (RING + 16 + 12 - kept.1.iova) as usize;
     assert_eq!(kept.1.data[at], STATUS_DD_EOP);
     assert_eq!(kept.1.before.as_ref().unwrap()[at], 0);
+    let frame_write = dma_writes(&events)
+        .into_iter()
+        .find(|(_, w)| w.iova == BUFFERS + BUFFER_STRIDE)
+        .expect("the second frame is logged with its completion");
+    assert!(frame_write.0 < doorbell);
+    assert_eq!(frame_write.1.data, frame(1, 300));
 }
 
 #[test]
