@@ -10,10 +10,11 @@
 //! A diff cannot tell who wrote a byte. Guest writes (descriptors, buffers) are absorbed silently
 //! right before every register write is forwarded: drivers fill memory and then ring a doorbell, and
 //! hardware DMA happens after the doorbell, so what changes later is attributed to the device. The
-//! exception is a ring named by a register whose changes so far were all found where the guest
-//! could observe device writes (a completion queue, which only the device writes): its changes
-//! are logged there too, since a driver may consume a completion it found without an interrupt
-//! of its own (a shared INTx line) and write the queue's head doorbell before any observation.
+//! exception is the first page of a register-named ring the guest has not been seen writing (no
+//! pointer ever written there: a completion queue, which only the device writes): its changes, and
+//! those of the buffers that changed with it, are logged there too, since a driver may consume a
+//! completion without an observation point in between (a polling driver, a shared INTx line) and
+//! write the queue's head doorbell next.
 //! `docs/RECORDING.md` states the limits.
 
 use std::collections::{BTreeMap, VecDeque};
