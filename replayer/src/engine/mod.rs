@@ -37,6 +37,12 @@ const MIN_POINTER: u64 = 1 << 20;
 
 /// Bound on the buffer pointers remembered for one group of device actions.
 const MAX_GROUP_BUFFERS: usize = 4096;
+/// Whether a register write's address value looks like a ring base (16-byte aligned, not a small
+/// number): every register value names "a page" in the summary; most are counts, masks and flags.
+fn looks_like_ring_base(named: &crate::compile::NamedPage) -> bool {
+    named.addr % 16 == 0 && named.addr >= MIN_REGISTER_ADDRESS
+}
+
 /// Rings whose first page `page_named_by_guest_ring` reads (the register-named pages around the
 /// cursor; a device has a few).
 const MAX_NAMED_RINGS: usize = 64;
@@ -911,17 +917,9 @@ impl Replayer {
             return false;
         };
         let mut rings: Vec<u64> = Vec::new();
-        let current = self.state.cursor.chunk;
-        let here = (current < self.shared.chunk_count)
-            .then(|| self.shared.summary(current))
-            .flatten()
-            .map(|summary| (current, summary));
-        for (_, summary) in here.into_iter().chain(self.shared.chunks_before(current)) {
+        for summary in self.summaries_to_cursor() {
             for named in summary.register_named_pages.values() {
-                if named.addr % 16 != 0
-                    || named.addr < MIN_REGISTER_ADDRESS
-                    || !self.guest_named_too(named)
-                {
+                if !looks_like_ring_base(named) || !self.guest_named_too(named) {
                     continue;
                 }
                 let ring = self.state.relocations.translate(named.addr);
@@ -1017,8 +1015,20 @@ impl Replayer {
     /// The recorded register write before the cursor that named `rec`'s page with a value that
     /// looks like a ring base.
     fn ring_naming(&self, rec: u64) -> Option<crate::compile::NamedPage> {
-        self.register_naming(rec)
-            .filter(|named| named.addr % 16 == 0 && named.addr >= MIN_REGISTER_ADDRESS)
+        self.register_naming(rec).filter(looks_like_ring_base)
+    }
+
+    /// The summaries of the cursor's chunk and of the look-around before it, nearest first.
+    fn summaries_to_cursor(&self) -> impl Iterator<Item = Arc<summary::ChunkSummary>> + '_ {
+        let current = self.state.cursor.chunk;
+        let here = (current < self.shared.chunk_count)
+            .then(|| self.shared.summary(current))
+            .flatten();
+        here.into_iter().chain(
+            self.shared
+                .chunks_before(current)
+                .map(|(_, summary)| summary),
+        )
     }
 
     /// The last recorded register write before the cursor (this chunk or the look-around before
@@ -1026,14 +1036,8 @@ impl Replayer {
     /// neighbour).
     fn register_naming(&self, rec: u64) -> Option<crate::compile::NamedPage> {
         let page = rec / PAGE;
-        let current = self.state.cursor.chunk;
-        let here = (current < self.shared.chunk_count)
-            .then(|| self.shared.summary(current))
-            .flatten()
-            .map(|summary| (current, summary));
-        here.into_iter()
-            .chain(self.shared.chunks_before(current))
-            .find_map(|(_, summary)| summary.register_named_pages.get(&page).copied())
+        self.summaries_to_cursor()
+            .find_map(|summary| summary.register_named_pages.get(&page).copied())
     }
 
     /// Whether the guest's last write of the register that named a page (the register model
