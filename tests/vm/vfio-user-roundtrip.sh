@@ -174,18 +174,20 @@ SERVER_SOCK="$OUT/run/server.sock"; REC_SOCK="$OUT/run/record.sock"; REP_SOCK="$
 TRACE="$OUT/$SCEN.hwrr"
 : > "$OUT/exits.txt"
 t=$(now)
+# qemu_server DEVICE_ID QEMU_ARGS...: QEMU exporting its device DEVICE_ID on SERVER_SOCK
+qemu_server() {
+  local id=$1; shift
+  "$Q" -machine x-remote,vfio-user=on,auto-shutdown=on -accel tcg -nodefaults -display none -monitor none \
+    "$@" -object "x-vfio-user-server,id=vfu0,type=unix,path=$SERVER_SOCK,device=$id" > "$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+}
 case "$SCEN" in
 e1000e)
-  "$Q" -machine x-remote,vfio-user=on,auto-shutdown=on -accel tcg -nodefaults -display none -monitor none \
-    -device "e1000e,id=nic0,netdev=n0,mac=$NIC_MAC" -netdev user,id=n0 \
-    -object "x-vfio-user-server,id=vfu0,type=unix,path=$SERVER_SOCK,device=nic0" > "$OUT/server.log" 2>&1 &
-  SERVER_PID=$! ;;
+  qemu_server nic0 -device "e1000e,id=nic0,netdev=n0,mac=$NIC_MAC" -netdev user,id=n0 ;;
 nvme)
   truncate -s 64M "$OUT/run/nvme.img"
-  "$Q" -machine x-remote,vfio-user=on,auto-shutdown=on -accel tcg -nodefaults -display none -monitor none \
-    -drive "file=$OUT/run/nvme.img,if=none,id=nv0,format=raw,cache=unsafe" -device nvme,id=nvme0,drive=nv0,serial=hwrr0 \
-    -object "x-vfio-user-server,id=vfu0,type=unix,path=$SERVER_SOCK,device=nvme0" > "$OUT/server.log" 2>&1 &
-  SERVER_PID=$! ;;
+  qemu_server nvme0 -drive "file=$OUT/run/nvme.img,if=none,id=nv0,format=raw,cache=unsafe" \
+    -device nvme,id=nvme0,drive=nv0,serial=hwrr0 ;;
 gpio)
   "$QEMU_PREFIX/bin/libvfio-user-samples/gpio-pci-idio-16" -M -R -v "$SERVER_SOCK" > "$OUT/server.log" 2>&1 &
   SERVER_PID=$! ;;
