@@ -3,7 +3,8 @@
 //! Real hardware (through the IOMMU) and vfio-user servers that share guest RAM by fd write guest
 //! memory without telling the recorder. The watch set infers those writes: it keeps shadow copies of
 //! the pages the device is likely to write (rings named by register writes, buffers named by pointers
-//! in those rings) and diffs them against live memory wherever the guest could observe a device
+//! in those rings, and structures named by page-aligned pointers: queues, pointer lists, the pages
+//! they list) and diffs them against live memory wherever the guest could observe a device
 //! write: before an interrupt is logged, before a register read is logged, and in a periodic sweep.
 //! Changed byte ranges become `dma_write` events with the bytes they replaced.
 //!
@@ -47,6 +48,11 @@ pub struct WatchOptions {
     pub pointer_span: u64,
     /// Whether pointers found in register-named pages name more pages.
     pub follow_pointers: bool,
+    /// How many pointers deep pages are named. A page-aligned pointer names a structure of its
+    /// own (a queue, a pointer list, a data page: NVMe's I/O queues, PRP lists and the data they
+    /// list), whose pointers are followed in turn while it is fewer than this many pointers from
+    /// a register-named ring. 1 follows descriptors to buffers only.
+    pub max_pointer_depth: u8,
     /// Alignment an address must have to be believed (register values and pointers alike): random
     /// register values and descriptor fields rarely are aligned, rings and buffers are.
     pub address_align: u64,
@@ -70,6 +76,7 @@ impl Default for WatchOptions {
             ring_span: 64 * 1024,
             pointer_span: 2048,
             follow_pointers: true,
+            max_pointer_depth: 3,
             address_align: 16,
             max_pages: 4096,
             sweep_interval: Some(Duration::from_millis(10)),
@@ -158,6 +165,16 @@ enum Naming {
     Pointer,
 }
 
+/// How a page came to be watched.
+#[derive(Clone, Copy, Debug)]
+struct Named {
+    naming: Naming,
+    /// Pointers between a register-named ring and the page.
+    depth: u8,
+    /// Whether pointers in the page name more pages.
+    names_pages: bool,
+}
+
 struct Page {
     /// IOVA of the first watched byte (a page boundary, or the mapping's start).
     iova: u64,
@@ -173,6 +190,10 @@ struct Page {
     /// Who changed the page so far: `None` until a diff finds a change, then `Device` while every
     /// change was the device's, `Guest` from the first change absorbed before a register write.
     writer: Option<Attribution>,
+    /// Pointers between a register-named ring and this page (0 for the ring itself).
+    depth: u8,
+    /// Whether pointers in this page name more pages.
+    names_pages: bool,
 }
 
 /// What a diff does with the changes it finds.
@@ -338,7 +359,12 @@ impl WatchSet {
         }
         let mut st = self.lock();
         for address in self.addresses_named(&mut st, region, offset, data) {
-            self.watch_range(&mut st, address, self.options.ring_span, Naming::Register);
+            let named = Named {
+                naming: Naming::Register,
+                depth: 0,
+                names_pages: self.options.follow_pointers,
+            };
+            self.watch_range(&mut st, address, self.options.ring_span, named);
         }
         if !st.pages.is_empty() {
             self.diff_all(&mut st, Attribution::Guest);
@@ -473,7 +499,7 @@ impl WatchSet {
     }
 
     /// Watches `span` bytes from `address` (clipped to its mapping) if the address is believable.
-    fn watch_range(&self, st: &mut State, address: u64, span: u64, naming: Naming) -> bool {
+    fn watch_range(&self, st: &mut State, address: u64, span: u64, named: Named) -> bool {
         let align = self.options.address_align.max(1);
         if address == 0 || address % align != 0 {
             return false;
@@ -485,8 +511,8 @@ impl WatchSet {
         let first = address & !(WATCH_PAGE_SIZE - 1);
         let mut page = first;
         while page < end {
-            let ring_head = naming == Naming::Register && page == first;
-            self.watch_page(st, page, (start, len, &memory), naming, ring_head);
+            let ring_head = named.naming == Naming::Register && page == first;
+            self.watch_page(st, page, (start, len, &memory), named, ring_head);
             page = match page.checked_add(WATCH_PAGE_SIZE) {
                 Some(p) => p,
                 None => break,
@@ -500,11 +526,17 @@ impl WatchSet {
         st: &mut State,
         key: u64,
         (map_start, map_len, memory): (u64, u64, &Arc<MappedMemory>),
-        naming: Naming,
+        named: Named,
         ring_head: bool,
     ) {
+        let Named {
+            naming,
+            depth,
+            names_pages,
+        } = named;
         let stamp = st.next_stamp;
         st.next_stamp += 1;
+        let mut rescan = None;
         if let Some(existing) = st.pages.get_mut(&key) {
             // Named again: it moves to the back of its eviction queue (a register naming wins).
             let old = (existing.naming, existing.stamp);
@@ -516,6 +548,13 @@ impl WatchSet {
             existing.naming = new_naming;
             existing.ring_head |= ring_head;
             existing.stamp = stamp;
+            existing.depth = existing.depth.min(depth);
+            if names_pages && !existing.names_pages {
+                // Named now as a structure with pointers (a buffer page reused as a pointer
+                // list): what it holds is followed like a new page's.
+                existing.names_pages = true;
+                rescan = Some((existing.shadow.clone(), existing.iova, existing.depth));
+            }
             match old.0 {
                 Naming::Register => st.lru_register.remove(&old.1),
                 Naming::Pointer => st.lru_pointer.remove(&old.1),
@@ -524,6 +563,9 @@ impl WatchSet {
                 Naming::Register => st.lru_register.insert(stamp, key),
                 Naming::Pointer => st.lru_pointer.insert(stamp, key),
             };
+            if let Some((bytes, iova, depth)) = rescan {
+                self.follow_pointers(st, &bytes, iova, depth, 0..bytes.len());
+            }
             return;
         }
         while st.pages.len() >= self.options.max_pages.max(1) {
@@ -548,8 +590,7 @@ impl WatchSet {
             return;
         }
         // Scanned after the page is in, so the pages it names count against the cap with it.
-        let scan =
-            (naming == Naming::Register && self.options.follow_pointers).then(|| shadow.clone());
+        let scan = names_pages.then(|| shadow.clone());
         st.pages.insert(
             key,
             Page {
@@ -561,6 +602,8 @@ impl WatchSet {
                 stamp,
                 ring_head,
                 writer: None,
+                depth,
+                names_pages,
             },
         );
         match naming {
@@ -575,12 +618,27 @@ impl WatchSet {
         }
         self.page_count.fetch_add(1, Ordering::Relaxed);
         if let Some(bytes) = scan {
-            self.follow_pointers(st, &bytes, iova, 0, bytes.len());
+            self.follow_pointers(st, &bytes, iova, depth, 0..bytes.len());
         }
     }
 
-    /// Watches what the aligned little-endian u64 values in `bytes[from..to]` point at.
-    fn follow_pointers(&self, st: &mut State, bytes: &[u8], iova: u64, from: usize, to: usize) {
+    /// Watches what the aligned little-endian u64 values in `bytes[changed]` point at; `bytes`
+    /// are a page at `depth` pointers from a register-named ring.
+    ///
+    /// A page-aligned pointer names a structure of its own rather than a packet buffer (receive
+    /// buffers sit behind a header's worth of padding): pages of it name more pages while
+    /// `max_pointer_depth` allows, and one found in a ring spans `ring_span` (a queue that a
+    /// command creates is as long as a ring).
+    fn follow_pointers(
+        &self,
+        st: &mut State,
+        bytes: &[u8],
+        iova: u64,
+        depth: u8,
+        changed: std::ops::Range<usize>,
+    ) {
+        let (from, to) = (changed.start, changed.end);
+        let child = depth.saturating_add(1);
         // Widened to the 8-byte-aligned (by IOVA) word holding `from`.
         let mut at = from.saturating_sub(((iova + from as u64) % 8) as usize);
         if (iova + at as u64) % 8 != 0 {
@@ -593,7 +651,19 @@ impl WatchSet {
             // Pointers back into the page itself are ring links, already watched.
             let self_page = iova & !(WATCH_PAGE_SIZE - 1);
             if ptr & !(WATCH_PAGE_SIZE - 1) != self_page {
-                self.watch_range(st, ptr, self.options.pointer_span, Naming::Pointer);
+                let structure =
+                    ptr % WATCH_PAGE_SIZE == 0 && child < self.options.max_pointer_depth;
+                let span = if structure && depth == 0 {
+                    self.options.ring_span
+                } else {
+                    self.options.pointer_span
+                };
+                let named = Named {
+                    naming: Naming::Pointer,
+                    depth: child,
+                    names_pages: structure,
+                };
+                self.watch_range(st, ptr, span, named);
             }
             at += 8;
         }
@@ -608,7 +678,7 @@ impl WatchSet {
         let gap = self.options.merge_gap;
         let mut pending: Option<PendingWrite> = None;
         let mut compared = 0u64;
-        let mut pointer_sources: Vec<(u64, Vec<u8>, usize, usize)> = Vec::new();
+        let mut pointer_sources: Vec<(u64, Vec<u8>, u8, std::ops::Range<usize>)> = Vec::new();
         let State {
             pages,
             scratch,
@@ -722,11 +792,13 @@ impl WatchSet {
                 }
             }
             page.shadow.copy_from_slice(live);
-            if page_attribution == Attribution::Guest
-                && page.naming == Naming::Register
-                && self.options.follow_pointers
-            {
-                pointer_sources.push((page.iova, live.to_vec(), first_changed, last_changed));
+            if page_attribution == Attribution::Guest && page.names_pages {
+                pointer_sources.push((
+                    page.iova,
+                    live.to_vec(),
+                    page.depth,
+                    first_changed..last_changed,
+                ));
             }
         }
         if let Some(p) = pending.take() {
@@ -734,8 +806,8 @@ impl WatchSet {
         }
         bump(&self.counters.bytes_compared, compared);
         // Descriptors the guest just filled name the buffers the device will write.
-        for (iova, bytes, from, to) in pointer_sources {
-            self.follow_pointers(st, &bytes, iova, from, to);
+        for (iova, bytes, depth, changed) in pointer_sources {
+            self.follow_pointers(st, &bytes, iova, depth, changed);
         }
     }
 

@@ -31,7 +31,9 @@ const GUEST_BASE: u64 = 0x1_0000_0000;
 const GUEST_LEN: usize = 1 << 20;
 const RING: u64 = GUEST_BASE + 0x1_0000;
 const DESCS: u64 = 8;
-const BUFFERS: u64 = GUEST_BASE + 0x4_0000;
+/// Receive buffers sit behind a header's room, as a NIC driver's do (an skb's data starts after
+/// its headroom): a page-aligned pointer names a structure (a queue, a pointer list), not a buffer.
+const BUFFERS: u64 = GUEST_BASE + 0x4_0040;
 const BUFFER_STRIDE: u64 = 0x1000;
 const STATUS_DD_EOP: u8 = 0x03;
 
@@ -947,7 +949,7 @@ fn pointers_the_guest_writes_before_a_doorbell_name_new_pages() {
     let guest = bring_up(&mut tap, true);
     let named = tap.watch_stats().unwrap().pages_named_by_pointers;
     // Descriptor 0 gets a buffer in a page nobody named yet; then the tail doorbell.
-    let fresh = GUEST_BASE + 0x8_0000;
+    let fresh = GUEST_BASE + 0x8_0040;
     guest.fill_descriptor(0, fresh);
     write32(&mut tap, RDT, 0);
     let stats = tap.watch_stats().unwrap();
@@ -985,4 +987,79 @@ fn misaligned_or_unmapped_values_name_nothing() {
     assert!(tap.watch_stats().unwrap().pages_named_by_registers > before);
     drop(tap);
     recorder.finish().unwrap();
+}
+
+/// An NVMe-like run on a bare watch set: a command in a register-named ring creates a queue (a
+/// page-aligned pointer); a command in that queue's second page names a data page and a pointer
+/// list, which lists more data pages; the device then writes data pages. Returns the logged
+/// writes as (iova, data).
+fn nested_structures_run(options: WatchOptions) -> Vec<(u64, Vec<u8>)> {
+    use hwrr_recorder::WatchSet;
+    const MAP: u64 = 0x100_0000;
+    const RING: u64 = MAP;
+    const QUEUE: u64 = MAP + 0x10_0000;
+    const DATA1: u64 = MAP + 0x20_0000;
+    const LIST: u64 = MAP + 0x21_0000;
+    const DATA2: u64 = MAP + 0x22_0000;
+    const DATA3: u64 = MAP + 0x23_0000;
+    const BEYOND: u64 = MAP + 0x24_0000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let ram = Arc::new(MappedMemory::anonymous(0x40_0000).unwrap());
+    let put = |iova: u64, words: &[u64]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ram.write(iova - MAP, &bytes).unwrap();
+    };
+    let watch = WatchSet::new(options, recorder.handle());
+    watch.add_mapping(
+        DmaMapping {
+            iova: MAP,
+            len: 0x40_0000,
+            flags: 3,
+        },
+        Some(ram.clone()),
+    );
+    watch.before_register_write(0, 0x28, &RING.to_le_bytes());
+    // "Create a queue at QUEUE", then its doorbell.
+    put(RING, &[0x05, 0, 0, QUEUE, 0, 0, 0, 0]);
+    watch.before_register_write(0, 0x1000, &1u32.to_le_bytes());
+    // A read command in the queue's second page (the 65th entry): a data page and a pointer
+    // list; the list names two more pages, the last of which holds a pointer-like word.
+    put(LIST, &[DATA2, DATA3]);
+    put(DATA3 + 8, &[BEYOND]);
+    put(QUEUE + 0x1000, &[0x02, 0, 0, DATA1, LIST, 0, 0, 0]);
+    watch.before_register_write(0, 0x1008, &65u32.to_le_bytes());
+    // The device fills the pages and completes.
+    ram.write(DATA1 - MAP, &[0xd1; 4096]).unwrap();
+    ram.write(DATA3 - MAP + 0x100, &[0xd3; 16]).unwrap();
+    ram.write(BEYOND - MAP, &[0xbe; 16]).unwrap();
+    watch.observe();
+    drop(watch);
+    recorder.finish().unwrap();
+    dma_writes(&events_of(&path))
+        .into_iter()
+        .map(|(_, w)| {
+            assert!(w.before.as_ref().is_some_and(|b| b.iter().all(|&x| x == 0)));
+            (w.iova, w.data.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn pages_behind_page_aligned_pointers_are_watched_to_the_configured_depth() {
+    let writes = nested_structures_run(no_sweep());
+    assert_eq!(
+        writes,
+        vec![(0x120_0000, vec![0xd1; 4096]), (0x123_0100, vec![0xd3; 16]),],
+        "the data page the command names, and the page its pointer list names; the pointer in \
+         that data page is three pointers from the ring and names nothing"
+    );
+    // Descriptors to buffers only: the queue a command creates is watched (one page, as a buffer)
+    // but names nothing.
+    let shallow = nested_structures_run(WatchOptions {
+        max_pointer_depth: 1,
+        ..no_sweep()
+    });
+    assert_eq!(shallow, vec![]);
 }
