@@ -169,6 +169,10 @@ impl<D: Device> Device for Tap<D> {
         }
         // Reserved before the call: the DMA and interrupts a write triggers come after it.
         let ticket = self.recorder.reserve();
+        if let Some(w) = &self.watch {
+            // What the write hands the device comes right after it.
+            w.log_reads();
+        }
         let r = self.inner.region_write(region, offset, data);
         let dur = self.recorder.now_ns().saturating_sub(ticket.t_ns());
         let access = RegionAccess {

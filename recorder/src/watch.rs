@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use hwrr_device::{dma_flags, MappedMemory};
 use hwrr_formats::regmap::{AddressPart, RegisterMap};
-use hwrr_formats::{DmaMapping, DmaWrite, EventKind};
+use hwrr_formats::{DmaMapping, DmaRead, DmaWrite, EventKind};
 
 use crate::writer::RecorderHandle;
 
@@ -63,6 +63,10 @@ pub struct WatchOptions {
     pub sweep_interval: Option<Duration>,
     /// Changed ranges in one page closer than this many bytes are logged as one write.
     pub merge_gap: usize,
+    /// Whether what the guest wrote to watched pages before a register write is logged as
+    /// `dma_read` events after it: the descriptors, commands and data the doorbell hands the
+    /// device, which reads them directly.
+    pub log_reads: bool,
     /// Registers that hold DMA addresses. When given, only these name pages; otherwise any 64-bit
     /// register write, or 32-bit halves written to adjacent registers, whose value lies in a
     /// mapping does.
@@ -81,6 +85,7 @@ impl Default for WatchOptions {
             max_pages: 4096,
             sweep_interval: Some(Duration::from_millis(10)),
             merge_gap: 16,
+            log_reads: true,
             regmap: None,
         }
     }
@@ -123,6 +128,10 @@ pub struct WatchStats {
     pub guest_ranges_absorbed: u64,
     /// Bytes in those ranges.
     pub guest_bytes_absorbed: u64,
+    /// `dma_read` events logged for those ranges (widened to 16-byte blocks).
+    pub dma_reads_logged: u64,
+    /// Bytes in those events.
+    pub dma_read_bytes_logged: u64,
     /// Device writes logged exactly (through the attached guest memory) that touched watched
     /// pages: their shadows were updated instead of reporting them again.
     pub exact_writes_absorbed: u64,
@@ -145,6 +154,8 @@ struct Counters {
     dma_bytes_logged: AtomicU64,
     guest_ranges_absorbed: AtomicU64,
     guest_bytes_absorbed: AtomicU64,
+    dma_reads_logged: AtomicU64,
+    dma_read_bytes_logged: AtomicU64,
     exact_writes_absorbed: AtomicU64,
     device_ring_ranges_kept: AtomicU64,
 }
@@ -218,6 +229,9 @@ struct State {
     /// With a register map: the last value written to each address register.
     last_values: BTreeMap<(u32, u64), u64>,
     scratch: Vec<u8>,
+    /// What the guest wrote to watched pages since the last register write, widened to 16-byte
+    /// blocks: the device reads it once the write reaches it.
+    reads: Vec<DmaRead>,
 }
 
 /// The watch set, shared by the tap, the interrupt relay, the sweeper and the logging memory.
@@ -255,6 +269,7 @@ impl WatchSet {
                 recent: VecDeque::with_capacity(RECENT_WRITES),
                 last_values: BTreeMap::new(),
                 scratch: vec![0; WATCH_PAGE_SIZE as usize],
+                reads: Vec::new(),
             }),
             page_count: AtomicU64::new(0),
             mapping_count: AtomicU64::new(0),
@@ -288,6 +303,8 @@ impl WatchSet {
             dma_bytes_logged: get(&c.dma_bytes_logged),
             guest_ranges_absorbed: get(&c.guest_ranges_absorbed),
             guest_bytes_absorbed: get(&c.guest_bytes_absorbed),
+            dma_reads_logged: get(&c.dma_reads_logged),
+            dma_read_bytes_logged: get(&c.dma_read_bytes_logged),
             exact_writes_absorbed: get(&c.exact_writes_absorbed),
             device_ring_ranges_kept: get(&c.device_ring_ranges_kept),
         }
@@ -683,6 +700,7 @@ impl WatchSet {
             pages,
             scratch,
             mappings,
+            reads,
             ..
         } = &mut *st;
         // A ring the guest has not been seen writing (a completion queue, which only the device
@@ -781,6 +799,9 @@ impl WatchSet {
                     Attribution::Guest => {
                         bump(&self.counters.guest_ranges_absorbed, 1);
                         bump(&self.counters.guest_bytes_absorbed, (end - start) as u64);
+                        if self.options.log_reads {
+                            add_read(reads, page.iova, live, start..end);
+                        }
                     }
                 }
                 i = end;
@@ -811,6 +832,20 @@ impl WatchSet {
         }
     }
 
+    /// Logs what the guest wrote to watched pages before the register write just logged (or
+    /// reserved) as the device's reads of it.
+    pub fn log_reads(&self) {
+        if self.page_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let reads = std::mem::take(&mut self.lock().reads);
+        for read in reads {
+            bump(&self.counters.dma_reads_logged, 1);
+            bump(&self.counters.dma_read_bytes_logged, read.data.len() as u64);
+            self.recorder.log(EventKind::DmaRead(read), 0, 0);
+        }
+    }
+
     fn log_write(&self, p: PendingWrite) {
         bump(&self.counters.dma_writes_logged, 1);
         bump(&self.counters.dma_bytes_logged, p.data.len() as u64);
@@ -824,6 +859,34 @@ impl WatchSet {
             0,
         );
     }
+}
+
+/// Block size to which a guest write is widened when logged as a device read: descriptors and
+/// completion entries are 16 bytes, an NVMe command is four such blocks.
+const READ_BLOCK: u64 = 16;
+
+/// Adds `live[run]` (of the page at `iova`), widened to whole 16-byte blocks inside the page, to
+/// `reads`, joining it to the previous read when they touch.
+fn add_read(reads: &mut Vec<DmaRead>, iova: u64, live: &[u8], run: std::ops::Range<usize>) {
+    let lead = ((iova + run.start as u64) % READ_BLOCK) as usize;
+    let start = run.start - lead.min(run.start);
+    let end_iova = (iova + run.end as u64).div_ceil(READ_BLOCK) * READ_BLOCK;
+    let end = ((end_iova - iova) as usize).min(live.len());
+    let at = iova + start as u64;
+    if let Some(last) = reads.last_mut() {
+        let last_end = last.iova + last.data.len() as u64;
+        if last_end >= at && last.iova <= at {
+            let skip = (last_end - at) as usize;
+            if skip < end - start {
+                last.data.extend_from_slice(&live[start + skip..end]);
+            }
+            return;
+        }
+    }
+    reads.push(DmaRead {
+        iova: at,
+        data: live[start..end].to_vec(),
+    });
 }
 
 /// Smallest value `writes_a_pointer` takes for an address: small numbers are counts and flags,

@@ -1063,3 +1063,54 @@ fn pages_behind_page_aligned_pointers_are_watched_to_the_configured_depth() {
     });
     assert_eq!(shallow, vec![]);
 }
+
+#[test]
+fn what_the_guest_hands_the_device_is_logged_as_reads_after_the_doorbell() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
+    let guest = bring_up(&mut tap, true);
+    // Descriptor 2 gets another buffer (its low 4 bytes change), then the tail doorbell.
+    let buffer = BUFFERS + 0x2_0000;
+    guest.fill_descriptor(2, buffer);
+    write32(&mut tap, RDT, 2);
+    let stats = tap.watch_stats().unwrap();
+    drop(tap);
+    recorder.finish().unwrap();
+    let events = events_of(&path);
+    let doorbell = events
+        .iter()
+        .rposition(|e| matches!(&e.kind, EventKind::MmioWrite(a) if a.offset == RDT))
+        .unwrap();
+    let mut descriptor = vec![0u8; 16];
+    descriptor[..8].copy_from_slice(&buffer.to_le_bytes());
+    match &events[doorbell + 1].kind {
+        EventKind::DmaRead(r) => {
+            assert_eq!(
+                (r.iova, &r.data),
+                (RING + 2 * 16, &descriptor),
+                "the whole descriptor"
+            )
+        }
+        other => panic!("expected the descriptor read after the doorbell, got {other:?}"),
+    }
+    assert_eq!(stats.dma_reads_logged, 1, "{stats:?}");
+    assert_eq!(stats.dma_read_bytes_logged, 16);
+    // Switched off, nothing is read.
+    let path2 = dir.path().join("t2.hwrr");
+    let recorder = Recorder::create(&path2, &header(), RecorderOptions::default()).unwrap();
+    let options = WatchOptions {
+        log_reads: false,
+        ..no_sweep()
+    };
+    let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), options).unwrap();
+    let guest = bring_up(&mut tap, true);
+    guest.fill_descriptor(2, buffer);
+    write32(&mut tap, RDT, 2);
+    drop(tap);
+    recorder.finish().unwrap();
+    assert!(!events_of(&path2)
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::DmaRead(_))));
+}

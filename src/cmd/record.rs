@@ -166,8 +166,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
             "hwrr: watch set: {} dma_write events ({} bytes) inferred from {} changes; {} pages \
              watched ({} named by registers, {} by pointers, {} evicted); {} observations, {} \
              sweeps, {} bytes compared; {} guest ranges ({} bytes) absorbed before register \
-             writes, {} kept as the device's (rings only it had written); {} exact writes not \
-             logged twice",
+             writes, logged after them as {} dma_read events ({} bytes), {} kept as the \
+             device's (rings only it had written); {} exact writes not logged twice",
             w.dma_writes_logged,
             w.dma_bytes_logged,
             w.changes_found,
@@ -180,6 +180,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<i32> {
             w.bytes_compared,
             w.guest_ranges_absorbed,
             w.guest_bytes_absorbed,
+            w.dma_reads_logged,
+            w.dma_read_bytes_logged,
             w.device_ring_ranges_kept,
             w.exact_writes_absorbed
         );
