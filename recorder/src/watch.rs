@@ -232,6 +232,11 @@ struct State {
     /// What the guest wrote to watched pages since the last register write, widened to 16-byte
     /// blocks: the device reads it once the write reaches it.
     reads: Vec<DmaRead>,
+    /// Ranges (IOVA, length) of pages the guest writes (a submission queue, a transmit ring)
+    /// that an observation logged as device writes since the last register write: a guest write
+    /// an interrupt or a sweep saw before its doorbell. They are read again at the next register
+    /// write, as what it hands the device.
+    unread: Vec<(u64, usize)>,
 }
 
 /// The watch set, shared by the tap, the interrupt relay, the sweeper and the logging memory.
@@ -270,6 +275,7 @@ impl WatchSet {
                 last_values: BTreeMap::new(),
                 scratch: vec![0; WATCH_PAGE_SIZE as usize],
                 reads: Vec::new(),
+                unread: Vec::new(),
             }),
             page_count: AtomicU64::new(0),
             mapping_count: AtomicU64::new(0),
@@ -701,6 +707,7 @@ impl WatchSet {
             scratch,
             mappings,
             reads,
+            unread,
             ..
         } = &mut *st;
         // A ring the guest has not been seen writing (a completion queue, which only the device
@@ -742,7 +749,8 @@ impl WatchSet {
             } else {
                 attribution
             };
-            if page.writer != Some(Attribution::Guest) {
+            let guest_page = page.writer == Some(Attribution::Guest);
+            if !guest_page {
                 page.writer = Some(page_attribution);
             }
             let live = &scratch[..n];
@@ -774,6 +782,9 @@ impl WatchSet {
                 match page_attribution {
                     Attribution::Device => {
                         bump(&self.counters.changes_found, 1);
+                        if guest_page && self.options.log_reads && unread.len() < MAX_UNREAD {
+                            unread.push((run_iova, end - start));
+                        }
                         if kept {
                             bump(&self.counters.device_ring_ranges_kept, 1);
                         }
@@ -825,6 +836,24 @@ impl WatchSet {
         if let Some(p) = pending.take() {
             self.log_write(p);
         }
+        if attribution == Attribution::Guest {
+            // The guest writes observations took for the device's are handed over now too, as
+            // memory holds them (the shadows are live after the loop above).
+            for (iova, len) in unread.drain(..) {
+                let key = iova & !(WATCH_PAGE_SIZE - 1);
+                if let Some(page) = pages.get(&key) {
+                    let start = (iova - page.iova) as usize;
+                    let end = (start + len).min(page.shadow.len());
+                    let at = page.iova + start as u64;
+                    let covered = reads.iter().any(|r| {
+                        r.iova <= at && at + (end - start) as u64 <= r.iova + r.data.len() as u64
+                    });
+                    if start < end && !covered {
+                        add_read(reads, page.iova, &page.shadow, start..end);
+                    }
+                }
+            }
+        }
         bump(&self.counters.bytes_compared, compared);
         // Descriptors the guest just filled name the buffers the device will write.
         for (iova, bytes, depth, changed) in pointer_sources {
@@ -860,6 +889,9 @@ impl WatchSet {
         );
     }
 }
+
+/// Most ranges kept for re-reading at the next register write (`State::unread`).
+const MAX_UNREAD: usize = 1024;
 
 /// Block size to which a guest write is widened when logged as a device read: descriptors and
 /// completion entries are 16 bytes, an NVMe command is four such blocks.
