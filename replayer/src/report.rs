@@ -88,6 +88,9 @@ pub struct Counters {
     pub dma_writes_unconfirmed: u64,
     /// Device DMA writes that hit unmapped guest memory.
     pub dma_write_faults: u64,
+    /// Fields of device write-backs given the replay guest's value instead of the recorded one:
+    /// identifiers the device echoes from what it read (an NVMe completion's command id).
+    pub dma_echoes_rewritten: u64,
     /// Recorded DMA reads compared against the replay guest's memory for pointers.
     pub dma_reads_checked: u64,
     /// Relocations learned (register writes and descriptors).

@@ -1418,3 +1418,85 @@ fn a_driver_that_leaves_the_recorded_path_resyncs_its_reads_after_a_few() {
     assert_eq!(r.counters.matched, 12 + 1);
     assert!(r.trace_finished, "{:?}", r.counters);
 }
+
+const SQ_DOORBELL: u64 = 0x1000;
+
+/// An NVMe-like exchange as a watch-set recorder logs it: per command, the submission doorbell,
+/// the command the guest wrote (a `dma_read`: opcode, flags, 16-bit id, namespace 1), then the
+/// completion written into the completion ring (submission head, queue id, the echoed id, the
+/// phase bit) and an interrupt.
+fn echo_trace(recorded_ids: &[u16], with_reads: bool) -> Trace {
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    for (k, id) in recorded_ids.iter().enumerate() {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        if with_reads {
+            t.dma_read(RING + 64 * k as u64, &command(*id));
+        }
+        let [lo, hi] = id.to_le_bytes();
+        let entry = [k as u8 + 1, 0, 0, 0, lo, hi, 1];
+        t.dma_write(CQ + 16 * k as u64 + 8, &entry, Some(&[0; 7]));
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    t
+}
+
+fn command(id: u16) -> Vec<u8> {
+    let mut c = vec![0u8; 64];
+    c[0] = 0x06;
+    c[2..4].copy_from_slice(&id.to_le_bytes());
+    c[4] = 1;
+    c
+}
+
+#[test]
+fn completions_echo_the_replay_guests_command_ids() {
+    let recorded: [u16; 4] = [0x0110, 0x2111, 0x0112, 0x3013];
+    let guest: [u16; 4] = [0x0230, 0x0231, 0x1232, 0x0233];
+    let trace = |case: &str| match case {
+        "constant" => echo_trace(&[0x0110; 4], true),
+        "no reads" => echo_trace(&recorded, false),
+        _ => echo_trace(&recorded, true),
+    };
+    for (case, want_echo) in [
+        // The ids differ from command to command and each is the only field of its command
+        // holding the value: the completion carries the replay guest's id.
+        ("echoed", true),
+        // One id over and over is no evidence of an echo (a constant a device writes back).
+        ("constant", false),
+        // Without the commands in the trace, nothing is known about them.
+        ("no reads", false),
+    ] {
+        for policy in policies() {
+            let mut vmm = Vmm::new(trace(case), 4096, opts(policy));
+            ring_bring_up(&mut vmm, RING, None);
+            vmm.write(CQ_LO, CQ as u32);
+            vmm.write(CQ_HI, 0);
+            for (k, id) in guest.iter().enumerate() {
+                vmm.put_mem(RING + 64 * k as u64, &command(*id));
+                vmm.write(SQ_DOORBELL, k as u32 + 1);
+                assert_eq!(vmm.read(ICR), 0x80);
+                let got = vmm.mem_bytes(CQ + 16 * k as u64 + 12, 2);
+                let recorded_id = if case == "constant" {
+                    0x0110
+                } else {
+                    recorded[k]
+                };
+                let want = if want_echo { *id } else { recorded_id };
+                assert_eq!(got, want.to_le_bytes(), "{case} {policy:?} command {k}");
+                // The rest of the completion is as recorded.
+                assert_eq!(vmm.mem_bytes(CQ + 16 * k as u64 + 8, 1), [k as u8 + 1]);
+                assert_eq!(vmm.mem_bytes(CQ + 16 * k as u64 + 14, 1), [1]);
+            }
+            let c = vmm.dev.report().counters;
+            assert_eq!(
+                c.dma_echoes_rewritten,
+                if want_echo { 4 } else { 0 },
+                "{case} {policy:?}: {c:?}"
+            );
+            assert_eq!(c.dma_writes_applied, 4, "{case} {policy:?}: {c:?}");
+        }
+    }
+}

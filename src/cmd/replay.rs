@@ -174,7 +174,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let last = sessions.last().context("no session")?;
     let c = &last.counters;
     eprintln!(
-        "hwrr: {} connection(s), {} requests; last session: {} accesses, {} matched, {} skipped, {} inserted, {} fallbacks, {} polls extended, {} shortened, {} irqs delivered, {} DMA writes applied ({} withheld from unconfirmed pages){}",
+        "hwrr: {} connection(s), {} requests; last session: {} accesses, {} matched, {} skipped, {} inserted, {} fallbacks, {} polls extended, {} shortened, {} irqs delivered, {} DMA writes applied ({} withheld from unconfirmed pages, {} echoed ids rewritten){}",
         served.connections,
         served.requests,
         c.accesses,
@@ -187,6 +187,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         c.irqs_delivered,
         c.dma_writes_applied,
         c.dma_writes_unconfirmed,
+        c.dma_echoes_rewritten,
         match &last.first_divergence {
             Some(d) => format!(
                 "; DIVERGED {} time(s), first at seq {}: {}",

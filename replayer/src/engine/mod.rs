@@ -21,6 +21,7 @@ use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
 use crate::source::{EventSource, SourceError};
 
 mod device;
+mod echo;
 mod matching;
 mod render;
 mod response;
@@ -46,6 +47,35 @@ fn looks_like_ring_base(named: &crate::compile::NamedPage) -> bool {
 /// Rings whose first page `page_named_by_guest_ring` reads (the register-named pages around the
 /// cursor; a device has a few).
 const MAX_NAMED_RINGS: usize = 64;
+
+/// Pages named by submitted commands that are looked at, per kind (`command_named_pages`).
+const MAX_COMMAND_PAGES: usize = 256;
+
+/// The pages the replay guest's commands name, for one group of device actions.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct CommandPages {
+    /// Page-aligned words of the first page of each ring the guest programmed as the recorded
+    /// guest did: the queues and data pages of the commands there (an NVMe admin queue's).
+    queues: Vec<u64>,
+    /// Page-aligned words of the commands the group read from those rings and queues, as the
+    /// guest wrote them: the data pages of the commands the group serves.
+    submitted: Vec<u64>,
+}
+
+/// Adds the page-aligned 8-byte words of `bytes` (at least 1 MiB, not in `skip`) to `out`.
+fn page_words(bytes: &[u8], out: &mut Vec<u64>, skip: &[u64]) {
+    for w in bytes.chunks_exact(8) {
+        let p = le_value(w);
+        if p >= MIN_POINTER
+            && p % PAGE == 0
+            && !skip.contains(&p)
+            && !out.contains(&p)
+            && out.len() < MAX_COMMAND_PAGES
+        {
+            out.push(p);
+        }
+    }
+}
 
 /// Descriptor granularity assumed when reading the descriptor a write-back went to (16 bytes:
 /// Intel and Realtek NIC descriptors, virtio descriptors).
@@ -214,6 +244,15 @@ pub struct ReplayState {
     /// Whether the current group of device actions writes back to a ring the guest programmed
     /// (a completion): only then may it fill pages the guest's submitted commands name.
     group_completes: bool,
+    /// The recorded reads (IOVA, bytes) of the current group of device actions, the sources of
+    /// echoed fields (`echo`), and the guest-access count they belong to.
+    group_reads: Vec<(u64, Vec<u8>)>,
+    group_reads_epoch: u64,
+    /// The pages the replay guest's submitted commands name (queues and data pages, then the
+    /// data pages of commands in those queues), for the current group of device actions.
+    command_named: Option<CommandPages>,
+    /// Echoing field pairs confirmed around a chunk: (chunk, pairs).
+    echo_fields: Option<(usize, Vec<echo::EchoField>)>,
     /// The recorded answer to a request the guest wrote off the stream (request/response
     /// registers), while the guest polls it.
     response: Option<Box<response::Response>>,
@@ -312,6 +351,10 @@ impl Shared {
             readback: Vec::new(),
             group_buffers: Vec::new(),
             group_completes: false,
+            group_reads: Vec::new(),
+            group_reads_epoch: 0,
+            command_named: None,
+            echo_fields: None,
             response: None,
             counters: Counters::default(),
             mismatch: None,
@@ -779,7 +822,12 @@ impl Replayer {
             self.state.counters.dma_writes_not_applied += 1;
             return;
         };
-        let total = payload.data.len();
+        let echoed = payload
+            .before
+            .as_ref()
+            .and_then(|_| self.echoed(op.value, &payload.data));
+        let written_data = echoed.as_deref().unwrap_or(&payload.data);
+        let total = written_data.len();
         if let Some(before) = payload.before.as_deref() {
             if self.hands_out_buffers(op.value, &payload.data, before) {
                 // The recorded guest's own write (a driver filling descriptors), which a watch set
@@ -809,7 +857,7 @@ impl Replayer {
             let n = (span.min(to_page_end).min((total - done) as u64) as usize)
                 .max(1)
                 .min(total - done);
-            let data = &payload.data[done..done + n];
+            let data = &written_data[done..done + n];
             match &relocated_before {
                 None => {
                     if memory.write(target, data).is_ok() {
@@ -897,14 +945,16 @@ impl Replayer {
     }
 
     /// Whether the `len` bytes at `target` lie in one page whose address, page-aligned, is a word
-    /// of the first page of a ring the replay guest programmed as the recorded guest did, while
-    /// the current group of device actions completes something (writes back to such a ring): a
-    /// page a submitted command names (an NVMe command's data pointer: Identify data, a queue, a
-    /// read buffer), filled in the group that posts the command's completion. Such commands sit
-    /// in a submission queue, which the device reads and never writes back, and their completion
-    /// goes to another ring, so `given_to_device` (buffers of the descriptors written back) misses
-    /// them. A guest's own writes to a buffer it just handed out come in a group that completes
-    /// nothing, and a NIC's packet buffers are not page-aligned.
+    /// of the first page of a ring the replay guest programmed as the recorded guest did, or a
+    /// word of a command the current group read from such a ring or from a queue a command in
+    /// one created, while the group completes something (writes back to such a ring, or echoes
+    /// a command into a queue a command created): a page a submitted command names (an NVMe
+    /// command's data pointer: Identify data, a queue, a read buffer), filled in the group that
+    /// posts the command's completion. Such commands sit in a submission queue, which the device
+    /// reads and never writes back, and their completion goes to another ring, so
+    /// `given_to_device` (buffers of the descriptors written back) misses them. A guest's own
+    /// writes to a buffer it just handed out come in a group that completes nothing, and a NIC's
+    /// packet buffers are not page-aligned.
     fn page_named_by_guest_ring(&mut self, target: u64, len: usize) -> bool {
         let page = target - target % PAGE;
         if !self.state.group_completes
@@ -913,28 +963,61 @@ impl Replayer {
         {
             return false;
         }
-        let Some(memory) = self.memory.clone() else {
-            return false;
-        };
-        let mut rings: Vec<u64> = Vec::new();
-        for summary in self.summaries_to_cursor() {
-            for named in summary.register_named_pages.values() {
-                if !looks_like_ring_base(named) || !self.guest_named_too(named) {
-                    continue;
-                }
-                let ring = self.state.relocations.translate(named.addr);
-                let ring_page = ring - ring % PAGE;
-                if !rings.contains(&ring_page) && rings.len() < MAX_NAMED_RINGS {
-                    rings.push(ring_page);
+        let named = self.command_named_pages();
+        named.queues.contains(&page) || named.submitted.contains(&page)
+    }
+
+    /// The pages the replay guest's commands name, computed once per group of device actions
+    /// (see [`CommandPages`]).
+    fn command_named_pages(&mut self) -> CommandPages {
+        if let Some(named) = &self.state.command_named {
+            return named.clone();
+        }
+        let mut named = CommandPages::default();
+        if let Some(memory) = self.memory.clone() {
+            let mut rings: Vec<u64> = Vec::new();
+            for summary in self.summaries_to_cursor() {
+                for named in summary.register_named_pages.values() {
+                    if !looks_like_ring_base(named) || !self.guest_named_too(named) {
+                        continue;
+                    }
+                    let ring = self.state.relocations.translate(named.addr);
+                    let ring_page = ring - ring % PAGE;
+                    if !rings.contains(&ring_page) && rings.len() < MAX_NAMED_RINGS {
+                        rings.push(ring_page);
+                    }
                 }
             }
+            let mut buf = std::mem::take(&mut self.scratch2);
+            buf.resize(PAGE as usize, 0);
+            for &ring in &rings {
+                if memory.read(ring, &mut buf).is_ok() {
+                    page_words(&buf, &mut named.queues, &rings);
+                }
+            }
+            // The commands the group read, as the replay guest wrote them: from a ring's first
+            // page or from a queue a command created (not from pages around them, which hold
+            // the kernel's data and, once, its buffers).
+            let reads: Vec<(u64, usize)> = self
+                .state
+                .group_reads
+                .iter()
+                .map(|(iova, bytes)| (self.state.relocations.translate(*iova), bytes.len()))
+                .collect();
+            for (at, n) in reads {
+                let page = at - at % PAGE;
+                if !(rings.contains(&page) || named.queues.contains(&page)) {
+                    continue;
+                }
+                let n = n.min((page + PAGE - at) as usize);
+                if memory.read(at, &mut buf[..n]).is_ok() {
+                    let skip = (8 - (at % 8) as usize) % 8;
+                    page_words(&buf[skip.min(n)..n], &mut named.submitted, &[]);
+                }
+            }
+            self.scratch2 = buf;
         }
-        let mut buf = std::mem::take(&mut self.scratch2);
-        buf.resize(PAGE as usize, 0);
-        let named = rings.iter().any(|&ring| {
-            memory.read(ring, &mut buf).is_ok() && buf.chunks_exact(8).any(|w| le_value(w) == page)
-        });
-        self.scratch2 = buf;
+        self.state.command_named = Some(named.clone());
         named
     }
 
@@ -1094,6 +1177,7 @@ impl Replayer {
             if self.learn_pointers(op.value, data) {
                 self.state.counters.dma_reads_checked += 1;
             }
+            self.note_group_read(op.value, data);
         }
     }
 
@@ -1110,6 +1194,7 @@ impl Replayer {
         let mut end_in_current = None;
         self.state.group_buffers.clear();
         self.state.group_completes = false;
+        self.state.command_named = None;
         loop {
             let Some(op) = chunk.ops.get(i).copied() else {
                 // The group goes on in the next chunk (a recorder that flushes often).
@@ -1146,6 +1231,17 @@ impl Replayer {
                     let target = self.state.relocations.translate(op.value);
                     self.note_group_buffers(target, len);
                     self.state.group_completes = true;
+                } else if let Some(p) = payload.filter(|p| !driver_write && p.before.is_some()) {
+                    // A write-back that echoes an identifier of a command the group read (an
+                    // NVMe completion's command id) to a queue a submitted command created (an
+                    // I/O completion queue) completes that command.
+                    let target = self.state.relocations.translate(op.value);
+                    let page = target - target % PAGE;
+                    if self.command_named_pages().queues.contains(&page)
+                        && !self.echo_sources(op.value, &p.data).is_empty()
+                    {
+                        self.state.group_completes = true;
+                    }
                 }
                 if let Some(before) = chunk
                     .dma_writes

@@ -33,6 +33,8 @@ pub(crate) struct ChunkSummary {
     pub ends_with_write: Option<RegKey>,
     /// Pages named by register writes, with the register and value (the last such write).
     pub register_named_pages: HashMap<u64, NamedPage>,
+    /// Echoed fields seen in the chunk's groups of device actions, with the value echoed.
+    pub echoes: Vec<(super::echo::EchoField, u16)>,
 }
 
 impl ChunkSummary {
@@ -46,6 +48,7 @@ impl ChunkSummary {
                 .filter(|o| o.kind == OpKind::Write)
                 .map(|o| (o.region, o.offset, o.size)),
             register_named_pages: chunk.register_named_pages(),
+            echoes: super::echo::chunk_echoes(chunk),
         }
     }
 

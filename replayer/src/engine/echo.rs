@@ -1,0 +1,259 @@
+//! Echoed identifiers: fields a device copies from what it read into what it writes back.
+//!
+//! An NVMe controller answers a command with a completion that carries the command's id, read from
+//! the submission queue entry. A driver that numbers its commands differently in the replay (Linux
+//! takes ids from blk-mq tags, whose allocator starts at a random hint every boot) gets the
+//! recorded id back and rejects the completion. A trace whose recorder logged what the guest
+//! handed the device (`dma_read` events) shows the echo: a 2-byte field of a device write-back
+//! equal to a 2-byte field of a read in the same group of device actions. The replay writes the
+//! replay guest's own value there instead.
+//!
+//! A single equality can be chance (a received frame's length equal to a sent one's), so a field
+//! pair counts only when the trace around the cursor shows it echoing at least [`MIN_DISTINCT`]
+//! different values, each time as the only field of the group's reads holding the value (values
+//! 0 and 1, flags and counts, are no evidence). Fields inside pointers are never sources: those
+//! are relocated, not echoed. A confirmed pair then rewrites every write-back field of its kind
+//! whose recorded value its source held, when exactly one read of the group has it there.
+
+use std::collections::{HashMap, HashSet};
+
+use super::*;
+
+/// A write-back field (its offset in a 16-byte block: a completion entry, a descriptor) that
+/// echoes a read field (its offset in a 64-byte block: a command, a descriptor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct EchoField {
+    write_at: u8,
+    read_at: u8,
+}
+
+const WRITE_BLOCK: u64 = 16;
+const READ_BLOCK: u64 = 64;
+/// Device writes longer than this are payload, not write-backs.
+const MAX_ECHO_WRITE: usize = 64;
+/// Reads longer than this are payload, not commands or descriptors.
+pub(super) const MAX_ECHO_READ: usize = 512;
+/// Reads of one group that are searched (a driver's other writes to watched pages come as reads
+/// too, dozens in a group).
+pub(super) const MAX_GROUP_READS: usize = 64;
+/// Different echoed values that make a field pair an echo.
+const MIN_DISTINCT: usize = 3;
+
+/// One echo found in a recorded group, with the value echoed.
+struct Echo {
+    field: EchoField,
+    value: u16,
+}
+
+/// The echoes in a write-back of `data` over `before` at `iova` whose value is found at exactly
+/// one non-pointer position of `reads` ((iova, bytes) of the group's reads).
+fn echoes(
+    iova: u64,
+    data: &[u8],
+    before: &[u8],
+    reads: &[(u64, &[u8])],
+    is_pointer: &dyn Fn(u64) -> bool,
+) -> Vec<Echo> {
+    let mut found = Vec::new();
+    if data.len() > MAX_ECHO_WRITE || reads.is_empty() {
+        return found;
+    }
+    let mut at = (iova % 2) as usize;
+    while at + 2 <= data.len().min(before.len()) {
+        let value = u16::from_le_bytes([data[at], data[at + 1]]);
+        let changed = data[at..at + 2] != before[at..at + 2];
+        if changed && value > 1 {
+            let mut source = None;
+            let mut count = 0;
+            for (r, (r_iova, bytes)) in reads.iter().enumerate() {
+                let mut from = (r_iova % 2) as usize;
+                while from + 2 <= bytes.len() {
+                    if u16::from_le_bytes([bytes[from], bytes[from + 1]]) == value
+                        && !in_pointer(*r_iova, bytes, from, is_pointer)
+                    {
+                        count += 1;
+                        source = Some((r, from));
+                    }
+                    from += 2;
+                }
+            }
+            if let (1, Some((read, from))) = (count, source) {
+                let r_iova = reads[read].0;
+                found.push(Echo {
+                    field: EchoField {
+                        write_at: ((iova + at as u64) % WRITE_BLOCK) as u8,
+                        read_at: ((r_iova + from as u64) % READ_BLOCK) as u8,
+                    },
+                    value,
+                });
+            }
+        }
+        at += 2;
+    }
+    found
+}
+
+/// Whether byte `at` of `bytes` (read at `iova`) lies in an 8-byte aligned word that is a DMA
+/// address.
+fn in_pointer(iova: u64, bytes: &[u8], at: usize, is_pointer: &dyn Fn(u64) -> bool) -> bool {
+    let word = (iova + at as u64) & !7;
+    let Some(start) = word.checked_sub(iova) else {
+        return false;
+    };
+    bytes
+        .get(start as usize..start as usize + 8)
+        .is_some_and(|w| is_pointer(le_value(w)))
+}
+
+/// The echoes a compiled chunk shows within its groups of device actions (pointers: words
+/// that name a page the chunk's DMA touches), as (field, value), de-duplicated.
+pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> Vec<(EchoField, u16)> {
+    let is_pointer =
+        |w: u64| w >= MIN_POINTER && chunk.dma_pages.binary_search(&(w / PAGE)).is_ok();
+    let mut out = Vec::new();
+    let mut reads: Vec<(u64, &[u8])> = Vec::new();
+    for op in &chunk.ops {
+        match op.kind {
+            k if k.is_guest_call() => reads.clear(),
+            OpKind::DmaRead => {
+                if let Some(bytes) = chunk.dma_reads.get(op.aux as usize) {
+                    if bytes.len() <= MAX_ECHO_READ && reads.len() < MAX_GROUP_READS {
+                        reads.push((op.value, bytes));
+                    }
+                }
+            }
+            OpKind::DmaWrite => {
+                let Some(w) = chunk.dma_writes.get(op.aux as usize) else {
+                    continue;
+                };
+                if let Some(before) = &w.before {
+                    for e in echoes(op.value, &w.data, before, &reads, &is_pointer) {
+                        out.push((e.field, e.value));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl Replayer {
+    /// A read of the current group of device actions, kept for [`Replayer::echoed`].
+    pub(super) fn note_group_read(&mut self, iova: u64, bytes: &[u8]) {
+        let epoch = self.state.counters.accesses;
+        if self.state.group_reads_epoch != epoch {
+            self.state.group_reads.clear();
+            self.state.group_reads_epoch = epoch;
+        }
+        if bytes.len() <= MAX_ECHO_READ && self.state.group_reads.len() < MAX_GROUP_READS {
+            self.state.group_reads.push((iova, bytes.to_vec()));
+        }
+    }
+
+    /// `data` (a recorded write-back at `iova`) with each echoed field replaced by the replay
+    /// guest's value at the field's source, or `None` when nothing changes.
+    pub(super) fn echoed(&mut self, iova: u64, data: &[u8]) -> Option<Vec<u8>> {
+        let memory = self.memory.clone()?;
+        let mut out: Option<Vec<u8>> = None;
+        for (at, source) in self.echo_sources(iova, data) {
+            let value = [data[at], data[at + 1]];
+            let mut now = [0u8; 2];
+            let source = self.state.relocations.translate(source);
+            if memory.read(source, &mut now).is_ok() && now != value {
+                out.get_or_insert_with(|| data.to_vec())[at..at + 2].copy_from_slice(&now);
+                self.state.counters.dma_echoes_rewritten += 1;
+            }
+        }
+        out
+    }
+
+    /// The echoed fields of a recorded write-back of `data` at `iova`: (byte offset in `data`,
+    /// recorded address of the field it echoes in one of the current group's reads).
+    pub(super) fn echo_sources(&mut self, iova: u64, data: &[u8]) -> Vec<(usize, u64)> {
+        let mut found = Vec::new();
+        if self.state.group_reads_epoch != self.state.counters.accesses
+            || self.state.group_reads.is_empty()
+            || data.len() > MAX_ECHO_WRITE
+        {
+            return found;
+        }
+        let pairs = self.confirmed_echoes();
+        if pairs.is_empty() {
+            return found;
+        }
+        let reads = std::mem::take(&mut self.state.group_reads);
+        let mut at = (iova % 2) as usize;
+        while at + 2 <= data.len() {
+            let value = u16::from_le_bytes([data[at], data[at + 1]]);
+            let write_at = ((iova + at as u64) % WRITE_BLOCK) as u8;
+            // Unchanged fields too: a completion slot that held the same id before.
+            let source = pairs
+                .iter()
+                .filter(|p| p.write_at == write_at)
+                .find_map(|p| self.unique_source(&reads, p.read_at, value));
+            if let Some(source) = source {
+                found.push((at, source));
+            }
+            at += 2;
+        }
+        self.state.group_reads = reads;
+        found
+    }
+
+    /// The recorded address of the only field of `reads` at `read_at` (in its 64-byte block) that
+    /// holds `value` outside a pointer.
+    fn unique_source(&self, reads: &[(u64, Vec<u8>)], read_at: u8, value: u16) -> Option<u64> {
+        let is_pointer = |w: u64| w >= MIN_POINTER && self.is_recorded_dma_page(w);
+        let mut found = None;
+        for (r_iova, bytes) in reads {
+            let first = (READ_BLOCK + read_at as u64 - r_iova % READ_BLOCK) % READ_BLOCK;
+            let mut from = first as usize;
+            while from + 2 <= bytes.len() {
+                if u16::from_le_bytes([bytes[from], bytes[from + 1]]) == value
+                    && !in_pointer(*r_iova, bytes, from, &is_pointer)
+                {
+                    if found.is_some() {
+                        return None;
+                    }
+                    found = Some(r_iova + from as u64);
+                }
+                from += READ_BLOCK as usize;
+            }
+        }
+        found
+    }
+
+    /// The field pairs the trace around the cursor shows echoing at least [`MIN_DISTINCT`]
+    /// different values.
+    fn confirmed_echoes(&mut self) -> Vec<EchoField> {
+        let chunk = self.state.cursor.chunk;
+        if self.state.echo_fields.as_ref().map(|(c, _)| *c) != Some(chunk) {
+            let mut values: HashMap<EchoField, HashSet<u16>> = HashMap::new();
+            let around = self
+                .shared
+                .summary(chunk)
+                .into_iter()
+                .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
+                .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
+            for summary in around {
+                for (f, v) in &summary.echoes {
+                    values.entry(*f).or_default().insert(*v);
+                }
+            }
+            let confirmed: Vec<EchoField> = values
+                .into_iter()
+                .filter(|(_, v)| v.len() >= MIN_DISTINCT)
+                .map(|(f, _)| f)
+                .collect();
+            self.state.echo_fields = Some((chunk, confirmed));
+        }
+        self.state
+            .echo_fields
+            .as_ref()
+            .map(|(_, f)| f.clone())
+            .unwrap_or_default()
+    }
+}
