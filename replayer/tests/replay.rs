@@ -1500,3 +1500,119 @@ fn completions_echo_the_replay_guests_command_ids() {
         }
     }
 }
+
+#[test]
+fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
+    const KERNEL: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+    let command_naming = |page: u64| {
+        let mut c = command(0x0110);
+        c[24..32].copy_from_slice(&page.to_le_bytes());
+        c
+    };
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    // Command 0 names the DATA page; the device fills it and completes.
+    t.write(SQ_DOORBELL, 1);
+    t.dma_read(RING, &command_naming(DATA));
+    t.dma_write(DATA, &[0x5A; 16], Some(&[0; 16]));
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x10, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    // Command 1 names nothing; the kernel has reused the DATA page meanwhile, and a watch set
+    // logged its writes there as the device's, in the group that completes command 1.
+    t.write(SQ_DOORBELL, 2);
+    t.dma_read(RING + 64, &command(0x0111));
+    t.dma_write(DATA + 0x100, &[0x77; 8], Some(&KERNEL));
+    t.dma_write(CQ + 24, &[2, 0, 0, 0, 0x11, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for policy in policies() {
+        let mut vmm = Vmm::new(t_clone(&t), 4096, opts(policy));
+        ring_bring_up(&mut vmm, RING, None);
+        vmm.write(CQ_LO, CQ as u32);
+        vmm.write(CQ_HI, 0);
+        vmm.put_mem(DATA + 0x100, &KERNEL);
+        vmm.put_mem(RING, &command_naming(DATA));
+        vmm.write(SQ_DOORBELL, 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(
+            vmm.mem_bytes(DATA, 16),
+            [0x5A; 16],
+            "{policy:?}: the command's data"
+        );
+        // Command 0 stays in the ring's first page.
+        vmm.put_mem(RING + 64, &command(0x0111));
+        vmm.write(SQ_DOORBELL, 2);
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(
+            vmm.mem_bytes(DATA + 0x100, 8),
+            KERNEL,
+            "{policy:?}: kernel data spared {:?}",
+            vmm.dev.report().counters
+        );
+        assert_eq!(
+            vmm.mem_bytes(CQ + 24, 1),
+            [2],
+            "{policy:?}: completion posted"
+        );
+    }
+}
+
+fn t_clone(t: &Trace) -> Trace {
+    let mut c = Trace::new();
+    c.events = t.events.clone();
+    c
+}
+
+#[test]
+fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
+    const IO_CQ: u64 = 0x10_a000;
+    let create_queue = {
+        let mut c = command(0x0105);
+        c[0] = 0x05;
+        c[24..32].copy_from_slice(&IO_CQ.to_le_bytes());
+        c
+    };
+    let ids: [u16; 4] = [0x0120, 0x0121, 0x0122, 0x0123];
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    // An admin command creates the queue (completed in the register-named ring)...
+    t.write(SQ_DOORBELL, 1);
+    t.dma_read(RING, &create_queue);
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x05, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    // ...then commands complete into it, echoing their ids.
+    for (k, id) in ids.iter().enumerate() {
+        t.write(SQ_DOORBELL, k as u32 + 2);
+        t.dma_read(RING + 64 * (k as u64 + 1), &command(*id));
+        let [lo, hi] = id.to_le_bytes();
+        t.dma_write(
+            IO_CQ + 16 * k as u64 + 8,
+            &[k as u8 + 1, 0, 1, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for policy in policies() {
+        let mut vmm = Vmm::new(t_clone(&t), 4096, opts(policy));
+        ring_bring_up(&mut vmm, RING, None);
+        vmm.write(CQ_LO, CQ as u32);
+        vmm.write(CQ_HI, 0);
+        vmm.put_mem(RING, &create_queue);
+        vmm.write(SQ_DOORBELL, 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        for (k, id) in ids.iter().enumerate() {
+            vmm.put_mem(RING + 64 * (k as u64 + 1), &command(*id));
+            vmm.write(SQ_DOORBELL, k as u32 + 2);
+            assert_eq!(vmm.read(ICR), 0x80);
+            let got = vmm.mem_bytes(IO_CQ + 16 * k as u64 + 8, 7);
+            assert_eq!(got[6], 1, "{policy:?}: completion {k} posted");
+        }
+        let c = vmm.dev.report().counters;
+        assert_eq!(c.dma_writes_unconfirmed, 0, "{policy:?}: {c:?}");
+    }
+}

@@ -33,9 +33,11 @@ const READ_BLOCK: u64 = 64;
 const MAX_ECHO_WRITE: usize = 64;
 /// Reads longer than this are payload, not commands or descriptors.
 pub(super) const MAX_ECHO_READ: usize = 512;
-/// Reads of one group that are searched (a driver's other writes to watched pages come as reads
-/// too, dozens in a group).
-pub(super) const MAX_GROUP_READS: usize = 64;
+/// Reads of one group that are kept (a driver's other writes to watched pages come as reads too:
+/// a kernel clearing a page beside a queue gives a hundred reads before the command's).
+pub(super) const MAX_GROUP_READS: usize = 512;
+/// Bytes of a group's reads searched for evidence of an echo (every 2-byte position of them).
+const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
 /// Different echoed values that make a field pair an echo.
 const MIN_DISTINCT: usize = 3;
 
@@ -112,12 +114,22 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> Vec<(EchoField, u16)> {
         |w: u64| w >= MIN_POINTER && chunk.dma_pages.binary_search(&(w / PAGE)).is_ok();
     let mut out = Vec::new();
     let mut reads: Vec<(u64, &[u8])> = Vec::new();
+    let mut read_bytes = 0;
     for op in &chunk.ops {
         match op.kind {
-            k if k.is_guest_call() => reads.clear(),
+            k if k.is_guest_call() => {
+                reads.clear();
+                read_bytes = 0;
+            }
             OpKind::DmaRead => {
                 if let Some(bytes) = chunk.dma_reads.get(op.aux as usize) {
-                    if bytes.len() <= MAX_ECHO_READ && reads.len() < MAX_GROUP_READS {
+                    // Zeros are a kernel clearing memory, not a command.
+                    let blank = bytes.iter().all(|&b| b == 0);
+                    if bytes.len() <= MAX_ECHO_READ
+                        && !blank
+                        && read_bytes + bytes.len() <= MAX_EVIDENCE_BYTES
+                    {
+                        read_bytes += bytes.len();
                         reads.push((op.value, bytes));
                     }
                 }
@@ -143,12 +155,16 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> Vec<(EchoField, u16)> {
 impl Replayer {
     /// A read of the current group of device actions, kept for [`Replayer::echoed`].
     pub(super) fn note_group_read(&mut self, iova: u64, bytes: &[u8]) {
+        self.state.trace_has_reads = true;
         let epoch = self.state.counters.accesses;
         if self.state.group_reads_epoch != epoch {
             self.state.group_reads.clear();
             self.state.group_reads_epoch = epoch;
         }
-        if bytes.len() <= MAX_ECHO_READ && self.state.group_reads.len() < MAX_GROUP_READS {
+        // Zeros are a kernel clearing memory, not a command.
+        let blank = bytes.iter().all(|&b| b == 0);
+        if bytes.len() <= MAX_ECHO_READ && !blank && self.state.group_reads.len() < MAX_GROUP_READS
+        {
             self.state.group_reads.push((iova, bytes.to_vec()));
         }
     }

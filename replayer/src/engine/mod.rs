@@ -248,6 +248,11 @@ pub struct ReplayState {
     /// echoed fields (`echo`), and the guest-access count they belong to.
     group_reads: Vec<(u64, Vec<u8>)>,
     group_reads_epoch: u64,
+    /// Whether the trace showed a read yet (a recorder that logs what the guest hands the device).
+    trace_has_reads: bool,
+    /// Pages of the queues a command created that the current group posts completions to (a
+    /// write there echoes a command the group read).
+    completion_pages: Vec<u64>,
     /// The pages the replay guest's submitted commands name (queues and data pages, then the
     /// data pages of commands in those queues), for the current group of device actions.
     command_named: Option<CommandPages>,
@@ -353,6 +358,8 @@ impl Shared {
             group_completes: false,
             group_reads: Vec::new(),
             group_reads_epoch: 0,
+            trace_has_reads: false,
+            completion_pages: Vec::new(),
             command_named: None,
             echo_fields: None,
             response: None,
@@ -964,7 +971,11 @@ impl Replayer {
             return false;
         }
         let named = self.command_named_pages();
-        named.queues.contains(&page) || named.submitted.contains(&page)
+        // A ring's first page also holds the commands of long ago, whose pages the kernel has
+        // since reused: with the commands of each group in the trace, only those count.
+        named.submitted.contains(&page)
+            || self.state.completion_pages.contains(&page)
+            || (!self.state.trace_has_reads && named.queues.contains(&page))
     }
 
     /// The pages the replay guest's commands name, computed once per group of device actions
@@ -1194,6 +1205,7 @@ impl Replayer {
         let mut end_in_current = None;
         self.state.group_buffers.clear();
         self.state.group_completes = false;
+        self.state.completion_pages.clear();
         self.state.command_named = None;
         loop {
             let Some(op) = chunk.ops.get(i).copied() else {
@@ -1241,6 +1253,9 @@ impl Replayer {
                         && !self.echo_sources(op.value, &p.data).is_empty()
                     {
                         self.state.group_completes = true;
+                        if !self.state.completion_pages.contains(&page) {
+                            self.state.completion_pages.push(page);
+                        }
                     }
                 }
                 if let Some(before) = chunk
