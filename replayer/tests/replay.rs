@@ -1470,10 +1470,7 @@ fn completions_echo_the_replay_guests_command_ids() {
         ("no reads", false),
     ] {
         for policy in policies() {
-            let mut vmm = Vmm::new(trace(case), 4096, opts(policy));
-            ring_bring_up(&mut vmm, RING, None);
-            vmm.write(CQ_LO, CQ as u32);
-            vmm.write(CQ_HI, 0);
+            let mut vmm = queues_brought_up(&trace(case), policy);
             for (k, id) in guest.iter().enumerate() {
                 vmm.put_mem(RING + 64 * k as u64, &command(*id));
                 vmm.write(SQ_DOORBELL, k as u32 + 1);
@@ -1528,10 +1525,7 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
     t.irq(2, 0);
     t.read(ICR, 0x80);
     for policy in policies() {
-        let mut vmm = Vmm::new(t_clone(&t), 4096, opts(policy));
-        ring_bring_up(&mut vmm, RING, None);
-        vmm.write(CQ_LO, CQ as u32);
-        vmm.write(CQ_HI, 0);
+        let mut vmm = queues_brought_up(&t, policy);
         vmm.put_mem(DATA + 0x100, &KERNEL);
         vmm.put_mem(RING, &command_naming(DATA));
         vmm.write(SQ_DOORBELL, 1);
@@ -1559,10 +1553,15 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
     }
 }
 
-fn t_clone(t: &Trace) -> Trace {
-    let mut c = Trace::new();
-    c.events = t.events.clone();
-    c
+/// A replayer over `t` whose guest has brought up the submission ring and the completion ring.
+fn queues_brought_up(t: &Trace, policy: Policy) -> Vmm {
+    let mut trace = Trace::new();
+    trace.events = t.events.clone();
+    let mut vmm = Vmm::new(trace, 4096, opts(policy));
+    ring_bring_up(&mut vmm, RING, None);
+    vmm.write(CQ_LO, CQ as u32);
+    vmm.write(CQ_HI, 0);
+    vmm
 }
 
 #[test]
@@ -1598,10 +1597,7 @@ fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
         t.read(ICR, 0x80);
     }
     for policy in policies() {
-        let mut vmm = Vmm::new(t_clone(&t), 4096, opts(policy));
-        ring_bring_up(&mut vmm, RING, None);
-        vmm.write(CQ_LO, CQ as u32);
-        vmm.write(CQ_HI, 0);
+        let mut vmm = queues_brought_up(&t, policy);
         vmm.put_mem(RING, &create_queue);
         vmm.write(SQ_DOORBELL, 1);
         assert_eq!(vmm.read(ICR), 0x80);
