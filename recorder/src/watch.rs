@@ -184,6 +184,8 @@ struct Named {
     depth: u8,
     /// Whether pointers in the page name more pages.
     names_pages: bool,
+    /// Whether a page-aligned pointer the guest just wrote names it: the device is to fill it.
+    handed_over: bool,
 }
 
 struct Page {
@@ -203,6 +205,11 @@ struct Page {
     writer: Option<Attribution>,
     /// Pointers between a register-named ring and this page (0 for the ring itself).
     depth: u8,
+    /// Named by a page-aligned pointer the guest wrote (a command's data page, a queue it
+    /// creates) and not changed since: the device's first change is logged as the whole page,
+    /// since a device fills a buffer whatever it held, and bytes it wrote with their old value
+    /// would otherwise be missing from the trace.
+    fill_pending: bool,
     /// Whether pointers in this page name more pages.
     names_pages: bool,
 }
@@ -386,6 +393,7 @@ impl WatchSet {
                 naming: Naming::Register,
                 depth: 0,
                 names_pages: self.options.follow_pointers,
+                handed_over: false,
             };
             self.watch_range(&mut st, address, self.options.ring_span, named);
         }
@@ -556,6 +564,7 @@ impl WatchSet {
             naming,
             depth,
             names_pages,
+            handed_over,
         } = named;
         let stamp = st.next_stamp;
         st.next_stamp += 1;
@@ -572,6 +581,7 @@ impl WatchSet {
             existing.ring_head |= ring_head;
             existing.stamp = stamp;
             existing.depth = existing.depth.min(depth);
+            existing.fill_pending |= handed_over;
             if names_pages && !existing.names_pages {
                 // Named now as a structure with pointers (a buffer page reused as a pointer
                 // list): what it holds is followed like a new page's.
@@ -625,6 +635,7 @@ impl WatchSet {
                 stamp,
                 ring_head,
                 writer: None,
+                fill_pending: handed_over,
                 depth,
                 names_pages,
             },
@@ -685,6 +696,7 @@ impl WatchSet {
                     naming: Naming::Pointer,
                     depth: child,
                     names_pages: structure,
+                    handed_over: ptr % WATCH_PAGE_SIZE == 0,
                 };
                 self.watch_range(st, ptr, span, named);
             }
@@ -754,6 +766,23 @@ impl WatchSet {
                 page.writer = Some(page_attribution);
             }
             let live = &scratch[..n];
+            if std::mem::take(&mut page.fill_pending) && page_attribution == Attribution::Device {
+                // The device filled a page a command handed it: all of it, as memory holds it.
+                bump(&self.counters.changes_found, 1);
+                if kept {
+                    bump(&self.counters.device_ring_ranges_kept, 1);
+                }
+                if let Some(p) = pending.take() {
+                    self.log_write(p);
+                }
+                self.log_write(PendingWrite {
+                    iova: page.iova,
+                    data: live.to_vec(),
+                    before: page.shadow.clone(),
+                });
+                page.shadow.copy_from_slice(live);
+                continue;
+            }
             let mut first_changed = usize::MAX;
             let mut last_changed = 0usize;
             let mut i = 0;

@@ -1612,3 +1612,43 @@ fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
         assert_eq!(c.dma_writes_unconfirmed, 0, "{policy:?}: {c:?}");
     }
 }
+
+#[test]
+fn a_page_a_command_hands_over_is_filled_whole_whatever_it_held() {
+    let command_naming = |page: u64| {
+        let mut c = command(0x0110);
+        c[24..32].copy_from_slice(&page.to_le_bytes());
+        c
+    };
+    let mut filled = vec![0x5Au8; 4096];
+    filled[100..200].fill(0x11); // bytes the device wrote with the value they had
+    for (case, len) in [("whole page", 4096usize), ("part of it", 16)] {
+        let mut t = ring_bring_up_trace();
+        t.write(CQ_LO, CQ as u32);
+        t.write(CQ_HI, 0);
+        t.write(SQ_DOORBELL, 1);
+        t.dma_read(RING, &command_naming(DATA));
+        t.dma_write(DATA, &filled[..len], Some(&vec![0x11; len]));
+        t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x10, 1, 1], Some(&[0; 7]));
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+        for policy in policies() {
+            let mut vmm = queues_brought_up(&t, policy);
+            // The replay guest's buffer has another history than the recorded one's.
+            vmm.put_mem(DATA, &[0x22; 4096]);
+            vmm.put_mem(RING, &command_naming(DATA));
+            vmm.write(SQ_DOORBELL, 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+            let got = vmm.mem_bytes(DATA, len);
+            if len == 4096 {
+                assert_eq!(
+                    got, filled,
+                    "{case} {policy:?}: the device's fill, all of it"
+                );
+            } else {
+                // A partial write keeps to the rule: only where the recorded bytes still are.
+                assert_eq!(got, vec![0x22; len], "{case} {policy:?}");
+            }
+        }
+    }
+}

@@ -878,6 +878,16 @@ impl Replayer {
                     self.scratch.resize(n, 0);
                     if memory.read(target, &mut self.scratch).is_err() {
                         fault = true;
+                    } else if n as u64 == PAGE && self.fills_handed_page(target) {
+                        // The whole page a command the group completes handed the device (a
+                        // recorder logs such a fill whole): the device fills it whatever it
+                        // held, and what it held is the replay guest's own history (a
+                        // `kmalloc` leftover), not a change made since to spare.
+                        if memory.write(target, data).is_ok() {
+                            written += n;
+                        } else {
+                            fault = true;
+                        }
                     } else if !self.trusted_dma_range(rec, target, n) {
                         // Guest memory the replay has no evidence the guest gave the device:
                         // the recorded buffer may be anything here (the guest put it elsewhere).
@@ -976,6 +986,14 @@ impl Replayer {
         named.submitted.contains(&page)
             || self.state.completion_pages.contains(&page)
             || (!self.state.trace_has_reads && named.queues.contains(&page))
+    }
+
+    /// Whether `target` is a page a command of the current group names (as the replay guest wrote
+    /// it) while the group completes: a buffer the command handed the device to fill.
+    fn fills_handed_page(&mut self, target: u64) -> bool {
+        target % PAGE == 0
+            && self.state.group_completes
+            && self.command_named_pages().submitted.contains(&target)
     }
 
     /// The pages the replay guest's commands name, computed once per group of device actions
