@@ -239,10 +239,11 @@ struct State {
     /// What the guest wrote to watched pages since the last register write, widened to 16-byte
     /// blocks: the device reads it once the write reaches it.
     reads: Vec<DmaRead>,
-    /// Ranges (IOVA, length) of pages the guest writes (a submission queue, a transmit ring)
-    /// that an observation logged as device writes since the last register write: a guest write
-    /// an interrupt or a sweep saw before its doorbell. They are read again at the next register
-    /// write, as what it hands the device.
+    /// Ranges (IOVA, length) of pages the guest writes (a submission queue, a transmit ring; or
+    /// a page nobody was seen writing yet: a driver's very first command) that an observation
+    /// logged as device writes since the last register write: a guest write an interrupt or a
+    /// sweep saw before its doorbell. They are read again at the next register write, as what it
+    /// hands the device.
     unread: Vec<(u64, usize)>,
 }
 
@@ -761,8 +762,9 @@ impl WatchSet {
             } else {
                 attribution
             };
-            let guest_page = page.writer == Some(Attribution::Guest);
-            if !guest_page {
+            // A page only the device has written so far (a completion queue) hands over nothing.
+            let guest_page = page.writer != Some(Attribution::Device);
+            if page.writer != Some(Attribution::Guest) {
                 page.writer = Some(page_attribution);
             }
             let live = &scratch[..n];

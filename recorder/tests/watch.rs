@@ -1110,27 +1110,34 @@ fn what_the_guest_hands_the_device_is_logged_as_reads_after_the_doorbell() {
 
 #[test]
 fn a_guest_write_an_observation_saw_first_is_still_read_after_its_doorbell() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.hwrr");
-    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
-    let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
-    let guest = bring_up(&mut tap, true);
-    // The guest is seen writing the ring once (a doorbell absorbs it)...
-    guest.fill_descriptor(1, BUFFERS + 0x2_0000);
-    write32(&mut tap, RDT, 1);
-    // ...then fills another descriptor, and a register read (an observation) comes before the
-    // doorbell: the watch set logs the change as the device's, and the doorbell finds nothing
-    // new.
-    let buffer = BUFFERS + 0x3_0000;
-    guest.fill_descriptor(2, buffer);
-    assert_eq!(read32(&mut tap, ICR), 0);
-    write32(&mut tap, RDT, 2);
-    drop(tap);
-    recorder.finish().unwrap();
-    assert_eq!(
-        reads_after_last_doorbell(&events_of(&path)),
-        vec![(RING + 2 * 16, descriptor(buffer))]
-    );
+    // With the ring seen written by the guest before, and without (the driver's very first
+    // command).
+    for seen_before in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.hwrr");
+        let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+        let mut tap = Tap::with_options(RxNic::new(false), recorder.handle(), no_sweep()).unwrap();
+        let guest = bring_up(&mut tap, true);
+        if seen_before {
+            // The guest is seen writing the ring once (a doorbell absorbs it).
+            guest.fill_descriptor(1, BUFFERS + 0x2_0000);
+            write32(&mut tap, RDT, 1);
+        }
+        // The guest fills a descriptor, and a register read (an observation) comes before the
+        // doorbell: the watch set logs the change as the device's, and the doorbell finds
+        // nothing new.
+        let buffer = BUFFERS + 0x3_0000;
+        guest.fill_descriptor(2, buffer);
+        assert_eq!(read32(&mut tap, ICR), 0);
+        write32(&mut tap, RDT, 2);
+        drop(tap);
+        recorder.finish().unwrap();
+        assert_eq!(
+            reads_after_last_doorbell(&events_of(&path)),
+            vec![(RING + 2 * 16, descriptor(buffer))],
+            "seen before: {seen_before}"
+        );
+    }
 }
 
 /// A receive descriptor naming `buffer`, as the guest writes it.
