@@ -875,6 +875,15 @@ impl WatchSet {
                 if let Some(page) = pages.get(&key) {
                     let start = (iova - page.iova) as usize;
                     let end = (start + len).min(page.shadow.len());
+                    if page.names_pages && self.options.follow_pointers && start < end {
+                        // And the buffers it names are the device's to fill from now on.
+                        pointer_sources.push((
+                            page.iova,
+                            page.shadow.clone(),
+                            page.depth,
+                            start..end,
+                        ));
+                    }
                     let at = page.iova + start as u64;
                     let covered = reads.iter().any(|r| {
                         r.iova <= at && at + (end - start) as u64 <= r.iova + r.data.len() as u64

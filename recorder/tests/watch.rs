@@ -1130,12 +1130,22 @@ fn a_guest_write_an_observation_saw_first_is_still_read_after_its_doorbell() {
         guest.fill_descriptor(2, buffer);
         assert_eq!(read32(&mut tap, ICR), 0);
         write32(&mut tap, RDT, 2);
+        // The device fills the buffer the descriptor names, which the doorbell made watched.
+        guest.write(buffer, b"a frame");
+        assert_eq!(read32(&mut tap, ICR), 0);
         drop(tap);
         recorder.finish().unwrap();
+        let events = events_of(&path);
         assert_eq!(
-            reads_after_last_doorbell(&events_of(&path)),
+            reads_after_last_doorbell(&events),
             vec![(RING + 2 * 16, descriptor(buffer))],
             "seen before: {seen_before}"
+        );
+        assert!(
+            dma_writes(&events)
+                .iter()
+                .any(|(_, w)| w.iova == buffer && w.data == b"a frame"),
+            "seen before: {seen_before}: the buffer's fill is recorded"
         );
     }
 }
