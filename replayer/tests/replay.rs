@@ -1652,3 +1652,30 @@ fn a_page_a_command_hands_over_is_filled_whole_whatever_it_held() {
         }
     }
 }
+
+#[test]
+fn a_command_written_before_another_register_write_still_names_its_data_page() {
+    const CQ_HEAD_DOORBELL: u64 = 0x1004;
+    let mut c = command(0x0003);
+    c[24..32].copy_from_slice(&DATA.to_le_bytes());
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    // The driver writes its next command, then acknowledges an earlier completion (the read is
+    // logged after that write), then rings the submission doorbell.
+    t.write(CQ_HEAD_DOORBELL, 0);
+    t.dma_read(RING, &c);
+    t.write(SQ_DOORBELL, 1);
+    t.dma_write(DATA, &[0x5A; 16], Some(&[0; 16]));
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 3, 0, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        vmm.put_mem(RING, &c);
+        vmm.write(CQ_HEAD_DOORBELL, 0);
+        vmm.write(SQ_DOORBELL, 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(vmm.mem_bytes(DATA, 16), [0x5A; 16], "{policy:?}");
+    }
+}

@@ -163,9 +163,19 @@ impl Replayer {
         }
         // Zeros are a kernel clearing memory, not a command.
         let blank = bytes.iter().all(|&b| b == 0);
-        if bytes.len() <= MAX_ECHO_READ && !blank && self.state.group_reads.len() < MAX_GROUP_READS
-        {
+        if bytes.len() > MAX_ECHO_READ || blank {
+            return;
+        }
+        if self.state.group_reads.len() < MAX_GROUP_READS {
             self.state.group_reads.push((iova, bytes.to_vec()));
+        }
+        // The commands answered by a completing group are done with once a new group reads.
+        if self.state.completed_at.is_some_and(|at| at != epoch) {
+            self.state.completed_at = None;
+            self.state.pending_commands.clear();
+        }
+        if self.state.pending_commands.len() < MAX_GROUP_READS {
+            self.state.pending_commands.push((iova, bytes.to_vec()));
         }
     }
 

@@ -248,6 +248,13 @@ pub struct ReplayState {
     /// echoed fields (`echo`), and the guest-access count they belong to.
     group_reads: Vec<(u64, Vec<u8>)>,
     group_reads_epoch: u64,
+    /// The recorded reads since the last group of device actions that completed something:
+    /// the commands the device has been handed and not yet answered (a driver may write its
+    /// next command before the register write that starts it, so it is read a group early).
+    pending_commands: Vec<(u64, Vec<u8>)>,
+    /// The guest-access count of a group that completed: the next read after it starts a new
+    /// set of pending commands.
+    completed_at: Option<u64>,
     /// Whether the trace showed a read yet (a recorder that logs what the guest hands the device).
     trace_has_reads: bool,
     /// Pages of the queues a command created that the current group posts completions to (a
@@ -358,6 +365,8 @@ impl Shared {
             group_completes: false,
             group_reads: Vec::new(),
             group_reads_epoch: 0,
+            pending_commands: Vec::new(),
+            completed_at: None,
             trace_has_reads: false,
             completion_pages: Vec::new(),
             command_named: None,
@@ -1029,7 +1038,7 @@ impl Replayer {
             // the kernel's data and, once, its buffers).
             let reads: Vec<(u64, usize)> = self
                 .state
-                .group_reads
+                .pending_commands
                 .iter()
                 .map(|(iova, bytes)| (self.state.relocations.translate(*iova), bytes.len()))
                 .collect();
@@ -1261,6 +1270,7 @@ impl Replayer {
                     let target = self.state.relocations.translate(op.value);
                     self.note_group_buffers(target, len);
                     self.state.group_completes = true;
+                    self.state.completed_at = Some(self.state.counters.accesses);
                 } else if let Some(p) = payload.filter(|p| !driver_write && p.before.is_some()) {
                     // A write-back that echoes an identifier of a command the group read (an
                     // NVMe completion's command id) to a queue a submitted command created (an
@@ -1271,6 +1281,8 @@ impl Replayer {
                         && !self.echo_sources(op.value, &p.data).is_empty()
                     {
                         self.state.group_completes = true;
+                        self.state.completed_at = Some(self.state.counters.accesses);
+                        self.state.completed_at = Some(self.state.counters.accesses);
                         if !self.state.completion_pages.contains(&page) {
                             self.state.completion_pages.push(page);
                         }
