@@ -1679,3 +1679,41 @@ fn a_command_written_before_another_register_write_still_names_its_data_page() {
         assert_eq!(vmm.mem_bytes(DATA, 16), [0x5A; 16], "{policy:?}");
     }
 }
+
+#[test]
+fn a_command_whose_first_word_looks_like_an_address_still_echoes_its_id() {
+    // Namespace 0 (an admin command) and ids near 0x10: the command's first word is 0x10_0006,
+    // inside the ring's own page, which the device used by DMA.
+    let admin = |id: u16| {
+        let mut c = command(id);
+        c[4] = 0;
+        c
+    };
+    let recorded: [u16; 4] = [0x0010, 0x0011, 0x0012, 0x0013];
+    let guest: [u16; 4] = [0x0030, 0x0031, 0x0032, 0x0033];
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    for (k, id) in recorded.iter().enumerate() {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k as u64, &admin(*id));
+        let [lo, hi] = id.to_le_bytes();
+        t.dma_write(
+            CQ + 16 * k as u64 + 8,
+            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        for (k, id) in guest.iter().enumerate() {
+            vmm.put_mem(RING + 64 * k as u64, &admin(*id));
+            vmm.write(SQ_DOORBELL, k as u32 + 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+            let got = vmm.mem_bytes(CQ + 16 * k as u64 + 12, 2);
+            assert_eq!(got, id.to_le_bytes(), "{policy:?} command {k}");
+        }
+    }
+}

@@ -95,6 +95,13 @@ fn echoes(
     found
 }
 
+/// Whether a word can be a DMA address: at least 1 MiB and 4-byte aligned (NVMe data pointers
+/// are dword aligned, buffers more). A command's first word (opcode, flags, id, namespace) is a
+/// number in the low megabytes that a small opcode keeps unaligned.
+fn looks_like_pointer(w: u64) -> bool {
+    w >= MIN_POINTER && w % 4 == 0
+}
+
 /// Whether byte `at` of `bytes` (read at `iova`) lies in an 8-byte aligned word that is a DMA
 /// address.
 fn in_pointer(iova: u64, bytes: &[u8], at: usize, is_pointer: &dyn Fn(u64) -> bool) -> bool {
@@ -111,7 +118,7 @@ fn in_pointer(iova: u64, bytes: &[u8], at: usize, is_pointer: &dyn Fn(u64) -> bo
 /// that name a page the chunk's DMA touches), as (field, value), de-duplicated.
 pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> Vec<(EchoField, u16)> {
     let is_pointer =
-        |w: u64| w >= MIN_POINTER && chunk.dma_pages.binary_search(&(w / PAGE)).is_ok();
+        |w: u64| looks_like_pointer(w) && chunk.dma_pages.binary_search(&(w / PAGE)).is_ok();
     let mut out = Vec::new();
     let mut reads: Vec<(u64, &[u8])> = Vec::new();
     let mut read_bytes = 0;
@@ -232,7 +239,7 @@ impl Replayer {
     /// The recorded address of the only field of `reads` at `read_at` (in its 64-byte block) that
     /// holds `value` outside a pointer.
     fn unique_source(&self, reads: &[(u64, Vec<u8>)], read_at: u8, value: u16) -> Option<u64> {
-        let is_pointer = |w: u64| w >= MIN_POINTER && self.is_recorded_dma_page(w);
+        let is_pointer = |w: u64| looks_like_pointer(w) && self.is_recorded_dma_page(w);
         let mut found = None;
         for (r_iova, bytes) in reads {
             let first = (READ_BLOCK + read_at as u64 - r_iova % READ_BLOCK) % READ_BLOCK;
