@@ -1426,13 +1426,18 @@ const SQ_DOORBELL: u64 = 0x1000;
 /// completion written into the completion ring (submission head, queue id, the echoed id, the
 /// phase bit) and an interrupt.
 fn echo_trace(recorded_ids: &[u16], with_reads: bool) -> Trace {
+    echo_trace_of(recorded_ids, with_reads, command)
+}
+
+/// [`echo_trace`] with the commands `make` builds from the ids.
+fn echo_trace_of(recorded_ids: &[u16], with_reads: bool, make: impl Fn(u16) -> Vec<u8>) -> Trace {
     let mut t = ring_bring_up_trace();
     t.write(CQ_LO, CQ as u32);
     t.write(CQ_HI, 0);
     for (k, id) in recorded_ids.iter().enumerate() {
         t.write(SQ_DOORBELL, k as u32 + 1);
         if with_reads {
-            t.dma_read(RING + 64 * k as u64, &command(*id));
+            t.dma_read(RING + 64 * k as u64, &make(*id));
         }
         let [lo, hi] = id.to_le_bytes();
         let entry = [k as u8 + 1, 0, 0, 0, lo, hi, 1];
@@ -1691,21 +1696,7 @@ fn a_command_whose_first_word_looks_like_an_address_still_echoes_its_id() {
     };
     let recorded: [u16; 4] = [0x0010, 0x0011, 0x0012, 0x0013];
     let guest: [u16; 4] = [0x0030, 0x0031, 0x0032, 0x0033];
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
-    for (k, id) in recorded.iter().enumerate() {
-        t.write(SQ_DOORBELL, k as u32 + 1);
-        t.dma_read(RING + 64 * k as u64, &admin(*id));
-        let [lo, hi] = id.to_le_bytes();
-        t.dma_write(
-            CQ + 16 * k as u64 + 8,
-            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
-            Some(&[0; 7]),
-        );
-        t.irq(2, 0);
-        t.read(ICR, 0x80);
-    }
+    let t = echo_trace_of(&recorded, true, admin);
     for policy in policies() {
         let mut vmm = queues_brought_up(&t, policy);
         for (k, id) in guest.iter().enumerate() {
