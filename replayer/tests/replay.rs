@@ -1708,3 +1708,49 @@ fn a_command_whose_first_word_looks_like_an_address_still_echoes_its_id() {
         }
     }
 }
+
+#[test]
+fn a_field_that_matches_a_command_now_and_then_is_no_echo() {
+    // Eight commands; the completion's submission-head field (k + 2) equals a field of the
+    // command (at offset 36) in three of them by chance: three different values, but not most
+    // of the completions, so the head is left as recorded. The id, echoed every time, is not.
+    let with_field = |id: u16, field: u16| {
+        let mut c = command(id);
+        c[36..38].copy_from_slice(&field.to_le_bytes());
+        c
+    };
+    let recorded: Vec<u16> = (0..8).map(|k| 0x0120 + k).collect();
+    let coincidence = |k: usize| if k < 3 { k as u16 + 2 } else { 0x7777 };
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    for (k, id) in recorded.iter().enumerate() {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k as u64, &with_field(*id, coincidence(k)));
+        let [lo, hi] = id.to_le_bytes();
+        let head = k as u8 + 2;
+        t.dma_write(
+            CQ + 16 * k as u64 + 8,
+            &[head, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        for k in 0..8 {
+            let id = 0x0230 + k as u16;
+            vmm.put_mem(RING + 64 * k as u64, &with_field(id, 0x5555));
+            vmm.write(SQ_DOORBELL, k as u32 + 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+            let entry = vmm.mem_bytes(CQ + 16 * k as u64 + 8, 6);
+            assert_eq!(
+                entry[..2],
+                [k as u8 + 2, 0],
+                "{policy:?} {k}: head as recorded"
+            );
+            assert_eq!(entry[4..6], id.to_le_bytes(), "{policy:?} {k}: id echoed");
+        }
+    }
+}

@@ -114,12 +114,25 @@ fn in_pointer(iova: u64, bytes: &[u8], at: usize, is_pointer: &dyn Fn(u64) -> bo
         .is_some_and(|w| is_pointer(le_value(w)))
 }
 
+/// What a compiled chunk shows of echoes within its groups of device actions.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkEchoes {
+    /// Each echo seen, as (field pair, value), in order (at most [`MAX_CHUNK_ECHOES`]).
+    found: Vec<(EchoField, u16)>,
+    /// Per write position (offset in a 16-byte block): write-back fields that could have been
+    /// echoes (changed, above 1, in a group with reads).
+    chances: [u32; WRITE_BLOCK as usize],
+}
+
+/// Echoes kept per chunk summary.
+const MAX_CHUNK_ECHOES: usize = 8192;
+
 /// The echoes a compiled chunk shows within its groups of device actions (pointers: words
-/// that name a page the chunk's DMA touches), as (field, value), de-duplicated.
-pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> Vec<(EchoField, u16)> {
+/// that name a page the chunk's DMA touches).
+pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
     let is_pointer =
         |w: u64| looks_like_pointer(w) && chunk.dma_pages.binary_search(&(w / PAGE)).is_ok();
-    let mut out = Vec::new();
+    let mut out = ChunkEchoes::default();
     let mut reads: Vec<(u64, &[u8])> = Vec::new();
     let mut read_bytes = 0;
     for op in &chunk.ops {
@@ -145,17 +158,29 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> Vec<(EchoField, u16)> {
                 let Some(w) = chunk.dma_writes.get(op.aux as usize) else {
                     continue;
                 };
-                if let Some(before) = &w.before {
-                    for e in echoes(op.value, &w.data, before, &reads, &is_pointer) {
-                        out.push((e.field, e.value));
+                let Some(before) = w.before.as_deref() else {
+                    continue;
+                };
+                if reads.is_empty() || w.data.len() > MAX_ECHO_WRITE {
+                    continue;
+                }
+                let mut at = (op.value % 2) as usize;
+                while at + 2 <= w.data.len().min(before.len()) {
+                    let value = u16::from_le_bytes([w.data[at], w.data[at + 1]]);
+                    if value > 1 && w.data[at..at + 2] != before[at..at + 2] {
+                        out.chances[((op.value + at as u64) % WRITE_BLOCK) as usize] += 1;
+                    }
+                    at += 2;
+                }
+                for e in echoes(op.value, &w.data, before, &reads, &is_pointer) {
+                    if out.found.len() < MAX_CHUNK_ECHOES {
+                        out.found.push((e.field, e.value));
                     }
                 }
             }
             _ => {}
         }
     }
-    out.sort_unstable();
-    out.dedup();
     out
 }
 
@@ -264,7 +289,8 @@ impl Replayer {
     fn confirmed_echoes(&mut self) -> Vec<EchoField> {
         let chunk = self.state.cursor.chunk;
         if self.state.echo_fields.as_ref().map(|(c, _)| *c) != Some(chunk) {
-            let mut values: HashMap<EchoField, HashSet<u16>> = HashMap::new();
+            let mut values: HashMap<EchoField, (u32, HashSet<u16>)> = HashMap::new();
+            let mut chances = [0u32; WRITE_BLOCK as usize];
             let around = self
                 .shared
                 .summary(chunk)
@@ -272,15 +298,29 @@ impl Replayer {
                 .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
                 .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
             for summary in around {
-                for (f, v) in &summary.echoes {
-                    values.entry(*f).or_default().insert(*v);
+                for (f, v) in &summary.echoes.found {
+                    let entry = values.entry(*f).or_default();
+                    entry.0 += 1;
+                    entry.1.insert(*v);
+                }
+                for (c, n) in chances.iter_mut().zip(summary.echoes.chances) {
+                    *c += n;
                 }
             }
-            let confirmed: Vec<EchoField> = values
+            // An echo holds for most of the write-backs that carry its field (every completion
+            // carries its command's id); a coincidence (a count equal to a length now and then)
+            // holds for a few.
+            let mut confirmed: Vec<(u32, EchoField)> = values
                 .into_iter()
-                .filter(|(_, v)| v.len() >= MIN_DISTINCT)
-                .map(|(f, _)| f)
+                .filter(|(f, (count, distinct))| {
+                    distinct.len() >= MIN_DISTINCT
+                        && 2 * *count >= chances[f.write_at as usize % WRITE_BLOCK as usize]
+                })
+                .map(|(f, (count, _))| (count, f))
                 .collect();
+            // The best supported pair of a write position is tried first.
+            confirmed.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            let confirmed: Vec<EchoField> = confirmed.into_iter().map(|(_, f)| f).collect();
             self.state.echo_fields = Some((chunk, confirmed));
         }
         self.state

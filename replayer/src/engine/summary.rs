@@ -33,8 +33,8 @@ pub(crate) struct ChunkSummary {
     pub ends_with_write: Option<RegKey>,
     /// Pages named by register writes, with the register and value (the last such write).
     pub register_named_pages: HashMap<u64, NamedPage>,
-    /// Echoed fields seen in the chunk's groups of device actions, with the value echoed.
-    pub echoes: Vec<(super::echo::EchoField, u16)>,
+    /// Echoed fields seen in the chunk's groups of device actions.
+    pub echoes: super::echo::ChunkEchoes,
 }
 
 impl ChunkSummary {
