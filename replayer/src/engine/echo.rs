@@ -133,13 +133,18 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
     let is_pointer =
         |w: u64| looks_like_pointer(w) && chunk.dma_pages.binary_search(&(w / PAGE)).is_ok();
     let mut out = ChunkEchoes::default();
+    // The reads since the last group that wrote back: a driver may write its next command
+    // before the register write that starts it, so a command can be read a group early.
     let mut reads: Vec<(u64, &[u8])> = Vec::new();
     let mut read_bytes = 0;
+    let mut wrote_back = false;
     for op in &chunk.ops {
         match op.kind {
             k if k.is_guest_call() => {
-                reads.clear();
-                read_bytes = 0;
+                if std::mem::take(&mut wrote_back) {
+                    reads.clear();
+                    read_bytes = 0;
+                }
             }
             OpKind::DmaRead => {
                 if let Some(bytes) = chunk.dma_reads.get(op.aux as usize) {
@@ -164,6 +169,7 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
                 if reads.is_empty() || w.data.len() > MAX_ECHO_WRITE {
                     continue;
                 }
+                wrote_back = true;
                 let mut at = (op.value % 2) as usize;
                 while at + 2 <= w.data.len().min(before.len()) {
                     let value = u16::from_le_bytes([w.data[at], w.data[at + 1]]);
@@ -185,21 +191,15 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
 }
 
 impl Replayer {
-    /// A read of the current group of device actions, kept for [`Replayer::echoed`].
+    /// A recorded read, kept as a pending command for [`Replayer::echoed`] and the pages
+    /// commands name.
     pub(super) fn note_group_read(&mut self, iova: u64, bytes: &[u8]) {
         self.state.trace_has_reads = true;
         let epoch = self.state.counters.accesses;
-        if self.state.group_reads_epoch != epoch {
-            self.state.group_reads.clear();
-            self.state.group_reads_epoch = epoch;
-        }
         // Zeros are a kernel clearing memory, not a command.
         let blank = bytes.iter().all(|&b| b == 0);
         if bytes.len() > MAX_ECHO_READ || blank {
             return;
-        }
-        if self.state.group_reads.len() < MAX_GROUP_READS {
-            self.state.group_reads.push((iova, bytes.to_vec()));
         }
         // The commands answered by a completing group are done with once a new group reads.
         if self.state.completed_at.is_some_and(|at| at != epoch) {
@@ -232,17 +232,14 @@ impl Replayer {
     /// recorded address of the field it echoes in one of the current group's reads).
     pub(super) fn echo_sources(&mut self, iova: u64, data: &[u8]) -> Vec<(usize, u64)> {
         let mut found = Vec::new();
-        if self.state.group_reads_epoch != self.state.counters.accesses
-            || self.state.group_reads.is_empty()
-            || data.len() > MAX_ECHO_WRITE
-        {
+        if self.state.pending_commands.is_empty() || data.len() > MAX_ECHO_WRITE {
             return found;
         }
         let pairs = self.confirmed_echoes();
         if pairs.is_empty() {
             return found;
         }
-        let reads = std::mem::take(&mut self.state.group_reads);
+        let reads = std::mem::take(&mut self.state.pending_commands);
         let mut at = (iova % 2) as usize;
         while at + 2 <= data.len() {
             let value = u16::from_le_bytes([data[at], data[at + 1]]);
@@ -257,7 +254,7 @@ impl Replayer {
             }
             at += 2;
         }
-        self.state.group_reads = reads;
+        self.state.pending_commands = reads;
         found
     }
 

@@ -941,8 +941,6 @@ impl Replayer {
                     self.state.cursor.op += 1;
                     if op.kind.is_guest_call() {
                         skipped += 1;
-                        // A skipped call ends a group of device actions as a matched one does.
-                        self.state.group_reads.clear();
                     } else {
                         self.execute(op);
                     }

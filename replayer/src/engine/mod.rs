@@ -244,10 +244,6 @@ pub struct ReplayState {
     /// Whether the current group of device actions writes back to a ring the guest programmed
     /// (a completion): only then may it fill pages the guest's submitted commands name.
     group_completes: bool,
-    /// The recorded reads (IOVA, bytes) of the current group of device actions, the sources of
-    /// echoed fields (`echo`), and the guest-access count they belong to.
-    group_reads: Vec<(u64, Vec<u8>)>,
-    group_reads_epoch: u64,
     /// The recorded reads since the last group of device actions that completed something:
     /// the commands the device has been handed and not yet answered (a driver may write its
     /// next command before the register write that starts it, so it is read a group early).
@@ -363,8 +359,6 @@ impl Shared {
             readback: Vec::new(),
             group_buffers: Vec::new(),
             group_completes: false,
-            group_reads: Vec::new(),
-            group_reads_epoch: 0,
             pending_commands: Vec::new(),
             completed_at: None,
             trace_has_reads: false,
