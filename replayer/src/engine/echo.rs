@@ -140,11 +140,10 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
     let mut wrote_back = false;
     for op in &chunk.ops {
         match op.kind {
-            k if k.is_guest_call() => {
-                if std::mem::take(&mut wrote_back) {
-                    reads.clear();
-                    read_bytes = 0;
-                }
+            k if k.is_guest_call() && wrote_back => {
+                wrote_back = false;
+                reads.clear();
+                read_bytes = 0;
             }
             OpKind::DmaRead => {
                 if let Some(bytes) = chunk.dma_reads.get(op.aux as usize) {
