@@ -5,15 +5,17 @@
 //! takes ids from blk-mq tags, whose allocator starts at a random hint every boot) gets the
 //! recorded id back and rejects the completion. A trace whose recorder logged what the guest
 //! handed the device (`dma_read` events) shows the echo: a 2-byte field of a device write-back
-//! equal to a 2-byte field of a read in the same group of device actions. The replay writes the
-//! replay guest's own value there instead.
+//! equal to a 2-byte field of a pending command (a read since the last group of device actions
+//! that completed something: a driver may write its next command a group early). The replay
+//! writes the replay guest's own value there instead.
 //!
 //! A single equality can be chance (a received frame's length equal to a sent one's), so a field
 //! pair counts only when the trace around the cursor shows it echoing at least [`MIN_DISTINCT`]
-//! different values, each time as the only field of the group's reads holding the value (values
-//! 0 and 1, flags and counts, are no evidence). Fields inside pointers are never sources: those
-//! are relocated, not echoed. A confirmed pair then rewrites every write-back field of its kind
-//! whose recorded value its source held, when exactly one read of the group has it there.
+//! different values, in at least half of the write-back fields at its position, each time as the
+//! only field of the pending reads holding the value (values 0 and 1, flags and counts, are no
+//! evidence). Fields inside pointers are never sources: those are relocated, not echoed. A
+//! confirmed pair then rewrites every write-back field at its position whose recorded value its
+//! source held, when exactly one pending read has it there.
 
 use std::collections::{HashMap, HashSet};
 
@@ -33,8 +35,8 @@ const READ_BLOCK: u64 = 64;
 const MAX_ECHO_WRITE: usize = 64;
 /// Reads longer than this are payload, not commands or descriptors.
 pub(super) const MAX_ECHO_READ: usize = 512;
-/// Reads of one group that are kept (a driver's other writes to watched pages come as reads too:
-/// a kernel clearing a page beside a queue gives a hundred reads before the command's).
+/// Pending reads that are kept (a driver's other writes to watched pages come as reads too: a
+/// kernel clearing a page beside a queue gives a hundred reads before the command's).
 pub(super) const MAX_GROUP_READS: usize = 512;
 /// Bytes of a group's reads searched for evidence of an echo (every 2-byte position of them).
 const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
