@@ -1754,3 +1754,46 @@ fn a_field_that_matches_a_command_now_and_then_is_no_echo() {
         }
     }
 }
+
+#[test]
+fn a_page_aligned_receive_buffer_takes_a_whole_page_fill() {
+    // A recorder logs a device's first change to a page a page-aligned descriptor pointer names
+    // as the whole page: the buffer the descriptor names takes all of it, not only its first
+    // 2 KiB.
+    let mut frame = vec![0u8; 4096];
+    frame[..64].fill(0xAA);
+    let mut t = ring_bring_up_trace();
+    let mut desc = BUF.to_le_bytes().to_vec();
+    desc.extend_from_slice(&[0u8; 8]);
+    let mut written_back = vec![0x40, 0, 0, 0, 0, 0, 0, 0];
+    written_back.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    // The trace holds what the guest handed the device: the descriptor, then another exchange
+    // that completes (so the descriptor is no longer a pending command when the frame comes).
+    t.dma_read(RING, &desc);
+    t.write(CTRL, 1);
+    t.dma_write(RING + 16 + 12, &[1], Some(&[0]));
+    t.read(STATUS, 2);
+    t.dma_read(RING + 32, &[0x11; 16]);
+    t.write(CTRL, 2);
+    t.dma_write(BUF, &frame, Some(&[0; 4096]));
+    t.dma_write(RING, &written_back, Some(&desc));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for policy in policies() {
+        let mut vmm = Vmm::new(t_events(&t), 4096, opts(policy));
+        ring_bring_up(&mut vmm, RING, Some(BUF));
+        vmm.write(CTRL, 1);
+        assert_eq!(vmm.read(STATUS), 2);
+        vmm.write(CTRL, 2);
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(vmm.mem_bytes(BUF, 64), vec![0xAA; 64], "{policy:?}");
+        let c = vmm.dev.report().counters;
+        assert_eq!(c.dma_writes_unconfirmed, 0, "{policy:?}: {c:?}");
+    }
+}
+
+fn t_events(t: &Trace) -> Trace {
+    let mut c = Trace::new();
+    c.events = t.events.clone();
+    c
+}

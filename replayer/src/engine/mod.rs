@@ -1109,13 +1109,14 @@ impl Replayer {
     }
 
     /// Whether the `len` bytes at `target` lie in the first `BUFFER_SPAN` bytes of a buffer the
-    /// current group's write-backs complete (see `ReplayState::group_buffers`).
+    /// current group's write-backs complete (see `ReplayState::group_buffers`), or in the page a
+    /// page-aligned buffer pointer names (a recorder logs a device's fill of such a page whole).
     fn given_to_device(&self, target: u64, len: u64) -> bool {
         let end = target.saturating_add(len.max(1));
-        self.state
-            .group_buffers
-            .iter()
-            .any(|&ptr| ptr <= target && end <= ptr.saturating_add(BUFFER_SPAN))
+        self.state.group_buffers.iter().any(|&ptr| {
+            let span = if ptr % PAGE == 0 { PAGE } else { BUFFER_SPAN };
+            ptr <= target && end <= ptr.saturating_add(span)
+        })
     }
 
     /// Whether `rec`'s page is a ring the guest programmed as the recorded guest did: named by a
