@@ -119,15 +119,16 @@ fn in_pointer(iova: u64, bytes: &[u8], at: usize, is_pointer: &dyn Fn(u64) -> bo
 /// What a compiled chunk shows of echoes within its groups of device actions.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkEchoes {
-    /// Each echo seen, as (field pair, value), in order (at most [`MAX_CHUNK_ECHOES`]).
-    found: Vec<(EchoField, u16)>,
+    /// Per field pair seen echoing: how often, and its first [`MIN_DISTINCT`] different values
+    /// (a summary stays small however many completions its chunk holds).
+    found: Vec<(EchoField, u32, Vec<u16>)>,
     /// Per write position (offset in a 16-byte block): write-back fields that could have been
     /// echoes (changed, above 1, in a group with reads).
     chances: [u32; WRITE_BLOCK as usize],
 }
 
-/// Echoes kept per chunk summary.
-const MAX_CHUNK_ECHOES: usize = 8192;
+/// Field pairs kept per chunk summary.
+const MAX_CHUNK_PAIRS: usize = 256;
 
 /// The echoes a compiled chunk shows within its groups of device actions (pointers: words
 /// that name a page the chunk's DMA touches).
@@ -180,8 +181,16 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
                     at += 2;
                 }
                 for e in echoes(op.value, &w.data, before, &reads, &is_pointer) {
-                    if out.found.len() < MAX_CHUNK_ECHOES {
-                        out.found.push((e.field, e.value));
+                    let room = out.found.len() < MAX_CHUNK_PAIRS;
+                    match out.found.iter_mut().find(|(f, _, _)| *f == e.field) {
+                        Some((_, count, values)) => {
+                            *count += 1;
+                            if values.len() < MIN_DISTINCT && !values.contains(&e.value) {
+                                values.push(e.value);
+                            }
+                        }
+                        None if room => out.found.push((e.field, 1, vec![e.value])),
+                        None => {}
                     }
                 }
             }
@@ -296,10 +305,10 @@ impl Replayer {
                 .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
                 .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
             for summary in around {
-                for (f, v) in &summary.echoes.found {
+                for (f, count, distinct) in &summary.echoes.found {
                     let entry = values.entry(*f).or_default();
-                    entry.0 += 1;
-                    entry.1.insert(*v);
+                    entry.0 += count;
+                    entry.1.extend(distinct.iter().copied());
                 }
                 for (c, n) in chances.iter_mut().zip(summary.echoes.chances) {
                     *c += n;
