@@ -686,8 +686,8 @@ impl WatchSet {
             // Pointers back into the page itself are ring links, already watched.
             let self_page = iova & !(WATCH_PAGE_SIZE - 1);
             if ptr & !(WATCH_PAGE_SIZE - 1) != self_page {
-                let structure =
-                    ptr % WATCH_PAGE_SIZE == 0 && child < self.options.max_pointer_depth;
+                let page_aligned = ptr % WATCH_PAGE_SIZE == 0;
+                let structure = page_aligned && child < self.options.max_pointer_depth;
                 let span = if structure && depth == 0 {
                     self.options.ring_span
                 } else {
@@ -697,7 +697,7 @@ impl WatchSet {
                     naming: Naming::Pointer,
                     depth: child,
                     names_pages: structure,
-                    handed_over: ptr % WATCH_PAGE_SIZE == 0,
+                    handed_over: page_aligned,
                 };
                 self.watch_range(st, ptr, span, named);
             }

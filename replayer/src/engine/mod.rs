@@ -57,8 +57,8 @@ struct CommandPages {
     /// Page-aligned words of the first page of each ring the guest programmed as the recorded
     /// guest did: the queues and data pages of the commands there (an NVMe admin queue's).
     queues: Vec<u64>,
-    /// Page-aligned words of the commands the group read from those rings and queues, as the
-    /// guest wrote them: the data pages of the commands the group serves.
+    /// Page-aligned words of the pending commands read from those rings and queues, as the
+    /// guest wrote them: the data pages of the commands the device is serving.
     submitted: Vec<u64>,
 }
 
@@ -256,8 +256,8 @@ pub struct ReplayState {
     /// Pages of the queues a command created that the current group posts completions to (a
     /// write there echoes a command the group read).
     completion_pages: Vec<u64>,
-    /// The pages the replay guest's submitted commands name (queues and data pages, then the
-    /// data pages of commands in those queues), for the current group of device actions.
+    /// The pages the replay guest's commands name (see [`CommandPages`]), for the current group
+    /// of device actions.
     command_named: Option<CommandPages>,
     /// Echoing field pairs confirmed around a chunk: (chunk, pairs).
     echo_fields: Option<(usize, Vec<echo::EchoField>)>,
@@ -983,12 +983,14 @@ impl Replayer {
         {
             return false;
         }
-        let named = self.command_named_pages();
+        if self.state.completion_pages.contains(&page) {
+            return true;
+        }
         // A ring's first page also holds the commands of long ago, whose pages the kernel has
         // since reused: with the commands of each group in the trace, only those count.
-        named.submitted.contains(&page)
-            || self.state.completion_pages.contains(&page)
-            || (!self.state.trace_has_reads && named.queues.contains(&page))
+        let legacy = !self.state.trace_has_reads;
+        let named = self.command_named_pages();
+        named.submitted.contains(&page) || (legacy && named.queues.contains(&page))
     }
 
     /// Whether `target` is a page a command of the current group names (as the replay guest wrote
@@ -1001,10 +1003,17 @@ impl Replayer {
 
     /// The pages the replay guest's commands name, computed once per group of device actions
     /// (see [`CommandPages`]).
-    fn command_named_pages(&mut self) -> CommandPages {
-        if let Some(named) = &self.state.command_named {
-            return named.clone();
+    fn command_named_pages(&mut self) -> &CommandPages {
+        if self.state.command_named.is_none() {
+            let named = self.find_command_named_pages();
+            self.state.command_named = Some(named);
         }
+        self.state
+            .command_named
+            .get_or_insert_with(CommandPages::default)
+    }
+
+    fn find_command_named_pages(&mut self) -> CommandPages {
         let mut named = CommandPages::default();
         if let Some(memory) = self.memory.clone() {
             let mut rings: Vec<u64> = Vec::new();
@@ -1049,7 +1058,6 @@ impl Replayer {
             }
             self.scratch2 = buf;
         }
-        self.state.command_named = Some(named.clone());
         named
     }
 
@@ -1276,7 +1284,6 @@ impl Replayer {
                         && !self.echo_sources(op.value, &p.data).is_empty()
                     {
                         self.state.group_completes = true;
-                        self.state.completed_at = Some(self.state.counters.accesses);
                         self.state.completed_at = Some(self.state.counters.accesses);
                         if !self.state.completion_pages.contains(&page) {
                             self.state.completion_pages.push(page);
