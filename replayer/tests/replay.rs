@@ -948,9 +948,7 @@ const CQ_HI: u64 = 0x3804;
 const DATA: u64 = 0x10_4000;
 
 fn submitted_page_trace(completes: bool) -> Trace {
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
+    let mut t = queues_trace();
     t.dma_write(DATA + 0x800, &[0x5A; 16], Some(&[0; 16]));
     if completes {
         t.dma_write(CQ + 14, &[1], Some(&[0]));
@@ -1431,9 +1429,7 @@ fn echo_trace(recorded_ids: &[u16], with_reads: bool) -> Trace {
 
 /// [`echo_trace`] with the commands `make` builds from the ids.
 fn echo_trace_of(recorded_ids: &[u16], with_reads: bool, make: impl Fn(u16) -> Vec<u8>) -> Trace {
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
+    let mut t = queues_trace();
     for (k, id) in recorded_ids.iter().enumerate() {
         t.write(SQ_DOORBELL, k as u32 + 1);
         if with_reads {
@@ -1454,6 +1450,21 @@ fn command(id: u16) -> Vec<u8> {
     c[2..4].copy_from_slice(&id.to_le_bytes());
     c[4] = 1;
     c
+}
+
+/// [`command`] with its data pointer (offset 24) naming `page`.
+fn command_with_data(id: u16, page: u64) -> Vec<u8> {
+    let mut c = command(id);
+    c[24..32].copy_from_slice(&page.to_le_bytes());
+    c
+}
+
+/// `ring_bring_up_trace` with the completion ring's base written too.
+fn queues_trace() -> Trace {
+    let mut t = ring_bring_up_trace();
+    t.write(CQ_LO, CQ as u32);
+    t.write(CQ_HI, 0);
+    t
 }
 
 #[test]
@@ -1506,14 +1517,8 @@ fn completions_echo_the_replay_guests_command_ids() {
 #[test]
 fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
     const KERNEL: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-    let command_naming = |page: u64| {
-        let mut c = command(0x0110);
-        c[24..32].copy_from_slice(&page.to_le_bytes());
-        c
-    };
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
+    let command_naming = |page: u64| command_with_data(0x0110, page);
+    let mut t = queues_trace();
     // Command 0 names the DATA page; the device fills it and completes.
     t.write(SQ_DOORBELL, 1);
     t.dma_read(RING, &command_naming(DATA));
@@ -1560,9 +1565,7 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
 
 /// A replayer over `t` whose guest has brought up the submission ring and the completion ring.
 fn queues_brought_up(t: &Trace, policy: Policy) -> Vmm {
-    let mut trace = Trace::new();
-    trace.events = t.events.clone();
-    let mut vmm = Vmm::new(trace, 4096, opts(policy));
+    let mut vmm = Vmm::new(t_events(t), 4096, opts(policy));
     ring_bring_up(&mut vmm, RING, None);
     vmm.write(CQ_LO, CQ as u32);
     vmm.write(CQ_HI, 0);
@@ -1573,15 +1576,12 @@ fn queues_brought_up(t: &Trace, policy: Policy) -> Vmm {
 fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
     const IO_CQ: u64 = 0x10_a000;
     let create_queue = {
-        let mut c = command(0x0105);
+        let mut c = command_with_data(0x0105, IO_CQ);
         c[0] = 0x05;
-        c[24..32].copy_from_slice(&IO_CQ.to_le_bytes());
         c
     };
     let ids: [u16; 4] = [0x0120, 0x0121, 0x0122, 0x0123];
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
+    let mut t = queues_trace();
     // An admin command creates the queue (completed in the register-named ring)...
     t.write(SQ_DOORBELL, 1);
     t.dma_read(RING, &create_queue);
@@ -1620,17 +1620,11 @@ fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
 
 #[test]
 fn a_page_a_command_hands_over_is_filled_whole_whatever_it_held() {
-    let command_naming = |page: u64| {
-        let mut c = command(0x0110);
-        c[24..32].copy_from_slice(&page.to_le_bytes());
-        c
-    };
+    let command_naming = |page: u64| command_with_data(0x0110, page);
     let mut filled = vec![0x5Au8; 4096];
     filled[100..200].fill(0x11); // bytes the device wrote with the value they had
     for (case, len) in [("whole page", 4096usize), ("part of it", 16)] {
-        let mut t = ring_bring_up_trace();
-        t.write(CQ_LO, CQ as u32);
-        t.write(CQ_HI, 0);
+        let mut t = queues_trace();
         t.write(SQ_DOORBELL, 1);
         t.dma_read(RING, &command_naming(DATA));
         t.dma_write(DATA, &filled[..len], Some(&vec![0x11; len]));
@@ -1661,11 +1655,8 @@ fn a_page_a_command_hands_over_is_filled_whole_whatever_it_held() {
 #[test]
 fn a_command_written_before_another_register_write_still_names_its_data_page() {
     const CQ_HEAD_DOORBELL: u64 = 0x1004;
-    let mut c = command(0x0003);
-    c[24..32].copy_from_slice(&DATA.to_le_bytes());
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
+    let c = command_with_data(0x0003, DATA);
+    let mut t = queues_trace();
     // The driver writes its next command, then acknowledges an earlier completion (the read is
     // logged after that write), then rings the submission doorbell.
     t.write(CQ_HEAD_DOORBELL, 0);
@@ -1721,9 +1712,7 @@ fn a_field_that_matches_a_command_now_and_then_is_no_echo() {
     };
     let recorded: Vec<u16> = (0..8).map(|k| 0x0120 + k).collect();
     let coincidence = |k: usize| if k < 3 { k as u16 + 2 } else { 0x7777 };
-    let mut t = ring_bring_up_trace();
-    t.write(CQ_LO, CQ as u32);
-    t.write(CQ_HI, 0);
+    let mut t = queues_trace();
     for (k, id) in recorded.iter().enumerate() {
         t.write(SQ_DOORBELL, k as u32 + 1);
         t.dma_read(RING + 64 * k as u64, &with_field(*id, coincidence(k)));
@@ -1792,6 +1781,7 @@ fn a_page_aligned_receive_buffer_takes_a_whole_page_fill() {
     }
 }
 
+/// A copy of `t` (the trace builder is not `Clone`).
 fn t_events(t: &Trace) -> Trace {
     let mut c = Trace::new();
     c.events = t.events.clone();
