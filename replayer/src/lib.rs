@@ -69,7 +69,7 @@ pub mod reloc;
 pub mod report;
 pub mod source;
 
-pub use engine::{ReplayError, ReplayOptions, ReplayState, Replayer};
+pub use engine::{DmaLog, ReplayError, ReplayOptions, ReplayState, Replayer};
 pub use file::{open, OpenError};
 pub use hwrr_formats::json::{event_to_json, JsonOptions};
 pub use reloc::{Relocation, RelocationMap};

@@ -1516,7 +1516,10 @@ fn completions_echo_the_replay_guests_command_ids() {
 
 #[test]
 fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
-    const KERNEL: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+    // The kernel's list pointers (what a replay once overwrote: `list_del corruption`).
+    const KERNEL: [u8; 8] = 0xffff_8880_0612_3440u64.to_le_bytes();
+    const RECORDED_KERNEL: [u8; 8] = 0xffff_8880_0589_ea00u64.to_le_bytes();
+    const HANDLER: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
     let command_naming = |page: u64| command_with_data(0x0110, page);
     let mut t = queues_trace();
     // Command 0 names the DATA page; the device fills it and completes.
@@ -1527,16 +1530,19 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
     t.irq(2, 0);
     t.read(ICR, 0x80);
     // Command 1 names nothing; the kernel has reused the DATA page meanwhile, and a watch set
-    // logged its writes there as the device's, in the group that completes command 1.
+    // logged its writes there as the device's, in the group that completes command 1: its
+    // pointers before the interrupt, other data after it (the interrupt handler's).
     t.write(SQ_DOORBELL, 2);
     t.dma_read(RING + 64, &command(0x0111));
-    t.dma_write(DATA + 0x100, &[0x77; 8], Some(&KERNEL));
+    t.dma_write(DATA + 0x100, &RECORDED_KERNEL, Some(&KERNEL));
     t.dma_write(CQ + 24, &[2, 0, 0, 0, 0x11, 1, 1], Some(&[0; 7]));
     t.irq(2, 0);
+    t.dma_write(DATA + 0x200, &[0x77; 8], Some(&HANDLER));
     t.read(ICR, 0x80);
     for policy in policies() {
         let mut vmm = queues_brought_up(&t, policy);
         vmm.put_mem(DATA + 0x100, &KERNEL);
+        vmm.put_mem(DATA + 0x200, &HANDLER);
         vmm.put_mem(RING, &command_naming(DATA));
         vmm.write(SQ_DOORBELL, 1);
         assert_eq!(vmm.read(ICR), 0x80);
@@ -1552,8 +1558,13 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
         assert_eq!(
             vmm.mem_bytes(DATA + 0x100, 8),
             KERNEL,
-            "{policy:?}: kernel data spared {:?}",
+            "{policy:?}: kernel pointers spared {:?}",
             vmm.dev.report().counters
+        );
+        assert_eq!(
+            vmm.mem_bytes(DATA + 0x200, 8),
+            HANDLER,
+            "{policy:?}: the handler's data spared"
         );
         assert_eq!(
             vmm.mem_bytes(CQ + 24, 1),
@@ -1581,40 +1592,50 @@ fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
         c
     };
     let ids: [u16; 4] = [0x0120, 0x0121, 0x0122, 0x0123];
-    let mut t = queues_trace();
-    // An admin command creates the queue (completed in the register-named ring)...
-    t.write(SQ_DOORBELL, 1);
-    t.dma_read(RING, &create_queue);
-    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x05, 1, 1], Some(&[0; 7]));
-    t.irq(2, 0);
-    t.read(ICR, 0x80);
-    // ...then commands complete into it, echoing their ids.
-    for (k, id) in ids.iter().enumerate() {
-        t.write(SQ_DOORBELL, k as u32 + 2);
-        t.dma_read(RING + 64 * (k as u64 + 1), &command(*id));
-        let [lo, hi] = id.to_le_bytes();
-        t.dma_write(
-            IO_CQ + 16 * k as u64 + 8,
-            &[k as u8 + 1, 0, 1, 0, lo, hi, 1],
-            Some(&[0; 7]),
-        );
+    // A recorder logs the first change to a page a command handed over as the whole page, so a
+    // fresh completion queue's first entry may come as a 4 KiB write: a completion all the same.
+    for first_logged_whole in [false, true] {
+        let mut t = queues_trace();
+        // An admin command creates the queue (completed in the register-named ring)...
+        t.write(SQ_DOORBELL, 1);
+        t.dma_read(RING, &create_queue);
+        t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x05, 1, 1], Some(&[0; 7]));
         t.irq(2, 0);
         t.read(ICR, 0x80);
-    }
-    for policy in policies() {
-        let mut vmm = queues_brought_up(&t, policy);
-        vmm.put_mem(RING, &create_queue);
-        vmm.write(SQ_DOORBELL, 1);
-        assert_eq!(vmm.read(ICR), 0x80);
+        // ...then commands complete into it, echoing their ids.
         for (k, id) in ids.iter().enumerate() {
-            vmm.put_mem(RING + 64 * (k as u64 + 1), &command(*id));
-            vmm.write(SQ_DOORBELL, k as u32 + 2);
-            assert_eq!(vmm.read(ICR), 0x80);
-            let got = vmm.mem_bytes(IO_CQ + 16 * k as u64 + 8, 7);
-            assert_eq!(got[6], 1, "{policy:?}: completion {k} posted");
+            t.write(SQ_DOORBELL, k as u32 + 2);
+            t.dma_read(RING + 64 * (k as u64 + 1), &command(*id));
+            let [lo, hi] = id.to_le_bytes();
+            let entry = [k as u8 + 1, 0, 1, 0, lo, hi, 1];
+            if k == 0 && first_logged_whole {
+                let mut page = vec![0u8; 4096];
+                page[8..15].copy_from_slice(&entry);
+                t.dma_write(IO_CQ, &page, Some(&[0; 4096]));
+            } else {
+                t.dma_write(IO_CQ + 16 * k as u64 + 8, &entry, Some(&[0; 7]));
+            }
+            t.irq(2, 0);
+            t.read(ICR, 0x80);
         }
-        let c = vmm.dev.report().counters;
-        assert_eq!(c.dma_writes_unconfirmed, 0, "{policy:?}: {c:?}");
+        for policy in policies() {
+            let mut vmm = queues_brought_up(&t, policy);
+            vmm.put_mem(RING, &create_queue);
+            vmm.write(SQ_DOORBELL, 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+            for k in 0..ids.len() {
+                let id = 0x0230 + k as u16;
+                vmm.put_mem(RING + 64 * (k as u64 + 1), &command(id));
+                vmm.write(SQ_DOORBELL, k as u32 + 2);
+                assert_eq!(vmm.read(ICR), 0x80);
+                let got = vmm.mem_bytes(IO_CQ + 16 * k as u64 + 8, 7);
+                let case = format!("{policy:?}, first logged whole {first_logged_whole}");
+                assert_eq!(got[6], 1, "{case}: completion {k} posted");
+                assert_eq!(got[4..6], id.to_le_bytes(), "{case}: completion {k}'s id");
+            }
+            let c = vmm.dev.report().counters;
+            assert_eq!(c.dma_writes_unconfirmed, 0, "{policy:?}: {c:?}");
+        }
     }
 }
 
@@ -1786,4 +1807,309 @@ fn t_events(t: &Trace) -> Trace {
     let mut c = Trace::new();
     c.events = t.events.clone();
     c
+}
+
+/// [`echo_trace`] with `extra` adding a watch set's inferred events to group `k` (command `id`)
+/// after the command's read.
+fn echo_trace_with(recorded_ids: &[u16], extra: impl Fn(&mut Trace, usize, u16)) -> Trace {
+    let mut t = queues_trace();
+    for (k, id) in recorded_ids.iter().enumerate() {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k as u64, &command(*id));
+        extra(&mut t, k, *id);
+        let [lo, hi] = id.to_le_bytes();
+        let entry = [k as u8 + 1, 0, 0, 0, lo, hi, 1];
+        t.dma_write(CQ + 16 * k as u64 + 8, &entry, Some(&[0; 7]));
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    t
+}
+
+/// Replays `t` (from [`echo_trace_with`]) under every policy, the guest numbering its `commands`
+/// commands from `first_id`, and checks that every completion carries the guest's id.
+fn assert_completions_carry_guest_ids(t: &Trace, commands: usize, first_id: u16) {
+    for policy in policies() {
+        let mut vmm = queues_brought_up(t, policy);
+        for k in 0..commands {
+            let id = first_id + k as u16;
+            vmm.put_mem(RING + 64 * k as u64, &command(id));
+            vmm.write(SQ_DOORBELL, k as u32 + 1);
+            assert_eq!(vmm.read(ICR), 0x80, "{policy:?} {k}");
+            assert_eq!(
+                vmm.mem_bytes(CQ + 16 * k as u64 + 12, 2),
+                id.to_le_bytes(),
+                "{policy:?} {k}: the replay guest's id"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_echo_among_write_backs_that_echo_nothing_is_still_an_echo() {
+    // A recorder's inferred writes add write-backs at the id's position that echo nothing (a
+    // kernel's stores beside the queues), here twice as many as there are completions. The id
+    // still echoes every command and no other field pair echoes at that position, so it counts.
+    const NOISE: u64 = 0x10_6000;
+    let recorded: Vec<u16> = (0..20).map(|k| 0x0140 + k).collect();
+    let t = echo_trace_with(&recorded, |t, k, _| {
+        for j in 0..2u16 {
+            let noise = 0x7000 + 2 * k as u16 + j;
+            let at = NOISE + 32 * k as u64 + 16 * j as u64 + 12;
+            t.dma_write(at, &noise.to_le_bytes(), Some(&[0, 0]));
+        }
+    });
+    assert_completions_carry_guest_ids(&t, recorded.len(), 0x0530);
+}
+
+#[test]
+fn a_structure_an_old_command_set_up_takes_small_write_backs_before_the_interrupt_only() {
+    // An NVMe doorbell buffer: one admin command names two pages, the guest's shadow doorbells
+    // (SHADOW) and the device's event indexes (EVENTS). Each later completion comes with a
+    // small write to EVENTS before its interrupt (the device's) and one to SHADOW after it (a
+    // recorder's look after the guest's handler stored its new head there). Only the first
+    // kind lands, and not where the replay guest keeps a kernel pointer.
+    const SHADOW: u64 = 0x10_c000;
+    const EVENTS: u64 = 0x10_d000;
+    let config = {
+        let mut c = command_with_data(0x0107, SHADOW);
+        c[0] = 0x7c;
+        c[32..40].copy_from_slice(&EVENTS.to_le_bytes());
+        c
+    };
+    let ids: [u16; 3] = [0x0140, 0x0141, 0x0142];
+    let mut t = queues_trace();
+    t.write(SQ_DOORBELL, 1);
+    t.dma_read(RING, &config);
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x07, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for (k, id) in ids.iter().enumerate() {
+        let k = k as u64 + 1;
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k, &command(*id));
+        let [lo, hi] = id.to_le_bytes();
+        t.dma_write(
+            CQ + 16 * k + 8,
+            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.dma_write(
+            EVENTS + 8,
+            &[k as u8, 0, 0, 0],
+            Some(&[k as u8 - 1, 0, 0, 0]),
+        );
+        t.irq(2, 0);
+        t.dma_write(SHADOW + 12, &[k as u8], Some(&[k as u8 - 1]));
+        t.read(ICR, 0x80);
+    }
+    for kernel_word in [false, true] {
+        for policy in policies() {
+            let mut vmm = queues_brought_up(&t, policy);
+            if kernel_word {
+                // The replay guest keeps a kernel address in the word the write touches.
+                vmm.put_mem(EVENTS + 12, &0xffff_8880u32.to_le_bytes());
+            }
+            vmm.put_mem(RING, &config);
+            vmm.write(SQ_DOORBELL, 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+            for (k, id) in ids.iter().enumerate() {
+                let k = k as u64 + 1;
+                vmm.put_mem(RING + 64 * k, &command(*id));
+                vmm.write(SQ_DOORBELL, k as u32 + 1);
+                assert_eq!(vmm.read(ICR), 0x80);
+                let events = vmm.mem_bytes(EVENTS + 8, 1)[0];
+                let want = if kernel_word { 0 } else { k as u8 };
+                assert_eq!(
+                    events, want,
+                    "{policy:?} kernel word {kernel_word}: event index {k}"
+                );
+                assert_eq!(
+                    vmm.mem_bytes(SHADOW + 12, 1)[0],
+                    0,
+                    "{policy:?}: the guest's shadow doorbell is the guest's to write"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_whole_page_fill_ends_at_the_last_block_the_device_changed() {
+    // A 500-byte log page in a buffer that starts a page: the recorder logs the device's fill as
+    // the whole page, the rest of which held the recorded kernel's other objects. The replay
+    // guest's other objects there stay as they are.
+    let before = vec![0x33u8; 4096];
+    let mut after = before.clone();
+    after[..500].fill(0x5A);
+    let mut t = queues_trace();
+    t.write(SQ_DOORBELL, 1);
+    t.dma_read(RING, &command_with_data(0x0110, DATA));
+    t.dma_write(DATA, &after, Some(&before));
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x10, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        vmm.put_mem(DATA, &[0x44; 4096]);
+        vmm.put_mem(RING, &command_with_data(0x0110, DATA));
+        vmm.write(SQ_DOORBELL, 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        let got = vmm.mem_bytes(DATA, 4096);
+        assert_eq!(got[..500], after[..500], "{policy:?}: the fill");
+        // The fill's last 16-byte block is the recorded page's (the device may have written
+        // bytes that kept their value).
+        assert_eq!(got[500..512], after[500..512], "{policy:?}");
+        assert_eq!(
+            got[512..],
+            vec![0x44; 4096 - 512],
+            "{policy:?}: the rest is the guest's"
+        );
+    }
+}
+
+#[test]
+fn a_queue_longer_than_a_page_moves_page_by_page_with_its_first_page() {
+    // An I/O submission queue of two pages at another address in the replay guest: the create
+    // command's pointer relocates its first page; commands in its second page must be read
+    // from the replay guest's second page too, or their ids echo wrong.
+    const IO_CQ: u64 = 0x10_a000;
+    const IO_SQ: u64 = 0x11_0000;
+    const IO_SQ_REPLAY: u64 = 0x13_0000;
+    const IO_DOORBELL: u64 = 0x1008;
+    let create = |opcode: u8, id: u16, page: u64| {
+        let mut c = command_with_data(id, page);
+        c[0] = opcode;
+        c
+    };
+    let commands = 70u64;
+    let recorded_id = |k: u64| 0x0200 + k as u16;
+    let guest_id = |k: u64| 0x0600 + k as u16;
+    let mut t = queues_trace();
+    for (k, c) in [create(5, 0x0105, IO_CQ), create(1, 0x0106, IO_SQ)]
+        .iter()
+        .enumerate()
+    {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k as u64, c);
+        let [lo, hi] = (0x0105 + k as u16).to_le_bytes();
+        t.dma_write(
+            CQ + 16 * k as u64 + 8,
+            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for k in 0..commands {
+        t.write(IO_DOORBELL, k as u32 + 1);
+        t.dma_read(IO_SQ + 64 * k, &command(recorded_id(k)));
+        let [lo, hi] = recorded_id(k).to_le_bytes();
+        let entry = [k as u8 + 1, 0, 1, 0, lo, hi, 1];
+        t.dma_write(IO_CQ + 16 * k + 8, &entry, Some(&[0; 7]));
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    let mut vmm = queues_brought_up(&t, Policy::Strict);
+    for (k, c) in [create(5, 0x0105, IO_CQ), create(1, 0x0106, IO_SQ_REPLAY)]
+        .iter()
+        .enumerate()
+    {
+        vmm.put_mem(RING + 64 * k as u64, c);
+        vmm.write(SQ_DOORBELL, k as u32 + 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+    }
+    for k in 0..commands {
+        vmm.put_mem(IO_SQ_REPLAY + 64 * k, &command(guest_id(k)));
+        vmm.write(IO_DOORBELL, k as u32 + 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        assert_eq!(
+            vmm.mem_bytes(IO_CQ + 16 * k + 12, 2),
+            guest_id(k).to_le_bytes(),
+            "command {k} (page {})",
+            k / 64
+        );
+    }
+}
+
+#[test]
+fn the_dma_log_says_what_landed_and_what_was_echoed() {
+    use std::io::Write;
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let recorded: [u16; 4] = [0x0110, 0x2111, 0x0112, 0x3013];
+    let t = echo_trace(&recorded, true);
+    let sink = Shared::default();
+    let log = hwrr_replayer::DmaLog::new(sink.clone());
+    let mut vmm = Vmm::new(
+        t_events(&t),
+        4096,
+        ReplayOptions {
+            dma_log: Some(log.clone()),
+            ..opts(Policy::Strict)
+        },
+    );
+    ring_bring_up(&mut vmm, RING, None);
+    vmm.write(CQ_LO, CQ as u32);
+    vmm.write(CQ_HI, 0);
+    for k in 0..recorded.len() {
+        vmm.put_mem(RING + 64 * k as u64, &command(0x0230 + k as u16));
+        vmm.write(SQ_DOORBELL, k as u32 + 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+    }
+    log.finish().expect("the log is written");
+    let text = String::from_utf8(sink.0.lock().expect("not poisoned").clone()).expect("utf-8");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let fields: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "echo_fields")
+        .collect();
+    assert!(!fields.is_empty(), "{text}");
+    assert_eq!(fields[0]["fields"], serde_json::json!([[12, 2]]), "{text}");
+    let writes: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["kind"] == "dma_write").collect();
+    assert_eq!(writes.len(), recorded.len(), "{text}");
+    for (k, w) in writes.iter().enumerate() {
+        assert_eq!(w["outcome"], "applied", "{w}");
+        assert_eq!(w["len"], 7, "{w}");
+        assert_eq!(w["echoes"][0]["recorded"], recorded[k], "{w}");
+        assert_eq!(w["echoes"][0]["replay"], 0x0230 + k as u64, "{w}");
+    }
+    let reads: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "dma_read").collect();
+    assert_eq!(reads.len(), recorded.len(), "{text}");
+    assert_eq!(
+        reads[0]["recorded"],
+        hwrr_formats::hex::encode(&command(recorded[0])),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_command_in_a_ring_is_the_source_of_an_echo_before_kernel_data_beside_it() {
+    // A watch set logs the kernel's stores beside the queues as reads too: here, in one group,
+    // a word of kernel data holds the command's id at the id's offset. The command, read from
+    // the ring, is still the id's source.
+    const NOISE: u64 = 0x10_6000;
+    let recorded: Vec<u16> = (0..8).map(|k| 0x0150 + k).collect();
+    let t = echo_trace_with(&recorded, |t, k, id| {
+        if k == 5 {
+            let mut kernel = vec![0x99u8; 16];
+            kernel[2..4].copy_from_slice(&id.to_le_bytes());
+            t.dma_read(NOISE, &kernel);
+        }
+    });
+    assert_completions_carry_guest_ids(&t, recorded.len(), 0x0730);
 }

@@ -83,6 +83,10 @@ pub struct ReplayArgs {
     /// Write the replay report (JSON) here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write a line of JSON per recorded DMA event here: where each device write went, how much
+    /// of it landed, and why the rest was withheld (see docs/REPLAY.md).
+    #[arg(long)]
+    dma_log: Option<PathBuf>,
     /// Register names and DMA-address registers (TOML).
     #[arg(long)]
     regmap: Option<PathBuf>,
@@ -136,10 +140,19 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         PolicyArg::Model => Policy::Model,
     };
     let regmap = args.regmap.as_deref().map(RegisterMap::load).transpose()?;
+    let dma_log = match &args.dma_log {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the DMA log {}", path.display()))?;
+            Some(hwrr_replayer::DmaLog::new(std::io::BufWriter::new(file)))
+        }
+        None => None,
+    };
     let options = ReplayOptions {
         policy,
         regmap,
         shorten_polls: args.shorten_polls,
+        dma_log: dma_log.clone(),
         ..ReplayOptions::default()
     };
     let (reader, _) = super::open_trace(&args.trace)?;
@@ -196,6 +209,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             None => String::new(),
         }
     );
+    if let (Some(log), Some(path)) = (&dma_log, &args.dma_log) {
+        log.finish()
+            .with_context(|| format!("cannot write the DMA log {}", path.display()))?;
+    }
     if let Some(path) = &args.report {
         let v = report_json(&sessions)?;
         std::fs::write(path, serde_json::to_string_pretty(&v)? + "\n")

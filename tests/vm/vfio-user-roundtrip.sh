@@ -217,7 +217,7 @@ ls -l "$TRACE" >&2
 
 # ------------------------------------------------------------------ replay
 t=$(now)
-"$HWRR" replay "$TRACE" --listen "$REP_SOCK" --once --report "$OUT/report.json" --policy "$POLICY" --window "$WINDOW" \
+"$HWRR" replay "$TRACE" --listen "$REP_SOCK" --once --report "$OUT/report.json" --dma-log "$OUT/dma-log.jsonl" --policy "$POLICY" --window "$WINDOW" \
   > "$OUT/replay.log" 2>&1 &
 REP_PID=$!; PIDS+=("$REP_PID")
 wait_socket "$REP_SOCK" "$REP_PID" "hwrr replay"

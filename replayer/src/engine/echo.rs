@@ -18,6 +18,7 @@
 //! source held, when exactly one pending read has it there.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use super::*;
 
@@ -42,6 +43,24 @@ pub(super) const MAX_GROUP_READS: usize = 512;
 const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
 /// Different echoed values that make a field pair an echo.
 const MIN_DISTINCT: usize = 3;
+/// Echoes that make a pair an echo without holding for half of its write position's write-backs,
+/// when it holds for a quarter and outnumbers every other pair of the position together
+/// [`DOMINANCE`] times.
+const MIN_DOMINANT_COUNT: u32 = 16;
+const DOMINANCE: u32 = 8;
+
+/// An echoed field of a write-back as the replay wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct EchoRewrite {
+    /// Byte offset in the write-back.
+    pub at: usize,
+    /// The value the trace holds there.
+    pub recorded: u16,
+    /// The replay guest's value at the source (what the replay wrote).
+    pub replay: u16,
+    /// Where the source is in the replay guest's memory.
+    pub source: u64,
+}
 
 /// One echo found in a recorded group, with the value echoed.
 struct Echo {
@@ -69,10 +88,12 @@ fn echoes(
         if changed && value > 1 {
             let mut source = None;
             let mut count = 0;
+            let field_page = (iova + at as u64) / PAGE;
             for (r, (r_iova, bytes)) in reads.iter().enumerate() {
                 let mut from = (r_iova % 2) as usize;
                 while from + 2 <= bytes.len() {
                     if u16::from_le_bytes([bytes[from], bytes[from + 1]]) == value
+                        && (r_iova + from as u64) / PAGE != field_page
                         && !in_pointer(*r_iova, bytes, from, is_pointer)
                     {
                         count += 1;
@@ -95,6 +116,23 @@ fn echoes(
         at += 2;
     }
     found
+}
+
+/// The part of a device write that can be a write-back: all of a short write, or the 16-byte
+/// blocks a long write changes when they span at most [`MAX_ECHO_WRITE`] bytes (a recorder logs
+/// the first change to a page a command handed over as the whole page: a fresh completion
+/// queue's first entry comes as a 4 KiB write). Offsets are into `data`, written at `iova`.
+pub(super) fn write_back_span(iova: u64, data: &[u8], before: &[u8]) -> Option<Range<usize>> {
+    if data.len() <= MAX_ECHO_WRITE {
+        return Some(0..data.len());
+    }
+    let first = data.iter().zip(before).position(|(a, b)| a != b)?;
+    let last = data.iter().zip(before).rposition(|(a, b)| a != b)?;
+    let block_start = (iova + first as u64) / WRITE_BLOCK * WRITE_BLOCK;
+    let block_end = (iova + last as u64) / WRITE_BLOCK * WRITE_BLOCK + WRITE_BLOCK;
+    let start = block_start.saturating_sub(iova) as usize;
+    let end = ((block_end - iova) as usize).min(data.len());
+    (end - start <= MAX_ECHO_WRITE).then_some(start..end)
 }
 
 /// Whether a word can be a DMA address: at least 1 MiB and 4-byte aligned (NVMe data pointers
@@ -168,19 +206,24 @@ pub(crate) fn chunk_echoes(chunk: &CompiledChunk) -> ChunkEchoes {
                 let Some(before) = w.before.as_deref() else {
                     continue;
                 };
-                if reads.is_empty() || w.data.len() > MAX_ECHO_WRITE {
+                if reads.is_empty() {
                     continue;
                 }
+                let Some(span) = write_back_span(op.value, &w.data, before) else {
+                    continue;
+                };
+                let (iova, data) = (op.value + span.start as u64, &w.data[span.clone()]);
+                let before = before.get(span).unwrap_or_default();
                 wrote_back = true;
-                let mut at = (op.value % 2) as usize;
-                while at + 2 <= w.data.len().min(before.len()) {
-                    let value = u16::from_le_bytes([w.data[at], w.data[at + 1]]);
-                    if value > 1 && w.data[at..at + 2] != before[at..at + 2] {
-                        out.chances[((op.value + at as u64) % WRITE_BLOCK) as usize] += 1;
+                let mut at = (iova % 2) as usize;
+                while at + 2 <= data.len().min(before.len()) {
+                    let value = u16::from_le_bytes([data[at], data[at + 1]]);
+                    if value > 1 && data[at..at + 2] != before[at..at + 2] {
+                        out.chances[((iova + at as u64) % WRITE_BLOCK) as usize] += 1;
                     }
                     at += 2;
                 }
-                for e in echoes(op.value, &w.data, before, &reads, &is_pointer) {
+                for e in echoes(iova, data, before, &reads, &is_pointer) {
                     let room = out.found.len() < MAX_CHUNK_PAIRS;
                     match out.found.iter_mut().find(|(f, _, _)| *f == e.field) {
                         Some((_, count, values)) => {
@@ -222,43 +265,79 @@ impl Replayer {
     }
 
     /// `data` (a recorded write-back at `iova`) with each echoed field replaced by the replay
-    /// guest's value at the field's source, or `None` when nothing changes.
-    pub(super) fn echoed(&mut self, iova: u64, data: &[u8]) -> Option<Vec<u8>> {
+    /// guest's value at the field's source, or `None` when nothing changes. Every echoed field
+    /// found is noted in `found`, rewritten or not.
+    pub(super) fn echoed(
+        &mut self,
+        iova: u64,
+        data: &[u8],
+        before: &[u8],
+        found: &mut Vec<EchoRewrite>,
+    ) -> Option<Vec<u8>> {
         let memory = self.memory.clone()?;
         let mut out: Option<Vec<u8>> = None;
-        for (at, source) in self.echo_sources(iova, data) {
+        for (at, source) in self.echo_sources(iova, data, before) {
             let value = [data[at], data[at + 1]];
             let mut now = [0u8; 2];
             let source = self.state.relocations.translate(source);
-            if memory.read(source, &mut now).is_ok() && now != value {
+            if memory.read(source, &mut now).is_err() {
+                continue;
+            }
+            if now != value {
                 out.get_or_insert_with(|| data.to_vec())[at..at + 2].copy_from_slice(&now);
                 self.state.counters.dma_echoes_rewritten += 1;
             }
+            found.push(EchoRewrite {
+                at,
+                recorded: u16::from_le_bytes(value),
+                replay: u16::from_le_bytes(now),
+                source,
+            });
         }
         out
     }
 
     /// The echoed fields of a recorded write-back of `data` at `iova`: (byte offset in `data`,
     /// recorded address of the field it echoes in one of the current group's reads).
-    pub(super) fn echo_sources(&mut self, iova: u64, data: &[u8]) -> Vec<(usize, u64)> {
+    pub(super) fn echo_sources(
+        &mut self,
+        iova: u64,
+        data: &[u8],
+        before: &[u8],
+    ) -> Vec<(usize, u64)> {
         let mut found = Vec::new();
-        if self.state.pending_commands.is_empty() || data.len() > MAX_ECHO_WRITE {
+        if self.state.pending_commands.is_empty() {
             return found;
         }
+        let Some(span) = write_back_span(iova, data, before) else {
+            return found;
+        };
         let pairs = self.confirmed_echoes();
         if pairs.is_empty() {
             return found;
         }
+        // Commands sit in rings and queues; a watch set's inferred reads of the pages around
+        // them (kernel data) can hold the same value at the same offset.
+        let command_pages: Vec<u64> = {
+            let named = self.command_named_pages();
+            let mut pages = named.rings.clone();
+            pages.extend_from_slice(&named.queues);
+            pages.extend_from_slice(&self.state.queue_continuations);
+            pages
+        };
         let reads = std::mem::take(&mut self.state.pending_commands);
-        let mut at = (iova % 2) as usize;
-        while at + 2 <= data.len() {
+        let mut at = span.start + ((iova + span.start as u64) % 2) as usize;
+        while at + 2 <= span.end {
             let value = u16::from_le_bytes([data[at], data[at + 1]]);
             let write_at = ((iova + at as u64) % WRITE_BLOCK) as u8;
             // Unchanged fields too: a completion slot that held the same id before.
+            let field_page = (iova + at as u64) / PAGE;
             let source = pairs
                 .iter()
                 .filter(|p| p.write_at == write_at)
-                .find_map(|p| self.unique_source(&reads, p.read_at, value));
+                .find_map(|p| {
+                    self.unique_source(&reads, p.read_at, value, field_page, &command_pages)
+                });
             if let Some(source) = source {
                 found.push((at, source));
             }
@@ -269,26 +348,58 @@ impl Replayer {
     }
 
     /// The recorded address of the only field of `reads` at `read_at` (in its 64-byte block) that
-    /// holds `value` outside a pointer.
-    fn unique_source(&self, reads: &[(u64, Vec<u8>)], read_at: u8, value: u16) -> Option<u64> {
+    /// holds `value` outside a pointer and outside `field_page` (the write-back's own page: a
+    /// device reads a command from one queue and answers in another), looked for first among
+    /// the reads from `command_pages` (replay-guest pages of rings and queues), then among all.
+    fn unique_source(
+        &self,
+        reads: &[(u64, Vec<u8>)],
+        read_at: u8,
+        value: u16,
+        field_page: u64,
+        command_pages: &[u64],
+    ) -> Option<u64> {
+        let in_commands = |iova: u64| {
+            let at = self.state.relocations.translate(iova);
+            command_pages.contains(&(at - at % PAGE))
+        };
+        match self.sources(reads, read_at, value, field_page, &in_commands) {
+            (1, found) => found,
+            (0, _) => match self.sources(reads, read_at, value, field_page, &|_| true) {
+                (1, found) => found,
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// How many fields of the `reads` that `keep` keeps hold `value` at `read_at` (as for
+    /// [`Replayer::unique_source`]), and the recorded address of the last.
+    fn sources(
+        &self,
+        reads: &[(u64, Vec<u8>)],
+        read_at: u8,
+        value: u16,
+        field_page: u64,
+        keep: &dyn Fn(u64) -> bool,
+    ) -> (usize, Option<u64>) {
         let is_pointer = |w: u64| looks_like_pointer(w) && self.is_recorded_dma_page(w);
-        let mut found = None;
-        for (r_iova, bytes) in reads {
+        let (mut count, mut found) = (0, None);
+        for (r_iova, bytes) in reads.iter().filter(|(iova, _)| keep(*iova)) {
             let first = (READ_BLOCK + read_at as u64 - r_iova % READ_BLOCK) % READ_BLOCK;
             let mut from = first as usize;
             while from + 2 <= bytes.len() {
                 if u16::from_le_bytes([bytes[from], bytes[from + 1]]) == value
+                    && (r_iova + from as u64) / PAGE != field_page
                     && !in_pointer(*r_iova, bytes, from, &is_pointer)
                 {
-                    if found.is_some() {
-                        return None;
-                    }
+                    count += 1;
                     found = Some(r_iova + from as u64);
                 }
                 from += READ_BLOCK as usize;
             }
         }
-        found
+        (count, found)
     }
 
     /// The field pairs the trace around the cursor shows echoing at least [`MIN_DISTINCT`]
@@ -314,20 +425,54 @@ impl Replayer {
                     *c += n;
                 }
             }
+            let candidates: Vec<serde_json::Value> = if self.shared.options.dma_log.is_some() {
+                let mut c: Vec<_> = values
+                    .iter()
+                    .map(|(f, (count, distinct))| {
+                        serde_json::json!([f.write_at, f.read_at, count, distinct.len()])
+                    })
+                    .collect();
+                c.sort_by_key(|v| v.to_string());
+                c
+            } else {
+                Vec::new()
+            };
             // An echo holds for most of the write-backs that carry its field (every completion
             // carries its command's id); a coincidence (a count equal to a length now and then)
-            // holds for a few.
+            // holds for a few. A recorder's inferred writes (a kernel's own stores beside the
+            // queues) add write-backs that echo nothing: a pair seen often enough, and far more
+            // often than every other pair of its write position together, is an echo too.
+            let mut others = [0u32; WRITE_BLOCK as usize];
+            for (f, (count, _)) in &values {
+                others[f.write_at as usize % WRITE_BLOCK as usize] += count;
+            }
             let mut confirmed: Vec<(u32, EchoField)> = values
                 .into_iter()
                 .filter(|(f, (count, distinct))| {
-                    distinct.len() >= MIN_DISTINCT
-                        && 2 * *count >= chances[f.write_at as usize % WRITE_BLOCK as usize]
+                    let at = f.write_at as usize % WRITE_BLOCK as usize;
+                    let rivals = others[at] - count;
+                    let most = 2 * *count >= chances[at];
+                    let dominant = *count >= MIN_DOMINANT_COUNT
+                        && 4 * *count >= chances[at]
+                        && *count >= DOMINANCE * rivals;
+                    distinct.len() >= MIN_DISTINCT && (most || dominant)
                 })
                 .map(|(f, (count, _))| (count, f))
                 .collect();
             // The best supported pair of a write position is tried first.
             confirmed.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
             let confirmed: Vec<EchoField> = confirmed.into_iter().map(|(_, f)| f).collect();
+            if let Some(log) = self.shared.options.dma_log.clone() {
+                let pairs: Vec<[u8; 2]> =
+                    confirmed.iter().map(|f| [f.write_at, f.read_at]).collect();
+                log.line(&serde_json::json!({
+                    "kind": "echo_fields",
+                    "chunk": chunk,
+                    "fields": pairs,
+                    "candidates": candidates,
+                    "chances": chances,
+                }));
+            }
             self.state.echo_fields = Some((chunk, confirmed));
         }
         self.state

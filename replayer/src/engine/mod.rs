@@ -20,7 +20,11 @@ use crate::reloc::{Relocation, RelocationMap, PAGE};
 use crate::report::{Counters, DivergenceReport, Policy, ReplayReport};
 use crate::source::{EventSource, SourceError};
 
+pub use dmalog::DmaLog;
+use dmalog::WriteOutcome;
+
 mod device;
+mod dmalog;
 mod echo;
 mod matching;
 mod render;
@@ -35,6 +39,16 @@ const MIN_REGISTER_ADDRESS: u64 = 1 << 16;
 
 /// Smallest value taken for a pointer the replay guest wrote (below it: counters, lengths, flags).
 const MIN_POINTER: u64 = 1 << 20;
+
+/// Reads up to this long are shown in the DMA log with the replay guest's bytes beside them.
+const DMA_LOG_BYTES: usize = 128;
+
+/// Device writes up to this long into a page an old command named can be a structure's write-back
+/// (`page_named_by_guest_ring`).
+const SMALL_WRITE_BACK: usize = 64;
+
+/// Lowest kernel-half virtual address of a 57-bit address space (48-bit ones start higher).
+const KERNEL_HALF: u64 = 0xff00_0000_0000_0000;
 
 /// Bound on the buffer pointers remembered for one group of device actions.
 const MAX_GROUP_BUFFERS: usize = 4096;
@@ -54,6 +68,8 @@ const MAX_COMMAND_PAGES: usize = 256;
 /// The pages the replay guest's commands name, for one group of device actions.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct CommandPages {
+    /// The first page of each ring the guest programmed as the recorded guest did.
+    rings: Vec<u64>,
     /// Page-aligned words of the first page of each ring the guest programmed as the recorded
     /// guest did: the queues and data pages of the commands there (an NVMe admin queue's).
     queues: Vec<u64>,
@@ -131,6 +147,8 @@ pub struct ReplayOptions {
     /// Bytes a relocation learned from a register write covers (default 64 KiB: a descriptor ring
     /// and its neighbours). Pointers learned from descriptors cover one page and take precedence.
     pub relocation_span: u64,
+    /// Write a line per recorded DMA event (what landed, what was withheld and why) here.
+    pub dma_log: Option<DmaLog>,
 }
 
 impl Default for ReplayOptions {
@@ -144,6 +162,7 @@ impl Default for ReplayOptions {
             relocation_span: 64 * 1024,
             honor_delays: false,
             max_delay_ns: 100_000_000,
+            dma_log: None,
         }
     }
 }
@@ -251,11 +270,19 @@ pub struct ReplayState {
     /// The guest-access count of a group that completed: the next read after it starts a new
     /// set of pending commands.
     completed_at: Option<u64>,
+    /// The access count when the trace last delivered an interrupt: device writes logged after
+    /// the interrupt of their group come from a recorder's look after the guest's handler ran,
+    /// and may be the handler's own stores.
+    irq_at: Option<u64>,
     /// Whether the trace showed a read yet (a recorder that logs what the guest hands the device).
     trace_has_reads: bool,
     /// Pages of the queues a command created that the current group posts completions to (a
     /// write there echoes a command the group read).
     completion_pages: Vec<u64>,
+    /// Replay-guest pages of queues that a command created and that outgrew their first page:
+    /// each was found as the page after a queue page, holding the queue's next completions
+    /// (`continue_queue_relocation`).
+    queue_continuations: Vec<u64>,
     /// The pages the replay guest's commands name (see [`CommandPages`]), for the current group
     /// of device actions.
     command_named: Option<CommandPages>,
@@ -361,8 +388,10 @@ impl Shared {
             group_completes: false,
             pending_commands: Vec::new(),
             completed_at: None,
+            irq_at: None,
             trace_has_reads: false,
             completion_pages: Vec::new(),
+            queue_continuations: Vec::new(),
             command_named: None,
             echo_fields: None,
             response: None,
@@ -644,6 +673,7 @@ impl Replayer {
     fn execute(&mut self, op: Op) {
         match op.kind {
             OpKind::Irq => {
+                self.state.irq_at = Some(self.state.counters.accesses);
                 match &mut self.state.reads_after_irq {
                     Some(keys) => keys.clear(),
                     None => self.state.reads_after_irq = Some(Vec::new()),
@@ -832,10 +862,11 @@ impl Replayer {
             self.state.counters.dma_writes_not_applied += 1;
             return;
         };
+        let mut rewrites = Vec::new();
         let echoed = payload
             .before
-            .as_ref()
-            .and_then(|_| self.echoed(op.value, &payload.data));
+            .as_deref()
+            .and_then(|before| self.echoed(op.value, &payload.data, before, &mut rewrites));
         let written_data = echoed.as_deref().unwrap_or(&payload.data);
         let total = written_data.len();
         if let Some(before) = payload.before.as_deref() {
@@ -846,6 +877,14 @@ impl Replayer {
                 let c = &mut self.state.counters;
                 c.dma_writes_unconfirmed += 1;
                 c.dma_writes_not_applied += 1;
+                self.log_dma_write(
+                    op,
+                    total,
+                    0,
+                    WriteOutcome::NotApplied,
+                    &["driver_write"],
+                    &rewrites,
+                );
                 return;
             }
         }
@@ -859,6 +898,8 @@ impl Replayer {
         let mut written = 0usize;
         let mut fault = false;
         let mut untrusted = false;
+        let mut whole_page_fill = false;
+        let mut stale_before = false;
         while done < total {
             let rec = op.value.wrapping_add(done as u64);
             let (target, span) = self.state.relocations.translate_span(rec);
@@ -885,8 +926,18 @@ impl Replayer {
                         // The whole page a command the group completes handed the device (a
                         // recorder logs such a fill whole): the device fills it whatever it
                         // held, and what it held is the replay guest's own history (a
-                        // `kmalloc` leftover), not a change made since to spare.
-                        if memory.write(target, data).is_ok() {
+                        // `kmalloc` leftover), not a change made since to spare. The fill runs
+                        // from the page's start to its last changed 16-byte block: a buffer
+                        // that starts a page may end well before the page does (a 512-byte log
+                        // page), and the rest of the page is the recorded kernel's other objects.
+                        whole_page_fill = true;
+                        let filled = data
+                            .iter()
+                            .zip(before)
+                            .rposition(|(d, b)| d != b)
+                            .map_or(0, |last| (last + 16) & !15)
+                            .min(n);
+                        if memory.write(target, &data[..filled]).is_ok() {
                             written += n;
                         } else {
                             fault = true;
@@ -900,6 +951,7 @@ impl Replayer {
                         let mut i = 0;
                         while i < n {
                             if self.scratch[i] != before[i] {
+                                stale_before = true;
                                 i += 1;
                                 continue;
                             }
@@ -928,13 +980,76 @@ impl Replayer {
         if untrusted {
             c.dma_writes_unconfirmed += 1;
         }
-        if written == total {
+        let outcome = if written == total {
             c.dma_writes_applied += 1;
+            WriteOutcome::Applied
         } else if written > 0 {
             c.dma_writes_partial += 1;
+            WriteOutcome::Partial
         } else {
             c.dma_writes_not_applied += 1;
+            WriteOutcome::NotApplied
+        };
+        if self.shared.options.dma_log.is_some() {
+            let mut reasons = Vec::new();
+            if fault {
+                reasons.push("fault");
+            }
+            if untrusted {
+                reasons.push("untrusted");
+            }
+            if whole_page_fill {
+                reasons.push("whole_page_fill");
+            }
+            if stale_before && outcome != WriteOutcome::Applied {
+                reasons.push("before_differs");
+            }
+            self.log_dma_write(op, total, written, outcome, &reasons, &rewrites);
         }
+    }
+
+    /// One line of the DMA log for a recorded device write (`rewrites`: its echoed fields).
+    fn log_dma_write(
+        &mut self,
+        op: Op,
+        len: usize,
+        written: usize,
+        outcome: WriteOutcome,
+        reasons: &[&str],
+        rewrites: &[echo::EchoRewrite],
+    ) {
+        let Some(log) = self.shared.options.dma_log.clone() else {
+            return;
+        };
+        let seq = self.op_seq();
+        let target = self.state.relocations.translate(op.value);
+        let pending = self.state.pending_commands.len();
+        let echoes: Vec<serde_json::Value> = rewrites
+            .iter()
+            .map(|e| json!({"at": e.at, "recorded": e.recorded, "replay": e.replay, "source": e.source}))
+            .collect();
+        log.line(&json!({
+            "seq": seq,
+            "kind": "dma_write",
+            "iova": op.value,
+            "target": target,
+            "len": len,
+            "written": written,
+            "outcome": outcome.name(),
+            "reasons": reasons,
+            "echoes": echoes,
+            "group_completes": self.state.group_completes,
+            "pending_commands": pending,
+        }));
+    }
+
+    /// Sequence number of the op just executed (the cursor is one past it).
+    fn op_seq(&self) -> Option<u64> {
+        self.state
+            .cursor
+            .op
+            .checked_sub(1)
+            .and_then(|i| self.cur.seqs.get(i).copied())
     }
 
     /// Whether a device write recorded at `rec` may land on the `len` bytes at `target` in the
@@ -990,7 +1105,45 @@ impl Replayer {
         // since reused: with the commands of each group in the trace, only those count.
         let legacy = !self.state.trace_has_reads;
         let named = self.command_named_pages();
-        named.submitted.contains(&page) || (legacy && named.queues.contains(&page))
+        if named.submitted.contains(&page) || (legacy && named.queues.contains(&page)) {
+            return true;
+        }
+        // A device structure that a command set up long ago (an NVMe I/O queue, its doorbell
+        // event-index buffer) takes small write-backs of counters and statuses before the
+        // group's interrupt. What a kernel keeps in a page it reused after an old command holds
+        // its own pointers, which a device never writes: a word of the replay guest's memory
+        // there that is a kernel-half address keeps the write out. After the interrupt, a
+        // recorder's diff also holds the guest handler's stores (an NVMe shadow doorbell):
+        // written ahead of the guest, they would tell it the doorbell needs no register write.
+        let old_command_page = named.queues.contains(&page);
+        let after_irq = self.state.irq_at == Some(self.state.counters.accesses);
+        old_command_page
+            && len <= SMALL_WRITE_BACK
+            && !after_irq
+            && !self.touches_cpu_pointer(target, len)
+    }
+
+    /// Whether an 8-byte word of the replay guest's memory that the `len` bytes at `target`
+    /// overlap is an address in the upper (kernel) half of a 48-bit or 57-bit virtual address
+    /// space, which a CPU stores and a device does not (unreadable memory counts as one).
+    fn touches_cpu_pointer(&self, target: u64, len: usize) -> bool {
+        let Some(memory) = self.memory.as_ref() else {
+            return true;
+        };
+        let first = target & !7;
+        let end = target.saturating_add(len as u64);
+        let mut word = first;
+        while word < end {
+            let mut bytes = [0u8; 8];
+            if memory.read(word, &mut bytes).is_err() {
+                return true;
+            }
+            if u64::from_le_bytes(bytes) >= KERNEL_HALF {
+                return true;
+            }
+            word += 8;
+        }
+        false
     }
 
     /// Whether `target` is a page a command of the current group names (as the replay guest wrote
@@ -1047,7 +1200,10 @@ impl Replayer {
                 .collect();
             for (at, n) in reads {
                 let page = at - at % PAGE;
-                if !(rings.contains(&page) || named.queues.contains(&page)) {
+                if !(rings.contains(&page)
+                    || named.queues.contains(&page)
+                    || self.state.queue_continuations.contains(&page))
+                {
                     continue;
                 }
                 let n = n.min((page + PAGE - at) as usize);
@@ -1057,6 +1213,7 @@ impl Replayer {
                 }
             }
             self.scratch2 = buf;
+            named.rings = rings;
         }
         named
     }
@@ -1215,10 +1372,38 @@ impl Replayer {
             .get(op.aux as usize)
             .filter(|d| d.len() <= MAX_POINTER_READ)
         {
-            if self.learn_pointers(op.value, data) {
+            self.continue_queue_relocation(op.value, Some(data));
+            let learned = self.learn_pointers(op.value, data);
+            if learned {
                 self.state.counters.dma_reads_checked += 1;
             }
             self.note_group_read(op.value, data);
+            if let Some(log) = self.shared.options.dma_log.clone() {
+                let target = self.state.relocations.translate(op.value);
+                // Short reads (commands, descriptors) side by side with the replay guest's bytes.
+                let (recorded, replay) = match self.memory.clone() {
+                    Some(memory) if data.len() <= DMA_LOG_BYTES => {
+                        let mut now = vec![0u8; data.len()];
+                        let replay = memory
+                            .read(target, &mut now)
+                            .ok()
+                            .map(|()| hwrr_formats::hex::encode(&now));
+                        (Some(hwrr_formats::hex::encode(data)), replay)
+                    }
+                    _ => (None, None),
+                };
+                log.line(&json!({
+                    "seq": self.op_seq(),
+                    "kind": "dma_read",
+                    "iova": op.value,
+                    "target": target,
+                    "len": data.len(),
+                    "pointers": learned,
+                    "pending_commands": self.state.pending_commands.len(),
+                    "recorded": recorded,
+                    "replay": replay,
+                }));
+            }
         }
     }
 
@@ -1274,14 +1459,22 @@ impl Replayer {
                     self.note_group_buffers(target, len);
                     self.state.group_completes = true;
                     self.state.completed_at = Some(self.state.counters.accesses);
-                } else if let Some(p) = payload.filter(|p| !driver_write && p.before.is_some()) {
+                } else if let Some((p, before)) = payload
+                    .filter(|_| !driver_write)
+                    .and_then(|p| p.before.as_deref().map(|b| (p, b)))
+                {
                     // A write-back that echoes an identifier of a command the group read (an
                     // NVMe completion's command id) to a queue a submitted command created (an
                     // I/O completion queue) completes that command.
+                    let echoes = !self.echo_sources(op.value, &p.data, before).is_empty();
+                    if echoes {
+                        self.continue_queue_relocation(op.value, None);
+                    }
                     let target = self.state.relocations.translate(op.value);
                     let page = target - target % PAGE;
-                    if self.command_named_pages().queues.contains(&page)
-                        && !self.echo_sources(op.value, &p.data).is_empty()
+                    if echoes
+                        && (self.command_named_pages().queues.contains(&page)
+                            || self.state.queue_continuations.contains(&page))
                     {
                         self.state.group_completes = true;
                         self.state.completed_at = Some(self.state.counters.accesses);
@@ -1349,6 +1542,65 @@ impl Replayer {
         }
         self.scratch2 = guest;
         readable
+    }
+
+    /// A ring longer than a page (an NVMe queue of 1,024 commands is 16 pages) is relocated as a
+    /// whole, but only its first page is named by a pointer: when the trace reaches the page
+    /// after a relocated page, and nothing relocates it yet, that page moves with the one before
+    /// it, if the replay guest's memory there holds what the recorded read did (`recorded`: at
+    /// least three quarters of its bytes, and more than at the untranslated address), or, for a
+    /// device write (`None`, a completion that echoes a pending command), if the page before is
+    /// a queue a command created. A page continuing such a queue (moved or not) is a queue page
+    /// too.
+    fn continue_queue_relocation(&mut self, iova: u64, recorded: Option<&[u8]>) {
+        let page = iova - iova % PAGE;
+        if page < PAGE {
+            return;
+        }
+        let prev_replay = self.state.relocations.translate(page - PAGE);
+        if prev_replay % PAGE != 0 {
+            return;
+        }
+        let replay_page = prev_replay + PAGE;
+        let prev_is_queue = self.command_named_pages().queues.contains(&prev_replay)
+            || self.state.queue_continuations.contains(&prev_replay);
+        let note = |state: &mut ReplayState| {
+            if prev_is_queue
+                && !state.queue_continuations.contains(&replay_page)
+                && state.queue_continuations.len() < MAX_COMMAND_PAGES
+            {
+                state.queue_continuations.push(replay_page);
+            }
+        };
+        if self.state.relocations.translate(page) == replay_page {
+            // Already where the queue goes on: neither page moved, or one relocation covers both.
+            note(&mut self.state);
+            return;
+        }
+        if self.state.relocations.range_of(iova).is_some() {
+            return;
+        }
+        let continues = match recorded {
+            Some(bytes) => {
+                let Some(memory) = self.memory.clone() else {
+                    return;
+                };
+                let agreement = |at: u64| {
+                    let mut now = vec![0u8; bytes.len()];
+                    memory
+                        .read(at, &mut now)
+                        .map(|()| now.iter().zip(bytes).filter(|(a, b)| a == b).count())
+                        .unwrap_or(0)
+                };
+                let moved = agreement(replay_page + iova % PAGE);
+                4 * moved >= 3 * bytes.len() && moved > agreement(iova)
+            }
+            None => prev_is_queue,
+        };
+        if continues && self.state.relocations.learn(page, replay_page, PAGE) {
+            self.state.counters.relocations_learned += 1;
+            note(&mut self.state);
+        }
     }
 
     /// Whether a written value `rec` (the guest wrote `act` instead) is a DMA address of the
