@@ -322,7 +322,7 @@ impl Replayer {
             let named = self.command_named_pages();
             let mut pages = named.rings.clone();
             pages.extend_from_slice(&named.queues);
-            pages.extend_from_slice(&self.state.queue_continuations);
+            pages.extend_from_slice(&self.state.live_queues);
             pages
         };
         let reads = std::mem::take(&mut self.state.pending_commands);

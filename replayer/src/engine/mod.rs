@@ -62,6 +62,9 @@ fn looks_like_ring_base(named: &crate::compile::NamedPage) -> bool {
 /// cursor; a device has a few).
 const MAX_NAMED_RINGS: usize = 64;
 
+/// Pages of queues in use that are remembered (`note_live_queue`): 64 queues of 16 pages.
+const MAX_LIVE_QUEUE_PAGES: usize = 1024;
+
 /// Pages named by submitted commands that are looked at, per kind (`command_named_pages`).
 const MAX_COMMAND_PAGES: usize = 256;
 
@@ -279,10 +282,11 @@ pub struct ReplayState {
     /// Pages of the queues a command created that the current group posts completions to (a
     /// write there echoes a command the group read).
     completion_pages: Vec<u64>,
-    /// Replay-guest pages of queues that a command created and that outgrew their first page:
-    /// each was found as the page after a queue page, holding the queue's next completions
-    /// (`continue_queue_relocation`).
-    queue_continuations: Vec<u64>,
+    /// Replay-guest pages of queues in use: where a completion that echoes a pending command
+    /// landed in a queue a command created, where the command it echoes was read, and the pages
+    /// that continue them (`continue_queue_relocation`). A command's data page is named the
+    /// same way as a queue, but no completion lands there and no command is read from it.
+    live_queues: Vec<u64>,
     /// The pages the replay guest's commands name (see [`CommandPages`]), for the current group
     /// of device actions.
     command_named: Option<CommandPages>,
@@ -391,7 +395,7 @@ impl Shared {
             irq_at: None,
             trace_has_reads: false,
             completion_pages: Vec::new(),
-            queue_continuations: Vec::new(),
+            live_queues: Vec::new(),
             command_named: None,
             echo_fields: None,
             response: None,
@@ -1202,7 +1206,7 @@ impl Replayer {
                 let page = at - at % PAGE;
                 if !(rings.contains(&page)
                     || named.queues.contains(&page)
-                    || self.state.queue_continuations.contains(&page))
+                    || self.state.live_queues.contains(&page))
                 {
                     continue;
                 }
@@ -1466,20 +1470,35 @@ impl Replayer {
                     // A write-back that echoes an identifier of a command the group read (an
                     // NVMe completion's command id) to a queue a submitted command created (an
                     // I/O completion queue) completes that command.
-                    let echoes = !self.echo_sources(op.value, &p.data, before).is_empty();
-                    if echoes {
+                    // An id the device wrote (changed, not a flag): a field that merely kept
+                    // a 0 that some command also holds is no completion.
+                    let sources: Vec<u64> = self
+                        .echo_sources(op.value, &p.data, before)
+                        .into_iter()
+                        .filter(|&(at, _)| {
+                            p.data[at..at + 2] != *before.get(at..at + 2).unwrap_or_default()
+                                && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
+                        })
+                        .map(|(_, source)| source)
+                        .collect();
+                    if !sources.is_empty() {
                         self.continue_queue_relocation(op.value, None);
                     }
                     let target = self.state.relocations.translate(op.value);
                     let page = target - target % PAGE;
-                    if echoes
+                    if !sources.is_empty()
                         && (self.command_named_pages().queues.contains(&page)
-                            || self.state.queue_continuations.contains(&page))
+                            || self.state.live_queues.contains(&page))
                     {
                         self.state.group_completes = true;
                         self.state.completed_at = Some(self.state.counters.accesses);
                         if !self.state.completion_pages.contains(&page) {
                             self.state.completion_pages.push(page);
+                        }
+                        self.note_live_queue(page);
+                        for source in sources {
+                            let at = self.state.relocations.translate(source);
+                            self.note_live_queue(at - at % PAGE);
                         }
                     }
                 }
@@ -1550,8 +1569,7 @@ impl Replayer {
     /// it, if the replay guest's memory there holds what the recorded read did (`recorded`: at
     /// least three quarters of its bytes, and more than at the untranslated address), or, for a
     /// device write (`None`, a completion that echoes a pending command), if the page before is
-    /// a queue a command created. A page continuing such a queue (moved or not) is a queue page
-    /// too.
+    /// a queue in use. A page continuing a queue in use (moved or not) is one too.
     fn continue_queue_relocation(&mut self, iova: u64, recorded: Option<&[u8]>) {
         let page = iova - iova % PAGE;
         if page < PAGE {
@@ -1562,19 +1580,13 @@ impl Replayer {
             return;
         }
         let replay_page = prev_replay + PAGE;
-        let prev_is_queue = self.command_named_pages().queues.contains(&prev_replay)
-            || self.state.queue_continuations.contains(&prev_replay);
-        let note = |state: &mut ReplayState| {
-            if prev_is_queue
-                && !state.queue_continuations.contains(&replay_page)
-                && state.queue_continuations.len() < MAX_COMMAND_PAGES
-            {
-                state.queue_continuations.push(replay_page);
-            }
-        };
+        let prev_is_queue = self.state.live_queues.contains(&prev_replay)
+            || self.command_named_pages().rings.contains(&prev_replay);
         if self.state.relocations.translate(page) == replay_page {
             // Already where the queue goes on: neither page moved, or one relocation covers both.
-            note(&mut self.state);
+            if prev_is_queue {
+                self.note_live_queue(replay_page);
+            }
             return;
         }
         if self.state.relocations.range_of(iova).is_some() {
@@ -1599,7 +1611,17 @@ impl Replayer {
         };
         if continues && self.state.relocations.learn(page, replay_page, PAGE) {
             self.state.counters.relocations_learned += 1;
-            note(&mut self.state);
+            if prev_is_queue {
+                self.note_live_queue(replay_page);
+            }
+        }
+    }
+
+    /// Remembers `page` (replay guest) as a page of a queue in use (bounded).
+    fn note_live_queue(&mut self, page: u64) {
+        let live = &mut self.state.live_queues;
+        if !live.contains(&page) && live.len() < MAX_LIVE_QUEUE_PAGES {
+            live.push(page);
         }
     }
 
