@@ -1591,7 +1591,9 @@ fn completions_in_a_queue_a_command_created_land_when_they_echo_the_command() {
         c[0] = 0x05;
         c
     };
-    let ids: [u16; 4] = [0x0120, 0x0121, 0x0122, 0x0123];
+    // The first id is 0 (Linux's first tag, generation 0): the fresh queue's entry keeps the 0
+    // it held, and is still the echo of its command.
+    let ids: [u16; 4] = [0x0000, 0x0121, 0x0122, 0x0123];
     // A recorder logs the first change to a page a command handed over as the whole page, so a
     // fresh completion queue's first entry may come as a 4 KiB write: a completion all the same.
     for first_logged_whole in [false, true] {

@@ -1470,17 +1470,7 @@ impl Replayer {
                     // A write-back that echoes an identifier of a command the group read (an
                     // NVMe completion's command id) to a queue a submitted command created (an
                     // I/O completion queue) completes that command.
-                    // An id the device wrote (changed, not a flag): a field that merely kept
-                    // a 0 that some command also holds is no completion.
-                    let sources: Vec<u64> = self
-                        .echo_sources(op.value, &p.data, before)
-                        .into_iter()
-                        .filter(|&(at, _)| {
-                            p.data[at..at + 2] != *before.get(at..at + 2).unwrap_or_default()
-                                && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
-                        })
-                        .map(|(_, source)| source)
-                        .collect();
+                    let sources = self.echo_sources(op.value, &p.data, before);
                     if !sources.is_empty() {
                         self.continue_queue_relocation(op.value, None);
                     }
@@ -1495,10 +1485,19 @@ impl Replayer {
                         if !self.state.completion_pages.contains(&page) {
                             self.state.completion_pages.push(page);
                         }
-                        self.note_live_queue(page);
-                        for source in sources {
-                            let at = self.state.relocations.translate(source);
-                            self.note_live_queue(at - at % PAGE);
+                        // An id the device wrote (changed, not a flag) makes the queue and the
+                        // command's queue ones in use; a field that merely kept a 0 that some
+                        // command also holds does not (a store beside a data buffer can).
+                        let wrote_id = |&(at, _): &(usize, u64)| {
+                            p.data[at..at + 2] != *before.get(at..at + 2).unwrap_or_default()
+                                && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
+                        };
+                        if sources.iter().any(wrote_id) {
+                            self.note_live_queue(page);
+                            for (_, source) in sources.iter().filter(|s| wrote_id(s)) {
+                                let at = self.state.relocations.translate(*source);
+                                self.note_live_queue(at - at % PAGE);
+                            }
                         }
                     }
                 }
