@@ -544,6 +544,12 @@ impl WatchSet {
         let mut page = first;
         while page < end {
             let ring_head = named.naming == Naming::Register && page == first;
+            // A pointer hands over the page it names; the rest of a ring's span is the ring
+            // going on (an NVMe queue's later pages), which the guest fills with commands.
+            let named = Named {
+                handed_over: named.handed_over && page == first,
+                ..named
+            };
             self.watch_page(st, page, (start, len, &memory), named, ring_head);
             page = match page.checked_add(WATCH_PAGE_SIZE) {
                 Some(p) => p,

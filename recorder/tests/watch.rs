@@ -1070,6 +1070,73 @@ fn pages_behind_page_aligned_pointers_are_watched_to_the_configured_depth() {
 }
 
 #[test]
+fn a_command_in_a_later_page_of_a_created_queue_is_read_not_filled() {
+    // A queue a command creates spans `ring_span`; only its first page is handed over. The
+    // guest writes a command into the queue's second page, an observation (an interrupt for an
+    // earlier command) sees it before the doorbell: it is the guest's command, read after the
+    // doorbell, not a page the device filled (logged whole, the command was a device write only,
+    // and a replay could not echo its id).
+    use hwrr_recorder::WatchSet;
+    const MAP: u64 = 0x100_0000;
+    const RING: u64 = MAP;
+    const QUEUE: u64 = MAP + 0x10_0000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.hwrr");
+    let recorder = Recorder::create(&path, &header(), RecorderOptions::default()).unwrap();
+    let ram = Arc::new(MappedMemory::anonymous(0x40_0000).unwrap());
+    let put = |iova: u64, words: &[u64]| {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        ram.write(iova - MAP, &bytes).unwrap();
+    };
+    let watch = WatchSet::new(no_sweep(), recorder.handle());
+    watch.add_mapping(
+        DmaMapping {
+            iova: MAP,
+            len: 0x40_0000,
+            flags: 3,
+        },
+        Some(ram.clone()),
+    );
+    watch.before_register_write(0, 0x28, &RING.to_le_bytes());
+    put(RING, &[0x05, 0, 0, QUEUE, 0, 0, 0, 0]);
+    watch.before_register_write(0, 0x1000, &1u32.to_le_bytes());
+    let command = [0x0042_0002u64, 1, 0, 0, 0, 0, 0, 0];
+    put(QUEUE + 0x1000, &command);
+    watch.observe();
+    watch.before_register_write(0, 0x1008, &65u32.to_le_bytes());
+    watch.log_reads();
+    drop(watch);
+    recorder.finish().unwrap();
+    let events = events_of(&path);
+    let writes = dma_writes(&events);
+    // (The change the observation saw stays logged as it was seen; the read is what counts.)
+    assert!(
+        !writes
+            .iter()
+            .any(|(_, w)| overlaps(w, QUEUE + 0x1000, 0x1000) && w.data.len() == 4096),
+        "the guest's command logged as a device fill: {:?}",
+        writes
+            .iter()
+            .map(|(_, w)| (w.iova, w.data.len()))
+            .collect::<Vec<_>>()
+    );
+    let reads: Vec<(u64, Vec<u8>)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::DmaRead(r) => Some((r.iova, r.data.clone())),
+            _ => None,
+        })
+        .collect();
+    let bytes: Vec<u8> = command.iter().flat_map(|w| w.to_le_bytes()).collect();
+    assert!(
+        reads
+            .iter()
+            .any(|(iova, data)| *iova == QUEUE + 0x1000 && data[..] == bytes[..16]),
+        "the command is read after its doorbell: {reads:?}"
+    );
+}
+
+#[test]
 fn what_the_guest_hands_the_device_is_logged_as_reads_after_the_doorbell() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.hwrr");

@@ -44,10 +44,10 @@ const MAX_EVIDENCE_BYTES: usize = 16 * 1024;
 /// Different echoed values that make a field pair an echo.
 const MIN_DISTINCT: usize = 3;
 /// Echoes that make a pair an echo without holding for half of its write position's write-backs,
-/// when it holds for a quarter and outnumbers every other pair of the position together
-/// [`DOMINANCE`] times.
+/// when it holds for a quarter, for at least half of the position's echoes, and
+/// [`DOMINANCE`] times as often as any other pair of the position.
 const MIN_DOMINANT_COUNT: u32 = 16;
-const DOMINANCE: u32 = 8;
+const DOMINANCE: u32 = 4;
 
 /// An echoed field of a write-back as the replay wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -442,22 +442,30 @@ impl Replayer {
             // holds for a few. A recorder's inferred writes (a kernel's own stores beside the
             // queues) add write-backs that echo nothing: a pair seen often enough, and far more
             // often than every other pair of its write position together, is an echo too.
-            let mut others = [0u32; WRITE_BLOCK as usize];
+            let mut position_total = [0u32; WRITE_BLOCK as usize];
             for (f, (count, _)) in &values {
-                others[f.write_at as usize % WRITE_BLOCK as usize] += count;
+                position_total[f.write_at as usize % WRITE_BLOCK as usize] += count;
             }
+            let strongest_rival = |field: &EchoField| {
+                values
+                    .iter()
+                    .filter(|(f, _)| f.write_at == field.write_at && *f != field)
+                    .map(|(_, (count, _))| *count)
+                    .max()
+                    .unwrap_or(0)
+            };
             let mut confirmed: Vec<(u32, EchoField)> = values
-                .into_iter()
+                .iter()
                 .filter(|(f, (count, distinct))| {
                     let at = f.write_at as usize % WRITE_BLOCK as usize;
-                    let rivals = others[at] - count;
                     let most = 2 * *count >= chances[at];
                     let dominant = *count >= MIN_DOMINANT_COUNT
                         && 4 * *count >= chances[at]
-                        && *count >= DOMINANCE * rivals;
+                        && 2 * *count >= position_total[at]
+                        && *count >= DOMINANCE * strongest_rival(f);
                     distinct.len() >= MIN_DISTINCT && (most || dominant)
                 })
-                .map(|(f, (count, _))| (count, f))
+                .map(|(f, (count, _))| (*count, *f))
                 .collect();
             // The best supported pair of a write position is tried first.
             confirmed.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));

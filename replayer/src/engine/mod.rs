@@ -1470,13 +1470,26 @@ impl Replayer {
                     // A write-back that echoes an identifier of a command the group read (an
                     // NVMe completion's command id) to a queue a submitted command created (an
                     // I/O completion queue) completes that command.
+                    // An echoed id the device wrote (changed, not a flag), or any echo in an
+                    // entry that was blank (a fresh queue's first completion may keep id 0): a
+                    // field that merely kept a 0 that some command also holds, in a driver's
+                    // own structure beside a queue, is no completion.
                     let sources = self.echo_sources(op.value, &p.data, before);
-                    if !sources.is_empty() {
+                    let wrote_id = |&(at, _): &(usize, u64)| {
+                        p.data[at..at + 2] != *before.get(at..at + 2).unwrap_or_default()
+                            && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
+                    };
+                    let strong = sources.iter().any(wrote_id);
+                    let blank_entry = echo::write_back_span(op.value, &p.data, before)
+                        .and_then(|span| before.get(span))
+                        .is_some_and(|b| b.iter().all(|&x| x == 0));
+                    let echoes = strong || (!sources.is_empty() && blank_entry);
+                    if echoes {
                         self.continue_queue_relocation(op.value, None);
                     }
                     let target = self.state.relocations.translate(op.value);
                     let page = target - target % PAGE;
-                    if !sources.is_empty()
+                    if echoes
                         && (self.command_named_pages().queues.contains(&page)
                             || self.state.live_queues.contains(&page))
                     {
@@ -1485,18 +1498,17 @@ impl Replayer {
                         if !self.state.completion_pages.contains(&page) {
                             self.state.completion_pages.push(page);
                         }
-                        // An id the device wrote (changed, not a flag) makes the queue and the
-                        // command's queue ones in use; a field that merely kept a 0 that some
-                        // command also holds does not (a store beside a data buffer can).
-                        let wrote_id = |&(at, _): &(usize, u64)| {
-                            p.data[at..at + 2] != *before.get(at..at + 2).unwrap_or_default()
-                                && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
-                        };
-                        if sources.iter().any(wrote_id) {
+                        // A written id makes the queue, and the queue a command created that the
+                        // echoed command was read from, ones in use; a source outside a created
+                        // queue (a driver's own copy of a doorbell value) does not.
+                        if strong {
                             self.note_live_queue(page);
                             for (_, source) in sources.iter().filter(|s| wrote_id(s)) {
                                 let at = self.state.relocations.translate(*source);
-                                self.note_live_queue(at - at % PAGE);
+                                let source_page = at - at % PAGE;
+                                if self.command_named_pages().queues.contains(&source_page) {
+                                    self.note_live_queue(source_page);
+                                }
                             }
                         }
                     }
