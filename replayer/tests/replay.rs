@@ -2115,3 +2115,57 @@ fn a_command_in_a_ring_is_the_source_of_an_echo_before_kernel_data_beside_it() {
     });
     assert_completions_carry_guest_ids(&t, recorded.len(), 0x0730);
 }
+
+#[test]
+fn a_page_the_guest_hands_over_far_more_than_the_device_writes_stays_the_guests() {
+    // NVMe shadow doorbells: the guest writes them and the device reads them, so a watch set logs
+    // them as reads after each doorbell; now and then an observation logs one of the guest's
+    // stores as a device write, here before the group's interrupt. The page stays the guest's.
+    const SHADOW: u64 = 0x10_c000;
+    let config = {
+        let mut c = command_with_data(0x0107, SHADOW);
+        c[0] = 0x7c;
+        c
+    };
+    let mut t = queues_trace();
+    t.write(SQ_DOORBELL, 1);
+    t.dma_read(RING, &config);
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x07, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for k in 1..=6u64 {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k, &command(0x0140 + k as u16));
+        t.dma_read(
+            SHADOW,
+            &[k as u8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        );
+        let [lo, hi] = (0x0140 + k as u16).to_le_bytes();
+        t.dma_write(
+            CQ + 16 * k + 8,
+            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        if k == 6 {
+            t.dma_write(SHADOW + 12, &[2], Some(&[0]));
+        }
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        vmm.put_mem(RING, &config);
+        vmm.write(SQ_DOORBELL, 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        for k in 1..=6u64 {
+            vmm.put_mem(RING + 64 * k, &command(0x0140 + k as u16));
+            vmm.write(SQ_DOORBELL, k as u32 + 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+        }
+        assert_eq!(
+            vmm.mem_bytes(SHADOW + 12, 1),
+            [0],
+            "{policy:?}: the guest's shadow doorbell is the guest's to write"
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub(crate) struct EchoField {
 }
 
 const WRITE_BLOCK: u64 = 16;
-const READ_BLOCK: u64 = 64;
+pub(super) const READ_BLOCK: u64 = 64;
 /// Device writes longer than this are payload, not write-backs.
 const MAX_ECHO_WRITE: usize = 64;
 /// Reads longer than this are payload, not commands or descriptors.
@@ -325,12 +325,27 @@ impl Replayer {
             pages.extend_from_slice(&self.state.live_queues);
             pages
         };
+        // Fields between the first and the last byte the device changed: unchanged ones too (a
+        // completion slot that held the same id before, a fresh queue's id 0 between a changed
+        // head and a changed phase bit), but not past the change (a zero after the two counters
+        // a doorbell buffer's first fill sets).
+        let changed = |i: &usize| data.get(*i) != before.get(*i);
+        let (Some(first), Some(last)) = (
+            (span.start..span.end).find(changed),
+            (span.start..span.end).rev().find(changed),
+        ) else {
+            return found;
+        };
         let reads = std::mem::take(&mut self.state.pending_commands);
-        let mut at = span.start + ((iova + span.start as u64) % 2) as usize;
-        while at + 2 <= span.end {
+        // From the 2-byte aligned field holding the first change.
+        let mut at = match ((iova + first as u64) % 2, first) {
+            (0, _) => first,
+            (_, 0) => 1,
+            _ => first - 1,
+        };
+        while at + 2 <= (last + 2).min(span.end) {
             let value = u16::from_le_bytes([data[at], data[at + 1]]);
             let write_at = ((iova + at as u64) % WRITE_BLOCK) as u8;
-            // Unchanged fields too: a completion slot that held the same id before.
             let field_page = (iova + at as u64) / PAGE;
             let source = pairs
                 .iter()
@@ -347,10 +362,11 @@ impl Replayer {
         found
     }
 
-    /// The recorded address of the only field of `reads` at `read_at` (in its 64-byte block) that
+    /// The recorded address of the field of `reads` at `read_at` (in its 64-byte block) that
     /// holds `value` outside a pointer and outside `field_page` (the write-back's own page: a
     /// device reads a command from one queue and answers in another), looked for first among
     /// the reads from `command_pages` (replay-guest pages of rings and queues), then among all.
+    /// Of several, see [`Replayer::most_resembling`].
     fn unique_source(
         &self,
         reads: &[(u64, Vec<u8>)],
@@ -363,18 +379,62 @@ impl Replayer {
             let at = self.state.relocations.translate(iova);
             command_pages.contains(&(at - at % PAGE))
         };
-        match self.sources(reads, read_at, value, field_page, &in_commands) {
-            (1, found) => found,
-            (0, _) => match self.sources(reads, read_at, value, field_page, &|_| true) {
-                (1, found) => found,
-                _ => None,
-            },
+        let mut found = self.sources(reads, read_at, value, field_page, &in_commands);
+        if found.is_empty() {
+            found = self.sources(reads, read_at, value, field_page, &|_| true);
+        }
+        match found[..] {
+            [] => None,
+            [(_, at)] => Some(at),
+            _ => self.most_resembling(reads, &found, value),
+        }
+    }
+
+    /// Of several candidate sources ((index into `reads`, address)) of a recorded `value`: among
+    /// those whose read the replay guest's memory still resembles (three quarters of its bytes:
+    /// the same structure, written again by the replay guest), the only one where the replay
+    /// guest holds another value (its own command's id, to be echoed), or, when each holds the
+    /// recorded value (nothing to rewrite), the first of them.
+    fn most_resembling(
+        &self,
+        reads: &[(u64, Vec<u8>)],
+        found: &[(usize, u64)],
+        value: u16,
+    ) -> Option<u64> {
+        let memory = self.memory.as_ref()?;
+        let resembles = |r: usize| {
+            let (iova, bytes) = &reads[r];
+            let mut now = vec![0u8; bytes.len()];
+            let target = self.state.relocations.translate(*iova);
+            memory.read(target, &mut now).is_ok()
+                && 4 * now.iter().zip(bytes).filter(|(a, b)| a == b).count() >= 3 * bytes.len()
+        };
+        let replay_value = |at: u64| {
+            let mut now = [0u8; 2];
+            memory
+                .read(self.state.relocations.translate(at), &mut now)
+                .ok()
+                .map(|()| u16::from_le_bytes(now))
+        };
+        let alike: Vec<(u64, Option<u16>)> = found
+            .iter()
+            .filter(|&&(r, _)| resembles(r))
+            .map(|&(_, at)| (at, replay_value(at)))
+            .collect();
+        let changed: Vec<u64> = alike
+            .iter()
+            .filter(|(_, now)| *now != Some(value))
+            .map(|(at, _)| *at)
+            .collect();
+        match changed[..] {
+            [at] => Some(at),
+            [] => alike.first().map(|(at, _)| *at),
             _ => None,
         }
     }
 
-    /// How many fields of the `reads` that `keep` keeps hold `value` at `read_at` (as for
-    /// [`Replayer::unique_source`]), and the recorded address of the last.
+    /// The fields of the `reads` that `keep` keeps holding `value` at `read_at` (as for
+    /// [`Replayer::unique_source`]): (index into `reads`, recorded address).
     fn sources(
         &self,
         reads: &[(u64, Vec<u8>)],
@@ -382,10 +442,13 @@ impl Replayer {
         value: u16,
         field_page: u64,
         keep: &dyn Fn(u64) -> bool,
-    ) -> (usize, Option<u64>) {
+    ) -> Vec<(usize, u64)> {
         let is_pointer = |w: u64| looks_like_pointer(w) && self.is_recorded_dma_page(w);
-        let (mut count, mut found) = (0, None);
-        for (r_iova, bytes) in reads.iter().filter(|(iova, _)| keep(*iova)) {
+        let mut found = Vec::new();
+        for (r, (r_iova, bytes)) in reads.iter().enumerate() {
+            if !keep(*r_iova) {
+                continue;
+            }
             let first = (READ_BLOCK + read_at as u64 - r_iova % READ_BLOCK) % READ_BLOCK;
             let mut from = first as usize;
             while from + 2 <= bytes.len() {
@@ -393,13 +456,12 @@ impl Replayer {
                     && (r_iova + from as u64) / PAGE != field_page
                     && !in_pointer(*r_iova, bytes, from, &is_pointer)
                 {
-                    count += 1;
-                    found = Some(r_iova + from as u64);
+                    found.push((r, r_iova + from as u64));
                 }
                 from += READ_BLOCK as usize;
             }
         }
-        (count, found)
+        found
     }
 
     /// The field pairs the trace around the cursor shows echoing at least [`MIN_DISTINCT`]

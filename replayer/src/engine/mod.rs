@@ -287,6 +287,9 @@ pub struct ReplayState {
     /// that continue them (`continue_queue_relocation`). A command's data page is named the
     /// same way as a queue, but no completion lands there and no command is read from it.
     live_queues: Vec<u64>,
+    /// Those of `live_queues` that commands are read from (submission queues), with the pages
+    /// that continue them.
+    command_queues: Vec<u64>,
     /// The pages the replay guest's commands name (see [`CommandPages`]), for the current group
     /// of device actions.
     command_named: Option<CommandPages>,
@@ -396,6 +399,7 @@ impl Shared {
             trace_has_reads: false,
             completion_pages: Vec::new(),
             live_queues: Vec::new(),
+            command_queues: Vec::new(),
             command_named: None,
             echo_fields: None,
             response: None,
@@ -866,6 +870,23 @@ impl Replayer {
             self.state.counters.dma_writes_not_applied += 1;
             return;
         };
+        if let Some(before) = payload.before.as_deref() {
+            if self.command_written_as_device_write(op, &payload.data, before) {
+                let c = &mut self.state.counters;
+                c.dma_writes_unconfirmed += 1;
+                c.dma_writes_not_applied += 1;
+                let len = payload.data.len();
+                self.log_dma_write(
+                    op,
+                    len,
+                    0,
+                    WriteOutcome::NotApplied,
+                    &["guest_command"],
+                    &[],
+                );
+                return;
+            }
+        }
         let mut rewrites = Vec::new();
         let echoed = payload
             .before
@@ -1080,7 +1101,7 @@ impl Replayer {
         if register_ring_page || self.named_ring(rec) {
             return true;
         }
-        self.given_to_device(target, len as u64) || self.page_named_by_guest_ring(target, len)
+        self.given_to_device(target, len as u64) || self.page_named_by_guest_ring(rec, target, len)
     }
 
     /// Whether the `len` bytes at `target` lie in one page whose address, page-aligned, is a word
@@ -1094,7 +1115,7 @@ impl Replayer {
     /// `given_to_device` (buffers of the descriptors written back) misses them. A guest's own
     /// writes to a buffer it just handed out come in a group that completes nothing, and a NIC's
     /// packet buffers are not page-aligned.
-    fn page_named_by_guest_ring(&mut self, target: u64, len: usize) -> bool {
+    fn page_named_by_guest_ring(&mut self, rec: u64, target: u64, len: usize) -> bool {
         let page = target - target % PAGE;
         if !self.state.group_completes
             || page < MIN_POINTER
@@ -1125,6 +1146,30 @@ impl Replayer {
             && len <= SMALL_WRITE_BACK
             && !after_irq
             && !self.touches_cpu_pointer(target, len)
+            && !self.guest_keeps_page(rec)
+    }
+
+    /// Whether the trace around the cursor shows the guest handing the device the recorded page
+    /// of `rec` (reads) more than four times as often as the device writing it: a page the
+    /// guest writes (NVMe's shadow doorbells), where a recorder's diff logged some of the
+    /// guest's stores as the device's.
+    fn guest_keeps_page(&mut self, rec: u64) -> bool {
+        let page = rec / PAGE;
+        let chunk = self.state.cursor.chunk;
+        let around = self
+            .shared
+            .summary(chunk)
+            .into_iter()
+            .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
+            .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
+        let (mut reads, mut writes) = (0u64, 0u64);
+        for summary in around {
+            if let Some((r, w)) = summary.page_traffic.get(&page) {
+                reads += u64::from(*r);
+                writes += u64::from(*w);
+            }
+        }
+        reads > 4 * writes
     }
 
     /// Whether an 8-byte word of the replay guest's memory that the `len` bytes at `target`
@@ -1508,6 +1553,7 @@ impl Replayer {
                                 let source_page = at - at % PAGE;
                                 if self.command_named_pages().queues.contains(&source_page) {
                                     self.note_live_queue(source_page);
+                                    self.note_command_queue(source_page);
                                 }
                             }
                         }
@@ -1593,10 +1639,14 @@ impl Replayer {
         let replay_page = prev_replay + PAGE;
         let prev_is_queue = self.state.live_queues.contains(&prev_replay)
             || self.command_named_pages().rings.contains(&prev_replay);
+        let prev_holds_commands = self.state.command_queues.contains(&prev_replay);
         if self.state.relocations.translate(page) == replay_page {
             // Already where the queue goes on: neither page moved, or one relocation covers both.
             if prev_is_queue {
                 self.note_live_queue(replay_page);
+            }
+            if prev_holds_commands && recorded.is_some() {
+                self.note_command_queue(replay_page);
             }
             return;
         }
@@ -1625,7 +1675,48 @@ impl Replayer {
             if prev_is_queue {
                 self.note_live_queue(replay_page);
             }
+            if prev_holds_commands && recorded.is_some() {
+                self.note_command_queue(replay_page);
+            }
         }
+    }
+
+    /// Remembers `page` (replay guest) as a page commands are read from (bounded).
+    fn note_command_queue(&mut self, page: u64) {
+        let queues = &mut self.state.command_queues;
+        if !queues.contains(&page) && queues.len() < MAX_LIVE_QUEUE_PAGES {
+            queues.push(page);
+        }
+    }
+
+    /// A recorded device write into a submission queue is the guest's command, which a
+    /// recorder's observation saw before the doorbell (and, for a queue page it watches as
+    /// handed over, logged as the page's fill): it is taken as a pending command, as if read,
+    /// and not written. Returns whether it was one.
+    fn command_written_as_device_write(&mut self, op: Op, data: &[u8], before: &[u8]) -> bool {
+        let target = self.state.relocations.translate(op.value);
+        if !self
+            .state
+            .command_queues
+            .contains(&(target - target % PAGE))
+        {
+            return false;
+        }
+        let changed = |i: &usize| data.get(*i) != before.get(*i);
+        if let (Some(first), Some(last)) = (
+            (0..data.len()).find(changed),
+            (0..data.len()).rev().find(changed),
+        ) {
+            // Whole 64-byte commands around the change.
+            let block = echo::READ_BLOCK as usize;
+            let in_block = |i: usize| (op.value.wrapping_add(i as u64) % block as u64) as usize;
+            let start = first.saturating_sub(in_block(first));
+            let end = last.saturating_add(block - in_block(last)).min(data.len());
+            if end - start <= echo::MAX_ECHO_READ {
+                self.note_group_read(op.value + start as u64, &data[start..end]);
+            }
+        }
+        true
     }
 
     /// Remembers `page` (replay guest) as a page of a queue in use (bounded).

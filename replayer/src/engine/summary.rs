@@ -35,6 +35,9 @@ pub(crate) struct ChunkSummary {
     pub register_named_pages: HashMap<u64, NamedPage>,
     /// Echoed fields seen in the chunk's groups of device actions.
     pub echoes: super::echo::ChunkEchoes,
+    /// Per recorded 4 KiB page: how many reads (what the guest handed the device) and device
+    /// writes start in it.
+    pub page_traffic: HashMap<u64, (u32, u32)>,
 }
 
 impl ChunkSummary {
@@ -49,6 +52,7 @@ impl ChunkSummary {
                 .map(|o| (o.region, o.offset, o.size)),
             register_named_pages: chunk.register_named_pages(),
             echoes: super::echo::chunk_echoes(chunk),
+            page_traffic: page_traffic(chunk),
         }
     }
 
@@ -56,6 +60,23 @@ impl ChunkSummary {
     pub fn may_answer(&self, key: RegKey) -> bool {
         self.polled_after_write.contains(&key) || self.ends_with_write == Some(key)
     }
+}
+
+/// How many reads and device writes start in each page of `chunk`.
+fn page_traffic(chunk: &CompiledChunk) -> HashMap<u64, (u32, u32)> {
+    let mut traffic: HashMap<u64, (u32, u32)> = HashMap::new();
+    for op in &chunk.ops {
+        let entry = match op.kind {
+            OpKind::DmaRead | OpKind::DmaWrite => traffic.entry(op.value / PAGE).or_default(),
+            _ => continue,
+        };
+        if op.kind == OpKind::DmaRead {
+            entry.0 = entry.0.saturating_add(1);
+        } else {
+            entry.1 = entry.1.saturating_add(1);
+        }
+    }
+    traffic
 }
 
 impl Shared {
