@@ -2169,3 +2169,123 @@ fn a_page_the_guest_hands_over_far_more_than_the_device_writes_stays_the_guests(
         );
     }
 }
+
+#[test]
+fn a_command_a_recorder_logged_as_a_device_write_still_gives_its_id() {
+    // A recorder's observation (an interrupt for an earlier command) can see the guest's next
+    // command before its doorbell and log it as a device write into the submission queue. The
+    // queue is one commands are read from, so the write is the guest's command: its completion
+    // still carries the replay guest's id.
+    const IO_CQ: u64 = 0x10_a000;
+    const IO_SQ: u64 = 0x11_0000;
+    const IO_DOORBELL: u64 = 0x1008;
+    let create = |opcode: u8, id: u16, page: u64| {
+        let mut c = command_with_data(id, page);
+        c[0] = opcode;
+        c
+    };
+    let admin = [create(5, 0x0105, IO_CQ), create(1, 0x0106, IO_SQ)];
+    let mut t = queues_trace();
+    for (k, c) in admin.iter().enumerate() {
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k as u64, c);
+        let [lo, hi] = (0x0105 + k as u16).to_le_bytes();
+        t.dma_write(
+            CQ + 16 * k as u64 + 8,
+            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    let recorded_id = |k: u64| 0x0200 + k as u16;
+    for k in 0..6u64 {
+        if k == 4 {
+            t.dma_write(IO_SQ + 64 * k, &command(recorded_id(k)), Some(&[0; 64]));
+        }
+        t.write(IO_DOORBELL, k as u32 + 1);
+        if k != 4 {
+            t.dma_read(IO_SQ + 64 * k, &command(recorded_id(k)));
+        }
+        let [lo, hi] = recorded_id(k).to_le_bytes();
+        t.dma_write(
+            IO_CQ + 16 * k + 8,
+            &[k as u8 + 1, 0, 1, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        for (k, c) in admin.iter().enumerate() {
+            vmm.put_mem(RING + 64 * k as u64, c);
+            vmm.write(SQ_DOORBELL, k as u32 + 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+        }
+        for k in 0..6u64 {
+            let id = 0x0600 + k as u16;
+            vmm.put_mem(IO_SQ + 64 * k, &command(id));
+            vmm.write(IO_DOORBELL, k as u32 + 1);
+            assert_eq!(vmm.read(ICR), 0x80);
+            assert_eq!(
+                vmm.mem_bytes(IO_CQ + 16 * k + 12, 2),
+                id.to_le_bytes(),
+                "{policy:?}: command {k}'s id"
+            );
+        }
+    }
+}
+
+#[test]
+fn fields_past_the_last_change_of_a_write_back_are_no_echoes() {
+    // A doorbell buffer's first fill sets two counters at the start of the page and leaves the
+    // zero after them. A pending read holds 0 where commands hold their ids and the replay guest
+    // holds another value there: that zero is still left alone.
+    const EVENTS: u64 = 0x10_d000;
+    const KERNEL: u64 = 0x10_6000;
+    let config = {
+        let mut c = command_with_data(0x0107, EVENTS);
+        c[0] = 0x7c;
+        c
+    };
+    let mut struct_bytes = vec![0x0cu8, 0, 0, 0, 0x55, 0x66, 0x77, 0x11];
+    struct_bytes.extend_from_slice(&[0x22; 8]);
+    let mut fill = vec![0u8; 4096];
+    fill[..8].copy_from_slice(&[10, 0, 0, 0, 9, 0, 0, 0]);
+    let recorded: [u16; 4] = [0x0140, 0x0141, 0x0142, 0x0143];
+    let mut t = queues_trace();
+    t.write(SQ_DOORBELL, 1);
+    t.dma_read(RING, &config);
+    t.dma_read(KERNEL, &struct_bytes);
+    t.dma_write(EVENTS, &fill, Some(&[0; 4096]));
+    t.dma_write(CQ + 8, &[1, 0, 0, 0, 0x07, 1, 1], Some(&[0; 7]));
+    t.irq(2, 0);
+    t.read(ICR, 0x80);
+    for (k, id) in recorded.iter().enumerate() {
+        let k = k as u64 + 1;
+        t.write(SQ_DOORBELL, k as u32 + 1);
+        t.dma_read(RING + 64 * k, &command(*id));
+        let [lo, hi] = id.to_le_bytes();
+        t.dma_write(
+            CQ + 16 * k + 8,
+            &[k as u8 + 1, 0, 0, 0, lo, hi, 1],
+            Some(&[0; 7]),
+        );
+        t.irq(2, 0);
+        t.read(ICR, 0x80);
+    }
+    for policy in policies() {
+        let mut vmm = queues_brought_up(&t, policy);
+        // The replay guest's structure: the same but for a value where ids sit in commands.
+        let mut replay_struct = struct_bytes.clone();
+        replay_struct[2..4].copy_from_slice(&0x1234u16.to_le_bytes());
+        vmm.put_mem(KERNEL, &replay_struct);
+        vmm.put_mem(RING, &config);
+        vmm.write(SQ_DOORBELL, 1);
+        assert_eq!(vmm.read(ICR), 0x80);
+        let events = vmm.mem_bytes(EVENTS, 16);
+        assert_eq!(events[..8], fill[..8], "{policy:?}: the fill");
+        assert_eq!(events[8..], [0; 8], "{policy:?}: the zeros after it");
+    }
+}
