@@ -946,10 +946,11 @@ impl Replayer {
                     }
                 }
                 None => {
+                    let group_goes_on = learned_upto > 0 && learned_upto >= self.cur.ops.len();
                     if !self.next_chunk() {
                         break;
                     }
-                    learned_upto = 0;
+                    learned_upto = self.group_rest_learned(group_goes_on);
                 }
             }
         }

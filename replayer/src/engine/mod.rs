@@ -626,12 +626,29 @@ impl Replayer {
                 }
                 self.state.cursor.op += 1;
                 self.execute(op);
-            } else if !self.next_chunk() {
-                return;
             } else {
-                learned_upto = 0;
+                let group_goes_on = learned_upto > 0 && learned_upto >= self.cur.ops.len();
+                if !self.next_chunk() {
+                    return;
+                }
+                learned_upto = self.group_rest_learned(group_goes_on);
             }
         }
+    }
+
+    /// Where the learning of DMA-write groups resumes in a chunk just entered: after the ops
+    /// before its first guest call when `group_goes_on` (the group the previous chunk ended in
+    /// was learned whole, across the boundary: learning it again from its middle would lose
+    /// what its first part showed, such as the completion that lets the rest land), else at 0.
+    pub(super) fn group_rest_learned(&self, group_goes_on: bool) -> usize {
+        if !group_goes_on {
+            return 0;
+        }
+        self.cur
+            .ops
+            .iter()
+            .position(|o| o.kind.is_guest_call())
+            .unwrap_or(self.cur.ops.len())
     }
 
     fn next_chunk(&mut self) -> bool {
