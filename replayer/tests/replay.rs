@@ -1576,7 +1576,12 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
 
 /// A replayer over `t` whose guest has brought up the submission ring and the completion ring.
 fn queues_brought_up(t: &Trace, policy: Policy) -> Vmm {
-    let mut vmm = Vmm::new(t_events(t), 4096, opts(policy));
+    queues_brought_up_in_chunks(t, policy, 4096)
+}
+
+/// [`queues_brought_up`] over a trace cut into chunks of `chunk` events.
+fn queues_brought_up_in_chunks(t: &Trace, policy: Policy, chunk: usize) -> Vmm {
+    let mut vmm = Vmm::new(t_events(t), chunk, opts(policy));
     ring_bring_up(&mut vmm, RING, None);
     vmm.write(CQ_LO, CQ as u32);
     vmm.write(CQ_HI, 0);
@@ -1905,9 +1910,14 @@ fn a_structure_an_old_command_set_up_takes_small_write_backs_before_the_interrup
         t.dma_write(SHADOW + 12, &[k as u8], Some(&[k as u8 - 1]));
         t.read(ICR, 0x80);
     }
-    for kernel_word in [false, true] {
+    // Small chunks cut some groups in two: a chunk can start between a completion and the
+    // write-back it allows.
+    let cases = [(false, 4096), (true, 4096)]
+        .into_iter()
+        .chain((2..=12).map(|chunk| (false, chunk)));
+    for (kernel_word, chunk) in cases {
         for policy in policies() {
-            let mut vmm = queues_brought_up(&t, policy);
+            let mut vmm = queues_brought_up_in_chunks(&t, policy, chunk);
             if kernel_word {
                 // The replay guest keeps a kernel address in the word the write touches.
                 vmm.put_mem(EVENTS + 12, &0xffff_8880u32.to_le_bytes());
@@ -1924,7 +1934,7 @@ fn a_structure_an_old_command_set_up_takes_small_write_backs_before_the_interrup
                 let want = if kernel_word { 0 } else { k as u8 };
                 assert_eq!(
                     events, want,
-                    "{policy:?} kernel word {kernel_word}: event index {k}"
+                    "{policy:?} kernel word {kernel_word}, chunks of {chunk}: event index {k}"
                 );
                 assert_eq!(
                     vmm.mem_bytes(SHADOW + 12, 1)[0],
