@@ -1531,10 +1531,12 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
     t.read(ICR, 0x80);
     // Command 1 names nothing; the kernel has reused the DATA page meanwhile, and a watch set
     // logged its writes there as the device's, in the group that completes command 1: its
-    // pointers before the interrupt, other data after it (the interrupt handler's).
+    // pointers and other data before the interrupt, more data after it (the interrupt
+    // handler's).
     t.write(SQ_DOORBELL, 2);
     t.dma_read(RING + 64, &command(0x0111));
     t.dma_write(DATA + 0x100, &RECORDED_KERNEL, Some(&KERNEL));
+    t.dma_write(DATA + 0x300, &[0x41; 8], Some(&[0x31; 8]));
     t.dma_write(CQ + 24, &[2, 0, 0, 0, 0x11, 1, 1], Some(&[0; 7]));
     t.irq(2, 0);
     t.dma_write(DATA + 0x200, &[0x77; 8], Some(&HANDLER));
@@ -1543,6 +1545,7 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
         let mut vmm = queues_brought_up(&t, policy);
         vmm.put_mem(DATA + 0x100, &KERNEL);
         vmm.put_mem(DATA + 0x200, &HANDLER);
+        vmm.put_mem(DATA + 0x300, &[0x31; 8]);
         vmm.put_mem(RING, &command_naming(DATA));
         vmm.write(SQ_DOORBELL, 1);
         assert_eq!(vmm.read(ICR), 0x80);
@@ -1565,6 +1568,11 @@ fn a_stale_command_in_the_ring_does_not_vouch_for_a_page_the_kernel_reused() {
             vmm.mem_bytes(DATA + 0x200, 8),
             HANDLER,
             "{policy:?}: the handler's data spared"
+        );
+        assert_eq!(
+            vmm.mem_bytes(DATA + 0x300, 8),
+            [0x31; 8],
+            "{policy:?}: the kernel's other data spared (the device writes the page in one group)"
         );
         assert_eq!(
             vmm.mem_bytes(CQ + 24, 1),
@@ -1884,7 +1892,8 @@ fn a_structure_an_old_command_set_up_takes_small_write_backs_before_the_interrup
         c[32..40].copy_from_slice(&EVENTS.to_le_bytes());
         c
     };
-    let ids: [u16; 3] = [0x0140, 0x0141, 0x0142];
+    // Enough completions for the event-index page to be the device's by the trace's account.
+    let ids: Vec<u16> = (0..10).map(|k| 0x0140 + k).collect();
     let mut t = queues_trace();
     t.write(SQ_DOORBELL, 1);
     t.dma_read(RING, &config);

@@ -47,6 +47,10 @@ const DMA_LOG_BYTES: usize = 128;
 /// (`page_named_by_guest_ring`).
 const SMALL_WRITE_BACK: usize = 64;
 
+/// Groups of device actions that must write a page an old command named before its small
+/// write-backs are trusted (`device_keeps_page`).
+const MIN_STRUCTURE_WRITE_GROUPS: u64 = 8;
+
 /// Lowest kernel-half virtual address of a 57-bit address space (48-bit ones start higher).
 const KERNEL_HALF: u64 = 0xff00_0000_0000_0000;
 
@@ -287,6 +291,8 @@ pub struct ReplayState {
     /// that continue them (`continue_queue_relocation`). A command's data page is named the
     /// same way as a queue, but no completion lands there and no command is read from it.
     live_queues: Vec<u64>,
+    /// Which rule `trusted_dma_range` last trusted a range by (for the DMA log).
+    trusted_as: &'static str,
     /// Those of `live_queues` that commands are read from (submission queues), with the pages
     /// that continue them.
     command_queues: Vec<u64>,
@@ -399,6 +405,7 @@ impl Shared {
             trace_has_reads: false,
             completion_pages: Vec::new(),
             live_queues: Vec::new(),
+            trusted_as: "",
             command_queues: Vec::new(),
             command_named: None,
             echo_fields: None,
@@ -941,6 +948,7 @@ impl Replayer {
         let mut fault = false;
         let mut untrusted = false;
         let mut whole_page_fill = false;
+        let mut trusted_by: Vec<&'static str> = Vec::new();
         let mut stale_before = false;
         while done < total {
             let rec = op.value.wrapping_add(done as u64);
@@ -985,10 +993,14 @@ impl Replayer {
                             fault = true;
                         }
                     } else if !self.trusted_dma_range(rec, target, n) {
+                        // (Reported below.)
                         // Guest memory the replay has no evidence the guest gave the device:
                         // the recorded buffer may be anything here (the guest put it elsewhere).
                         untrusted = true;
                     } else {
+                        if !trusted_by.contains(&self.state.trusted_as) {
+                            trusted_by.push(self.state.trusted_as);
+                        }
                         // Apply maximal runs where the guest still holds the recorded "before".
                         let mut i = 0;
                         while i < n {
@@ -1046,6 +1058,13 @@ impl Replayer {
             if stale_before && outcome != WriteOutcome::Applied {
                 reasons.push("before_differs");
             }
+            reasons.extend(trusted_by.iter().map(|t| match *t {
+                "ring" => "trusted:ring",
+                "descriptor_buffer" => "trusted:descriptor_buffer",
+                "completion_queue" => "trusted:completion_queue",
+                "command_page" => "trusted:command_page",
+                _ => "trusted:device_structure",
+            }));
             self.log_dma_write(op, total, written, outcome, &reasons, &rewrites);
         }
     }
@@ -1116,9 +1135,18 @@ impl Replayer {
             .range_of(rec)
             .is_some_and(|r| r.len > PAGE && rec / PAGE == r.recorded / PAGE);
         if register_ring_page || self.named_ring(rec) {
+            // Ring entries hold DMA addresses, ids and statuses; a kernel's objects that share
+            // the ring's page (a coherent allocation of 512 bytes, the rest of the page given
+            // to others) hold its pointers, and writing the recorded kernel's there hung a
+            // replayed kernel.
+            self.state.trusted_as = "ring";
+            return !self.touches_cpu_pointer(target, len);
+        }
+        if self.given_to_device(target, len as u64) {
+            self.state.trusted_as = "descriptor_buffer";
             return true;
         }
-        self.given_to_device(target, len as u64) || self.page_named_by_guest_ring(rec, target, len)
+        self.page_named_by_guest_ring(rec, target, len)
     }
 
     /// Whether the `len` bytes at `target` lie in one page whose address, page-aligned, is a word
@@ -1141,6 +1169,7 @@ impl Replayer {
             return false;
         }
         if self.state.completion_pages.contains(&page) {
+            self.state.trusted_as = "completion_queue";
             return true;
         }
         // A ring's first page also holds the commands of long ago, whose pages the kernel has
@@ -1148,6 +1177,7 @@ impl Replayer {
         let legacy = !self.state.trace_has_reads;
         let named = self.command_named_pages();
         if named.submitted.contains(&page) || (legacy && named.queues.contains(&page)) {
+            self.state.trusted_as = "command_page";
             return true;
         }
         // A device structure that a command set up long ago (an NVMe I/O queue, its doorbell
@@ -1158,19 +1188,22 @@ impl Replayer {
         // recorder's diff also holds the guest handler's stores (an NVMe shadow doorbell):
         // written ahead of the guest, they would tell it the doorbell needs no register write.
         let old_command_page = named.queues.contains(&page);
+        self.state.trusted_as = "device_structure";
         let after_irq = self.state.irq_at == Some(self.state.counters.accesses);
         old_command_page
             && len <= SMALL_WRITE_BACK
             && !after_irq
             && !self.touches_cpu_pointer(target, len)
-            && !self.guest_keeps_page(rec)
+            && self.device_keeps_page(rec)
     }
 
-    /// Whether the trace around the cursor shows the guest handing the device the recorded page
-    /// of `rec` (reads) more than four times as often as the device writing it: a page the
-    /// guest writes (NVMe's shadow doorbells), where a recorder's diff logged some of the
-    /// guest's stores as the device's.
-    fn guest_keeps_page(&mut self, rec: u64) -> bool {
+    /// Whether the trace around the cursor shows the device writing the recorded page of `rec`
+    /// as a structure of its own: in at least [`MIN_STRUCTURE_WRITE_GROUPS`] groups of device
+    /// actions (an NVMe event-index page takes a write with every completion), and the guest
+    /// handing it over (reads) at most four times as often (NVMe's shadow doorbells, which the
+    /// guest writes: 569 reads against 14 writes in one recording). A page a kernel reused
+    /// after an old command takes its stores in a few bursts.
+    fn device_keeps_page(&mut self, rec: u64) -> bool {
         let page = rec / PAGE;
         let chunk = self.state.cursor.chunk;
         let around = self
@@ -1179,14 +1212,14 @@ impl Replayer {
             .into_iter()
             .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
             .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
-        let (mut reads, mut writes) = (0u64, 0u64);
+        let (mut reads, mut write_groups) = (0u64, 0u64);
         for summary in around {
             if let Some((r, w)) = summary.page_traffic.get(&page) {
                 reads += u64::from(*r);
-                writes += u64::from(*w);
+                write_groups += u64::from(*w);
             }
         }
-        reads > 4 * writes
+        write_groups >= MIN_STRUCTURE_WRITE_GROUPS && reads <= 4 * write_groups
     }
 
     /// Whether an 8-byte word of the replay guest's memory that the `len` bytes at `target`
@@ -1542,9 +1575,21 @@ impl Replayer {
                             && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
                     };
                     let strong = sources.iter().any(wrote_id);
-                    let blank_entry = echo::write_back_span(op.value, &p.data, before)
-                        .and_then(|span| before.get(span))
-                        .is_some_and(|b| b.iter().all(|&x| x == 0));
+                    // One entry (the changes within one 16-byte block) that was blank.
+                    let changed = |i: &usize| p.data.get(*i) != before.get(*i);
+                    let one_entry = match (
+                        (0..p.data.len()).find(changed),
+                        (0..p.data.len()).rev().find(changed),
+                    ) {
+                        (Some(first), Some(last)) => {
+                            (op.value + first as u64) / 16 == (op.value + last as u64) / 16
+                        }
+                        _ => false,
+                    };
+                    let blank_entry = one_entry
+                        && echo::write_back_span(op.value, &p.data, before)
+                            .and_then(|span| before.get(span))
+                            .is_some_and(|b| b.iter().all(|&x| x == 0));
                     let echoes = strong || (!sources.is_empty() && blank_entry);
                     if echoes {
                         self.continue_queue_relocation(op.value, None);

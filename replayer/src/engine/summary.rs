@@ -35,8 +35,8 @@ pub(crate) struct ChunkSummary {
     pub register_named_pages: HashMap<u64, NamedPage>,
     /// Echoed fields seen in the chunk's groups of device actions.
     pub echoes: super::echo::ChunkEchoes,
-    /// Per recorded 4 KiB page: how many reads (what the guest handed the device) and device
-    /// writes start in it.
+    /// Per recorded 4 KiB page: how many reads (what the guest handed the device) start in it,
+    /// and in how many groups of device actions (between guest calls) device writes do.
     pub page_traffic: HashMap<u64, (u32, u32)>,
 }
 
@@ -62,18 +62,26 @@ impl ChunkSummary {
     }
 }
 
-/// How many reads and device writes start in each page of `chunk`.
+/// How many reads start in each page of `chunk`, and in how many groups of device actions
+/// device writes do (a group cut by the chunk's edges counts in each chunk).
 fn page_traffic(chunk: &CompiledChunk) -> HashMap<u64, (u32, u32)> {
     let mut traffic: HashMap<u64, (u32, u32)> = HashMap::new();
+    let mut written_in_group: HashSet<u64> = HashSet::new();
     for op in &chunk.ops {
-        let entry = match op.kind {
-            OpKind::DmaRead | OpKind::DmaWrite => traffic.entry(op.value / PAGE).or_default(),
-            _ => continue,
-        };
-        if op.kind == OpKind::DmaRead {
-            entry.0 = entry.0.saturating_add(1);
-        } else {
-            entry.1 = entry.1.saturating_add(1);
+        match op.kind {
+            k if k.is_guest_call() => written_in_group.clear(),
+            OpKind::DmaRead => {
+                let entry = traffic.entry(op.value / PAGE).or_default();
+                entry.0 = entry.0.saturating_add(1);
+            }
+            OpKind::DmaWrite => {
+                let page = op.value / PAGE;
+                if written_in_group.insert(page) {
+                    let entry = traffic.entry(page).or_default();
+                    entry.1 = entry.1.saturating_add(1);
+                }
+            }
+            _ => {}
         }
     }
     traffic
