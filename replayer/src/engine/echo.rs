@@ -383,6 +383,9 @@ impl Replayer {
         if found.is_empty() {
             found = self.sources(reads, read_at, value, field_page, &|_| true);
         }
+        // One command can be pending twice (seen written early, then read): one source.
+        found.sort_by_key(|&(_, at)| at);
+        found.dedup_by_key(|&mut (_, at)| at);
         match found[..] {
             [] => None,
             [(_, at)] => Some(at),
