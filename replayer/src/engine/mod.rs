@@ -1569,7 +1569,24 @@ impl Replayer {
                     // entry that was blank (a fresh queue's first completion may keep id 0): a
                     // field that merely kept a 0 that some command also holds, in a driver's
                     // own structure beside a queue, is no completion.
-                    let sources = self.echo_sources(op.value, &p.data, before);
+                    // Only echoes of commands read from a ring or a queue: a driver's own
+                    // bookkeeping beside its queues (SeaBIOS keeps its queue heads next to its
+                    // I/O completion queue) holds copies of ids too, taken from its stack.
+                    let command_pages: Vec<u64> = {
+                        let named = self.command_named_pages();
+                        let mut pages = named.rings.clone();
+                        pages.extend_from_slice(&named.queues);
+                        pages
+                    };
+                    let sources: Vec<(usize, u64)> = self
+                        .echo_sources(op.value, &p.data, before)
+                        .into_iter()
+                        .filter(|&(_, source)| {
+                            let at = self.state.relocations.translate(source);
+                            let page = at - at % PAGE;
+                            command_pages.contains(&page) || self.state.live_queues.contains(&page)
+                        })
+                        .collect();
                     let wrote_id = |&(at, _): &(usize, u64)| {
                         p.data[at..at + 2] != *before.get(at..at + 2).unwrap_or_default()
                             && u16::from_le_bytes([p.data[at], p.data[at + 1]]) > 1
