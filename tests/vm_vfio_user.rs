@@ -318,8 +318,8 @@ fn nvme_recording_replays_seabios_nvme_phase() {
     // controller, creates queues and reads from the disk, polling the completion queue) and then
     // Linux's. Replayed, SeaBIOS's whole phase must follow the trace: its Identify data lands in a
     // page only a submitted command names, and the completions it found by polling are in the
-    // trace. Linux's driver does not replay yet (tests/vm/VFIO-USER.md: its command ids differ
-    // from the recorded ones), so its run is only reported.
+    // trace. Linux's driver replays in most runs but not all yet (tests/vm/VFIO-USER.md), so
+    // its run is only reported.
     let Some(run) = run_scenario(
         "nvme",
         "",

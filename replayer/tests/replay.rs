@@ -1958,11 +1958,13 @@ fn a_structure_an_old_command_set_up_takes_small_write_backs_before_the_interrup
 #[test]
 fn a_whole_page_fill_ends_at_the_last_block_the_device_changed() {
     // A 500-byte log page in a buffer that starts a page: the recorder logs the device's fill as
-    // the whole page, the rest of which held the recorded kernel's other objects. The replay
-    // guest's other objects there stay as they are.
+    // the whole page, the rest of which held the recorded kernel's other objects, one of which
+    // changed meanwhile. The replay guest's other objects there stay as they are.
     let before = vec![0x33u8; 4096];
     let mut after = before.clone();
     after[..500].fill(0x5A);
+    // Another object in the page that the recorded kernel changed meanwhile.
+    after[3000..3008].fill(0x77);
     let mut t = queues_trace();
     t.write(SQ_DOORBELL, 1);
     t.dma_read(RING, &command_with_data(0x0110, DATA));

@@ -7,7 +7,7 @@
 #   nvme    QEMU's own nvme (a 64 MiB raw image) exported by `-object x-vfio-user-server`; the guest
 #           loads Linux's nvme (legacy INTx: pci=nomsi), writes NVME_KIB of a fixed pattern with
 #           O_DIRECT and reads it back. The replayed run is reported, not checked, unless
-#           REQUIRE_NVME_REPLAY=1: Linux's nvme does not replay yet (VFIO-USER.md).
+#           REQUIRE_NVME_REPLAY=1: Linux's nvme replays in most runs, not all yet (VFIO-USER.md).
 #   gpio    libvfio-user's gpio-pci-idio-16 sample; the guest loads Linux's gpio-pci-idio-16 and
 #           reads GPIO lines through sysfs (the sample answers with a counter, so the values read
 #           pin down the order of the recorded accesses).
@@ -260,7 +260,7 @@ e1000e)
     [ "${REQUIRE_DHCP:-0}" = 1 ] && check replay-dhcp "$([ "$pd" = ok ] && echo 0 || echo 1)" "replay dhcp $pd"
   fi ;;
 nvme)
-  # Linux's nvme does not replay yet (VFIO-USER.md): the replayed run is reported unless
+  # Linux's nvme replays in most runs, not all yet (VFIO-USER.md): the replayed run is reported unless
   # REQUIRE_NVME_REPLAY=1; tests/vm_vfio_user.rs checks how far the replay follows the trace.
   for run in record replay; do
     f="$OUT/vu-$run.txt"

@@ -43,6 +43,31 @@ const MIN_POINTER: u64 = 1 << 20;
 /// Reads up to this long are shown in the DMA log with the replay guest's bytes beside them.
 const DMA_LOG_BYTES: usize = 128;
 
+/// Unchanged bytes that end a whole-page fill (`fill_extent`).
+const FILL_GAP: usize = 512;
+
+/// How much of a recorded whole-page fill (`data` over `before`) is the device's: from the page's
+/// start to the last changed 16-byte block before the first run of [`FILL_GAP`] unchanged bytes.
+/// A device fills a buffer from its start; a buffer that starts a page may end well before the
+/// page does (a 512-byte log page), and the rest of the page holds the recorded kernel's other
+/// objects, some of which changed while the device worked.
+fn fill_extent(data: &[u8], before: &[u8]) -> usize {
+    let mut last_changed = None;
+    let mut unchanged = 0usize;
+    for (i, (d, b)) in data.iter().zip(before).enumerate() {
+        if d != b {
+            last_changed = Some(i);
+            unchanged = 0;
+        } else {
+            unchanged += 1;
+            if unchanged >= FILL_GAP && last_changed.is_some() {
+                break;
+            }
+        }
+    }
+    last_changed.map_or(0, |last| ((last + 16) & !15).min(data.len()))
+}
+
 /// Device writes up to this long into a page an old command named can be a structure's write-back
 /// (`page_named_by_guest_ring`).
 const SMALL_WRITE_BACK: usize = 64;
@@ -976,17 +1001,10 @@ impl Replayer {
                         // The whole page a command the group completes handed the device (a
                         // recorder logs such a fill whole): the device fills it whatever it
                         // held, and what it held is the replay guest's own history (a
-                        // `kmalloc` leftover), not a change made since to spare. The fill runs
-                        // from the page's start to its last changed 16-byte block: a buffer
-                        // that starts a page may end well before the page does (a 512-byte log
-                        // page), and the rest of the page is the recorded kernel's other objects.
+                        // `kmalloc` leftover), not a change made since to spare; how much of the
+                        // page is the fill: `fill_extent`.
                         whole_page_fill = true;
-                        let filled = data
-                            .iter()
-                            .zip(before)
-                            .rposition(|(d, b)| d != b)
-                            .map_or(0, |last| (last + 16) & !15)
-                            .min(n);
+                        let filled = fill_extent(data, before);
                         if memory.write(target, &data[..filled]).is_ok() {
                             written += n;
                         } else {
