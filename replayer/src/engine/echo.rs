@@ -128,10 +128,12 @@ pub(super) fn write_back_span(iova: u64, data: &[u8], before: &[u8]) -> Option<R
     }
     let first = data.iter().zip(before).position(|(a, b)| a != b)?;
     let last = data.iter().zip(before).rposition(|(a, b)| a != b)?;
-    let block_start = (iova + first as u64) / WRITE_BLOCK * WRITE_BLOCK;
-    let block_end = (iova + last as u64) / WRITE_BLOCK * WRITE_BLOCK + WRITE_BLOCK;
-    let start = block_start.saturating_sub(iova) as usize;
-    let end = ((block_end - iova) as usize).min(data.len());
+    // Offsets within the write, rounded out to the 16-byte blocks of the addresses (in the
+    // offset domain, so an address at the top of the space cannot overflow).
+    let shift = (iova % WRITE_BLOCK) as usize;
+    let block = WRITE_BLOCK as usize;
+    let start = ((first + shift) / block * block).saturating_sub(shift);
+    let end = ((last + shift) / block * block + block - shift).min(data.len());
     (end - start <= MAX_ECHO_WRITE).then_some(start..end)
 }
 
@@ -338,7 +340,7 @@ impl Replayer {
         };
         let reads = std::mem::take(&mut self.state.pending_commands);
         // From the 2-byte aligned field holding the first change.
-        let mut at = match ((iova + first as u64) % 2, first) {
+        let mut at = match (iova.wrapping_add(first as u64) % 2, first) {
             (0, _) => first,
             (_, 0) => 1,
             _ => first - 1,

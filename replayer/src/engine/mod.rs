@@ -1258,7 +1258,10 @@ impl Replayer {
             if u64::from_le_bytes(bytes) >= KERNEL_HALF {
                 return true;
             }
-            word += 8;
+            let Some(next) = word.checked_add(8) else {
+                break;
+            };
+            word = next;
         }
         false
     }
@@ -1617,7 +1620,8 @@ impl Replayer {
                         (0..p.data.len()).rev().find(changed),
                     ) {
                         (Some(first), Some(last)) => {
-                            (op.value + first as u64) / 16 == (op.value + last as u64) / 16
+                            op.value.wrapping_add(first as u64) / 16
+                                == op.value.wrapping_add(last as u64) / 16
                         }
                         _ => false,
                     };
@@ -1733,7 +1737,10 @@ impl Replayer {
         if prev_replay % PAGE != 0 {
             return;
         }
-        let replay_page = prev_replay + PAGE;
+        // Addresses come from the trace: one at the top of the address space has no page after.
+        let Some(replay_page) = prev_replay.checked_add(PAGE) else {
+            return;
+        };
         let prev_is_queue = self.state.live_queues.contains(&prev_replay)
             || self.command_named_pages().rings.contains(&prev_replay);
         let prev_holds_commands = self.state.command_queues.contains(&prev_replay);
@@ -1762,7 +1769,7 @@ impl Replayer {
                         .map(|()| now.iter().zip(bytes).filter(|(a, b)| a == b).count())
                         .unwrap_or(0)
                 };
-                let moved = agreement(replay_page + iova % PAGE);
+                let moved = agreement(replay_page | (iova % PAGE));
                 4 * moved >= 3 * bytes.len() && moved > agreement(iova)
             }
             None => prev_is_queue,
