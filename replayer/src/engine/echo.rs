@@ -476,12 +476,7 @@ impl Replayer {
         if self.state.echo_fields.as_ref().map(|(c, _)| *c) != Some(chunk) {
             let mut values: HashMap<EchoField, (u32, HashSet<u16>)> = HashMap::new();
             let mut chances = [0u32; WRITE_BLOCK as usize];
-            let around = self
-                .shared
-                .summary(chunk)
-                .into_iter()
-                .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
-                .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
+            let around = self.summaries_around();
             for summary in around {
                 for (f, count, distinct) in &summary.echoes.found {
                     let entry = values.entry(*f).or_default();

@@ -1223,13 +1223,7 @@ impl Replayer {
     /// after an old command takes its stores in a few bursts.
     fn device_keeps_page(&mut self, rec: u64) -> bool {
         let page = rec / PAGE;
-        let chunk = self.state.cursor.chunk;
-        let around = self
-            .shared
-            .summary(chunk)
-            .into_iter()
-            .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
-            .chain(self.shared.chunks_after(chunk).map(|(_, s)| s));
+        let around = self.summaries_around();
         let (mut reads, mut write_groups) = (0u64, 0u64);
         for summary in around {
             if let Some((r, w)) = summary.page_traffic.get(&page) {
@@ -1420,6 +1414,16 @@ impl Replayer {
     }
 
     /// The summaries of the cursor's chunk and of the look-around before it, nearest first.
+    /// The summaries of the cursor's chunk and of the look-around before and after it.
+    fn summaries_around(&self) -> impl Iterator<Item = Arc<summary::ChunkSummary>> + '_ {
+        let chunk = self.state.cursor.chunk;
+        self.shared
+            .summary(chunk)
+            .into_iter()
+            .chain(self.shared.chunks_before(chunk).map(|(_, s)| s))
+            .chain(self.shared.chunks_after(chunk).map(|(_, s)| s))
+    }
+
     fn summaries_to_cursor(&self) -> impl Iterator<Item = Arc<summary::ChunkSummary>> + '_ {
         let current = self.state.cursor.chunk;
         let here = (current < self.shared.chunk_count)
