@@ -5,18 +5,19 @@
 //! against the last value of the same key, inline bytes, the fields of non-access events, and
 //! sparse status and duration streams. Repetitive register traffic turns into runs of identical
 //! small symbols, which zstd then squeezes. Encoding 2 keeps the same streams but replaces the time
-//! deltas by a context-modelled rANS code (`timecode.rs`), stored after the zstd frame.
+//! deltas by a context-modelled rANS code (`timecode.rs`), stored after the zstd frame. Encoding 3
+//! is encoding 2 with key offsets coded as differences and its time tables laid out as columns.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::*;
-use crate::layout::{ENCODING_V1, ENCODING_V2};
-use crate::timecode::{ContextRows, TimeDecoder, TimeEncoder, NON_ACCESS};
+use crate::layout::{has_raw_suffix, ENCODING_V1, ENCODING_V2, ENCODING_V3};
+use crate::timecode::{ContextRows, TimeDecoder, TimeEncoder, NON_ACCESS, TIME_V2, TIME_V3};
 
 /// Number of streams in an encoding 1 event chunk payload.
 pub const STREAM_COUNT: usize = 9;
-/// Number of streams in an encoding 2 event chunk payload (the time stream is split in two).
+/// Number of streams in an encoding 2 or 3 event chunk payload (the time stream is split in two).
 const STREAM_COUNT_V2: usize = 10;
 /// Access data longer than this many bytes goes to a blob instead of the inline byte stream.
 pub const INLINE_BYTES_MAX: usize = 64;
@@ -35,7 +36,7 @@ const S_TIME_CODE: usize = 9;
 
 /// Order of the streams in a v1 payload (and in its length table).
 const ORDER_V1: [usize; STREAM_COUNT] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
-/// Order of the streams in a v2 payload: the time stream last, so the part zstd compresses is a
+/// Order of the streams in a v2 or v3 payload: the time stream last, so the part zstd compresses is a
 /// prefix and the entropy-coded time stream a suffix stored as is.
 const ORDER_V2: [usize; STREAM_COUNT_V2] = [
     S_TAGS,
@@ -51,7 +52,7 @@ const ORDER_V2: [usize; STREAM_COUNT_V2] = [
 ];
 
 fn stream_order(encoding: u8) -> &'static [usize] {
-    if encoding == ENCODING_V2 {
+    if has_raw_suffix(encoding) {
         &ORDER_V2
     } else {
         &ORDER_V1
@@ -60,6 +61,21 @@ fn stream_order(encoding: u8) -> &'static [usize] {
 
 /// Width byte of a key whose accesses carry raw bytes.
 const WIDTH_BYTES: u8 = 0;
+
+/// Encoding 3 stores a key's offset as the zigzag-coded difference from the previous key's offset
+/// (wrapping, as a two's-complement i64): a device's registers are defined near each other.
+#[inline]
+fn zigzag_offset(offset: u64, previous: u64) -> u64 {
+    let d = offset.wrapping_sub(previous) as i64;
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+/// The inverse of [`zigzag_offset`].
+#[inline]
+fn unzigzag_offset(z: u64, previous: u64) -> u64 {
+    let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+    previous.wrapping_add(d as u64)
+}
 
 #[inline]
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -207,7 +223,8 @@ pub(crate) struct EncodedChunk {
     pub payload: Vec<u8>,
     /// Chunk encoding of the payload.
     pub encoding: u8,
-    /// Encoding 2: length of the time stream, the payload's suffix that is stored uncompressed.
+    /// Encodings 2 and 3: length of the time code, the payload's suffix that is stored
+    /// uncompressed.
     pub raw_suffix: usize,
     pub first_seq: u64,
     pub count: u32,
@@ -219,8 +236,11 @@ pub(crate) struct EncodedChunk {
 /// Accumulates events of one chunk into column streams.
 pub(crate) struct ChunkEncoder {
     encoding: u8,
-    /// Encoding 2 only: chunks with fewer events are written in encoding 1.
+    /// Encodings 2 and 3 only: chunks with fewer events are written in encoding 1.
     v2_min_events: usize,
+    /// The dictionary's keys in order of definition, `(region, offset, width)`: the keys stream is
+    /// written when the chunk closes, in the encoding chosen then.
+    key_defs: Vec<(u32, u64, u8)>,
     count: u32,
     first_seq: u64,
     first_t_ns: u64,
@@ -233,18 +253,19 @@ pub(crate) struct ChunkEncoder {
     key_cache: Box<[Option<(EncoderKey, u32)>]>,
     last_values: Vec<u64>,
     counts: [u32; KindTag::COUNT],
-    /// Per event: its access-key symbol, or [`NON_ACCESS`] | its tag (the v2 time contexts).
+    /// Per event: its access-key symbol, or [`NON_ACCESS`] | its tag (the rANS time contexts).
     event_keys: Vec<u32>,
     time_encoder: TimeEncoder,
 }
 
 impl ChunkEncoder {
-    /// An encoder of chunks in `encoding` ([`ENCODING_V1`] or [`ENCODING_V2`]; with encoding 2,
-    /// chunks of fewer than `v2_min_events` events still use encoding 1).
+    /// An encoder of chunks in `encoding` ([`ENCODING_V1`], [`ENCODING_V2`] or [`ENCODING_V3`]; with
+    /// encodings 2 and 3, chunks of fewer than `v2_min_events` events still use encoding 1).
     pub(crate) fn new(encoding: u8, v2_min_events: usize) -> Self {
         ChunkEncoder {
             encoding,
             v2_min_events,
+            key_defs: Vec::new(),
             count: 0,
             first_seq: 0,
             first_t_ns: 0,
@@ -433,11 +454,7 @@ impl ChunkEncoder {
             }
         };
         if sym == next {
-            let k = &mut self.streams[S_KEYS];
-            put_varint(k, region as u64);
-            put_varint(k, offset);
-            k.push(width);
-            self.last_values.push(0);
+            self.define_key(region, offset, width);
         }
         put_varint(&mut self.streams[S_SYMS], sym as u64);
         match data {
@@ -459,18 +476,38 @@ impl ChunkEncoder {
         Ok(sym)
     }
 
+    /// Adds a key to the chunk's dictionary (rare: most accesses reuse a key).
+    #[cold]
+    #[inline(never)]
+    fn define_key(&mut self, region: u32, offset: u64, width: u8) {
+        self.key_defs.push((region, offset, width));
+        self.last_values.push(0);
+    }
+
     /// Closes the chunk: returns its payload and resets the encoder for the next chunk.
     pub(crate) fn finish(&mut self) -> EncodedChunk {
         let quantum = deltas_gcd(&self.deltas);
         let divider = Divider::new(quantum);
-        // Below `v2_min_events`, encoding 2's per-chunk tables cost more than they save.
-        let encoding = if self.encoding == ENCODING_V2 && (self.count as usize) < self.v2_min_events
-        {
-            ENCODING_V1
-        } else {
-            self.encoding
-        };
-        if encoding == ENCODING_V2 {
+        // Below `v2_min_events`, the rANS encodings' per-chunk tables cost more than they save.
+        let encoding =
+            if has_raw_suffix(self.encoding) && (self.count as usize) < self.v2_min_events {
+                ENCODING_V1
+            } else {
+                self.encoding
+            };
+        let keys = &mut self.streams[S_KEYS];
+        let mut previous_offset = 0;
+        for &(region, offset, width) in &self.key_defs {
+            put_varint(keys, region as u64);
+            if encoding == ENCODING_V3 {
+                put_varint(keys, zigzag_offset(offset, previous_offset));
+                previous_offset = offset;
+            } else {
+                put_varint(keys, offset);
+            }
+            keys.push(width);
+        }
+        if has_raw_suffix(encoding) {
             for d in self.deltas.iter_mut() {
                 *d = divider.div(*d);
             }
@@ -482,6 +519,11 @@ impl ChunkEncoder {
                 &self.deltas,
                 &self.event_keys,
                 self.last_values.len(),
+                if encoding == ENCODING_V3 {
+                    TIME_V3
+                } else {
+                    TIME_V2
+                },
             );
         } else {
             let time = &mut self.streams[S_TIME];
@@ -499,7 +541,7 @@ impl ChunkEncoder {
         for &s in order {
             payload.extend_from_slice(&self.streams[s]);
         }
-        let raw_suffix = if encoding == ENCODING_V2 {
+        let raw_suffix = if has_raw_suffix(encoding) {
             self.streams[S_TIME_CODE].len()
         } else {
             0
@@ -525,6 +567,7 @@ impl ChunkEncoder {
         self.dict.clear();
         self.key_cache.fill(None);
         self.last_values.clear();
+        self.key_defs.clear();
         self.counts = [0; KindTag::COUNT];
         out
     }
@@ -629,7 +672,7 @@ fn split_streams(payload: &[u8], encoding: u8) -> Result<[&[u8]; STREAM_COUNT_V2
 
 /// Expected shape of a chunk, from its header.
 pub(crate) struct ChunkShape {
-    /// Payload encoding ([`ENCODING_V1`] or [`ENCODING_V2`]).
+    /// Payload encoding ([`ENCODING_V1`], [`ENCODING_V2`] or [`ENCODING_V3`]).
     pub encoding: u8,
     pub first_seq: u64,
     pub count: u32,
@@ -787,7 +830,7 @@ struct KeyState {
     tag: u8,
     /// Whether the accesses carry bytes rather than a value.
     bytes: bool,
-    /// The key's time context row (v2).
+    /// The key's time context row (encodings 2 and 3).
     row: u8,
 }
 
@@ -835,17 +878,23 @@ pub(crate) fn decode_columns(
     }
     cols.tags.extend_from_slice(tags);
 
-    // v2 time contexts need every event's key, so v2 time is decoded after the other streams.
+    // rANS time contexts need every event's key, so their times are decoded after the other
+    // streams.
     let time_decoder = match shape.encoding {
         ENCODING_V1 => {
             decode_time_v1(streams[S_TIME], shape, n, &mut cols.t_ns)?;
             None
         }
-        ENCODING_V2 => Some(TimeDecoder::parse(
+        ENCODING_V2 | ENCODING_V3 => Some(TimeDecoder::parse(
             streams[S_TIME],
             streams[S_TIME_CODE],
             n,
             &counts,
+            if shape.encoding == ENCODING_V3 {
+                TIME_V3
+            } else {
+                TIME_V2
+            },
         )?),
         e => return Err(format!("unknown event chunk encoding {e}")),
     };
@@ -887,6 +936,8 @@ pub(crate) fn decode_columns(
     let mut bytes = Rd::new(streams[S_BYTES], "bytes");
     let mut misc = Rd::new(streams[S_MISC], "misc");
     let mut key_states: Vec<KeyState> = Vec::new();
+    let offsets_as_differences = shape.encoding == ENCODING_V3;
+    let mut previous_offset = 0u64;
     // Every event writes exactly one key and one value: sized once and written by index, so the
     // loop keeps no vector length in memory.
     cols.key.resize(n, NO_KEY);
@@ -909,7 +960,13 @@ pub(crate) fn decode_columns(
             let sym = syms.varint()?;
             if sym == dict.len() as u64 {
                 let region = keys.varint_u32()?;
-                let offset = keys.varint()?;
+                let offset = if offsets_as_differences {
+                    let offset = unzigzag_offset(keys.varint()?, previous_offset);
+                    previous_offset = offset;
+                    offset
+                } else {
+                    keys.varint()?
+                };
                 let width = keys.u8()?;
                 if !matches!(width, 0 | 1 | 2 | 4 | 8) {
                     return Err(format!("access key width {width} is invalid"));
@@ -1277,6 +1334,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn key_offset_differences_invert_at_the_extremes() {
+        let offsets = [
+            0,
+            1,
+            2,
+            0x1000,
+            0x7fff_ffff_ffff_ffff,
+            0x8000_0000_0000_0000,
+            u64::MAX,
+        ];
+        for &previous in &offsets {
+            for &offset in &offsets {
+                let z = zigzag_offset(offset, previous);
+                assert_eq!(
+                    unzigzag_offset(z, previous),
+                    offset,
+                    "{offset:#x} after {previous:#x}"
+                );
+            }
+        }
+        // Neighbouring registers cost one byte whichever way they lie.
+        assert_eq!(zigzag_offset(0x1004, 0x1000), 8);
+        assert_eq!(zigzag_offset(0x1000, 0x1004), 7);
     }
 
     #[test]

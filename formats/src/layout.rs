@@ -6,8 +6,11 @@ use crate::event::KindTag;
 
 /// File magic, the first 8 bytes of every trace.
 pub const FILE_MAGIC: [u8; 8] = *b"HWRRTRCE";
-/// The format version this crate writes by default (it reads this one and [`FORMAT_VERSION_1`]).
-pub const FORMAT_VERSION: u16 = 2;
+/// The format version this crate writes by default (it reads this one, [`FORMAT_VERSION_2`] and
+/// [`FORMAT_VERSION_1`]).
+pub const FORMAT_VERSION: u16 = 3;
+/// Version 2: files whose event chunks use [`ENCODING_V2`] (or [`ENCODING_V1`]).
+pub const FORMAT_VERSION_2: u16 = 2;
 /// Version 1: files whose event chunks all use [`ENCODING_V1`].
 pub const FORMAT_VERSION_1: u16 = 1;
 /// Size of the fixed file header prefix (followed by the compressed JSON header).
@@ -43,6 +46,15 @@ pub const CHUNK_TYPE_BLOBS: u8 = 2;
 pub const ENCODING_V1: u8 = 1;
 /// Encoding byte of the v2 event encoding: the v1 streams with a context-modelled rANS time stream.
 pub const ENCODING_V2: u8 = 2;
+/// Encoding byte of the v3 event encoding: encoding 2 with access-key offsets coded as differences
+/// and the time tables' symbols and weights stored as columns.
+pub const ENCODING_V3: u8 = 3;
+
+/// Whether an event chunk of `encoding` stores its payload as a zstd frame followed by an
+/// uncompressed suffix (the rANS time code), rather than as one zstd frame.
+pub(crate) fn has_raw_suffix(encoding: u8) -> bool {
+    matches!(encoding, ENCODING_V2 | ENCODING_V3)
+}
 
 /// Whether a stored checksum or content hash matched the computed one. Fuzzing builds
 /// (`--cfg fuzzing`, set by cargo-fuzz) accept mismatches so the fuzzer reaches the decoders behind
@@ -219,7 +231,7 @@ impl ChunkHeader {
             return Err(format!("unknown chunk type {}", h.chunk_type));
         }
         let known = match h.chunk_type {
-            CHUNK_TYPE_EVENTS => matches!(h.encoding, ENCODING_V1 | ENCODING_V2),
+            CHUNK_TYPE_EVENTS => matches!(h.encoding, ENCODING_V1 | ENCODING_V2 | ENCODING_V3),
             _ => h.encoding == ENCODING_V1,
         };
         if !known {

@@ -52,7 +52,10 @@ pub(crate) struct ParsedHeader {
 /// Parses and checks the header block at the start of `bytes` (the ROM is not resolved).
 pub(crate) fn parse_header(bytes: &[u8]) -> Result<ParsedHeader, FormatError> {
     let prefix = FileHeaderPrefix::parse(bytes)?;
-    if prefix.version != FORMAT_VERSION && prefix.version != FORMAT_VERSION_1 {
+    if !matches!(
+        prefix.version,
+        FORMAT_VERSION | FORMAT_VERSION_2 | FORMAT_VERSION_1
+    ) {
         return Err(FormatError::UnsupportedVersion {
             found: prefix.version,
             supported: FORMAT_VERSION,
@@ -175,8 +178,8 @@ pub(crate) fn load_chunk_into(
     if !sums_match(crc32fast::hash(z) == header.payload_crc) {
         return Err(corrupt("payload checksum mismatch".into()));
     }
-    if header.encoding == ENCODING_V2 {
-        // Encoding 2: u32 frame length, the zstd frame, then the payload's uncompressed suffix.
+    if has_raw_suffix(header.encoding) {
+        // Encodings 2 and 3: u32 frame length, the zstd frame, then the payload's uncompressed suffix.
         let frame_len = z
             .get(..4)
             .map(|b| u32_at(b, 0) as usize)

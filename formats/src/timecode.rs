@@ -1,5 +1,5 @@
-//! The v2 time stream (chunk encoding 2): time deltas entropy-coded with static rANS tables chosen
-//! per event by a context of access keys.
+//! The time stream of chunk encodings 2 and 3: time deltas entropy-coded with static rANS tables
+//! chosen per event by a context of access keys.
 //!
 //! QEMU's microsecond timestamps carry real jitter, but how long the driver takes between two
 //! accesses depends strongly on *which* two accesses they are (and a little on how long the
@@ -9,7 +9,8 @@
 //! share one global table, and codes each delta's symbol under its context's table with rANS, in
 //! four independent lanes so a decoder overlaps their dependency chains. Decoding is two table
 //! lookups and one multiply per event, with no adaptation.
-//! `docs/FORMAT.md` §3.3 is the specification.
+//! `docs/FORMAT.md` §3.3 is the specification; §3.4 says what encoding 3 changes (finer buckets of
+//! the previous delta, tables stored as columns), which [`TimeLayout`] carries.
 
 use crate::codec::{put_varint, Rd};
 
@@ -24,11 +25,8 @@ pub(crate) const CLASS_START: u8 = 55;
 const NON_ACCESS_CLASS_OFFSET: u8 = 50;
 /// Kind tags below this are accesses.
 const FIRST_NON_ACCESS_TAG: u8 = 6;
-/// Buckets of the previous delta (in quanta) by bit length: 0, 1, 2..3, 4..7, ..., 32..63, 64 and
-/// more.
-const BUCKETS: usize = 8;
-/// Number of contexts: (previous class, class, bucket).
-pub(crate) const CONTEXTS: usize = CLASS_COUNT * CLASS_COUNT * BUCKETS;
+/// Most buckets of the previous delta an encoding uses (see [`TimeLayout`]).
+const MAX_BUCKETS: usize = 16;
 /// Deltas below this are their own symbol.
 const DIRECT: u64 = 1 << DIRECT_BITS;
 const DIRECT_BITS: u32 = 7;
@@ -64,17 +62,102 @@ const RANS_L: u32 = 1 << 16;
 const TABLE_ENTRY_BITS: f64 = 8.0;
 const TABLE_HEADER_BITS: f64 = 40.0;
 
-/// The bucket of every symbol's delta (symbols of 64 and more are all in the last bucket; the
-/// decoder's invalid symbol never reaches a lookup that matters).
-static BUCKET_OF_SYMBOL: [u8; 512] = {
-    let mut b = [(BUCKETS - 1) as u8; 512];
+/// What distinguishes the time streams of encodings 2 and 3.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TimeLayout {
+    /// Number of buckets of the previous delta.
+    buckets: usize,
+    /// The bucket of every symbol's delta (the decoder's invalid symbol never reaches a lookup
+    /// that matters).
+    bucket_of_symbol: &'static [u8; 512],
+    /// The tables are stored as columns (headers, symbol gaps, weight code differences) rather
+    /// than one after the other.
+    columnar: bool,
+}
+
+/// Encoding 2: 8 buckets by bit length (0, 1, 2..3, 4..7, ..., 32..63, 64 and more), tables one
+/// after the other.
+pub(crate) const TIME_V2: TimeLayout = TimeLayout {
+    buckets: 8,
+    bucket_of_symbol: &BUCKET_OF_SYMBOL_V2,
+    columnar: false,
+};
+
+/// Encoding 3: 16 buckets by half bit length (0, 1, 2, 3, 4..5, 6..7, 8..11, ..., 96..127,
+/// 128..191, 192 and more), columnar tables. The finer buckets tell apart gaps within the range
+/// where a driver's own pace lies (tens to hundreds of microseconds).
+pub(crate) const TIME_V3: TimeLayout = TimeLayout {
+    buckets: MAX_BUCKETS,
+    bucket_of_symbol: &BUCKET_OF_SYMBOL_V3,
+    columnar: true,
+};
+
+impl TimeLayout {
+    /// The bucket of a previous delta `d` (in quanta). The decoder finds the same bucket from
+    /// the delta's symbol (`bucket_of_symbol`).
+    #[inline(always)]
+    fn bucket(&self, d: u64) -> usize {
+        if self.buckets == MAX_BUCKETS {
+            bucket_v3(d)
+        } else {
+            bucket_v2(d)
+        }
+    }
+}
+
+static BUCKET_OF_SYMBOL_V2: [u8; 512] = bucket_table(false);
+static BUCKET_OF_SYMBOL_V3: [u8; 512] = bucket_table(true);
+
+/// The bucket of every symbol, by [`bucket_v3`] (`half_octaves`) or [`bucket_v2`] of its smallest
+/// delta: neither bucketing splits the deltas a large symbol stands for (symbols 128 and 129 are
+/// 128..=191, and the larger ones are all in the last bucket).
+const fn bucket_table(half_octaves: bool) -> [u8; 512] {
+    const fn bucket(d: u64, half_octaves: bool) -> usize {
+        if half_octaves {
+            bucket_v3(d)
+        } else {
+            bucket_v2(d)
+        }
+    }
+    let mut b = [bucket(u64::MAX, half_octaves) as u8; 512];
     let mut s = 0;
-    while s < 1 << (BUCKETS - 2) {
-        b[s] = (usize::BITS - s.leading_zeros()) as u8;
+    while s < DIRECT as usize + 2 {
+        let smallest = if s < DIRECT as usize {
+            s as u64
+        } else {
+            DIRECT
+        };
+        b[s] = bucket(smallest, half_octaves) as u8;
         s += 1;
     }
     b
-};
+}
+
+/// Encoding 2's bucket of a previous delta `d` (in quanta): its bit length, at most 7.
+const fn bucket_v2(d: u64) -> usize {
+    let b = 64 - d.leading_zeros() as usize;
+    if b < 8 {
+        b
+    } else {
+        7
+    }
+}
+
+/// Encoding 3's bucket of a previous delta `d`: `d` below 4, else twice its highest bit's position
+/// plus its next bit, at most 15.
+const fn bucket_v3(d: u64) -> usize {
+    if d < 4 {
+        d as usize
+    } else {
+        let e = 63 - d.leading_zeros() as usize;
+        let b = 2 * e + ((d >> (e - 1)) & 1) as usize;
+        if b < MAX_BUCKETS {
+            b
+        } else {
+            MAX_BUCKETS - 1
+        }
+    }
+}
 
 /// Symbol of the decoder's stand-in table for contexts without a table.
 const INVALID_SYMBOL: u64 = 0x1ff;
@@ -87,15 +170,15 @@ const KIND_CONTEXT: u8 = 2;
 /// `event_keys` entry of a non-access event: this bit plus its kind tag.
 pub(crate) const NON_ACCESS: u32 = 1 << 31;
 
-/// Class of the previous delta `d` (in quanta).
+/// The class of context `ctx` (`buckets` is 8 or 16: a shift, not a division).
 #[inline(always)]
-fn bucket(d: u64) -> usize {
-    (64 - d.leading_zeros() as usize).min(BUCKETS - 1)
+fn class_of_context(ctx: u32, buckets: usize) -> usize {
+    (ctx as usize >> buckets.trailing_zeros()) % CLASS_COUNT
 }
 
 #[inline(always)]
-fn context(prev_class: u8, class: u8, bucket: usize) -> usize {
-    (prev_class as usize * CLASS_COUNT + class as usize) * BUCKETS + bucket
+fn context(prev_class: u8, class: u8, bucket: usize, buckets: usize) -> usize {
+    (prev_class as usize * CLASS_COUNT + class as usize) * buckets + bucket
 }
 
 /// The symbol of delta `d`, with the number and value of its extra raw bits.
@@ -285,11 +368,12 @@ fn quantize(kind: u8, coord: u32, counts: &[u32]) -> TableDef {
 /// `u8::MAX` for the others), so a small chunk does not pay for all 32 Ki contexts. `tables` are
 /// (kind, coordinate, entry) in increasing kind order; entries are `slot_offset << 4 | precision`,
 /// `missing` where no table applies. Returns the table and the number of classes used (its rows are
-/// `(prev × used + class) × BUCKETS`).
+/// `(prev × used + class) × buckets`).
 fn dense_lut(
     present: u64,
     tables: &[(u8, u32, u32)],
     missing: u32,
+    buckets: usize,
     dense: &mut [u8; CLASS_COUNT],
 ) -> (Vec<u32>, usize) {
     dense.fill(u8::MAX);
@@ -300,8 +384,8 @@ fn dense_lut(
             used += 1;
         }
     }
-    let row = |prev: usize, class: usize| (prev * used + class) * BUCKETS;
-    let mut lut = vec![missing; used * used * BUCKETS];
+    let row = |prev: usize, class: usize| (prev * used + class) * buckets;
+    let mut lut = vec![missing; used * used * buckets];
     for &(kind, coord, entry) in tables {
         match kind {
             KIND_GLOBAL => lut.fill(entry),
@@ -310,12 +394,12 @@ fn dense_lut(
                 if class != u8::MAX {
                     for prev in 0..used {
                         let at = row(prev, class as usize);
-                        lut[at..at + BUCKETS].fill(entry);
+                        lut[at..at + buckets].fill(entry);
                     }
                 }
             }
             _ => {
-                let (pair, bucket) = (coord as usize / BUCKETS, coord as usize % BUCKETS);
+                let (pair, bucket) = (coord as usize / buckets, coord as usize % buckets);
                 let (prev, class) = (
                     dense[pair / CLASS_COUNT % CLASS_COUNT],
                     dense[pair % CLASS_COUNT],
@@ -332,7 +416,9 @@ fn dense_lut(
 impl TimeEncoder {
     /// Appends a chunk's time model stream to `out` and its time code stream to `code`. `deltas`
     /// are in quanta; `event_keys[i]` is the access-key symbol of event `i`, or [`NON_ACCESS`] |
-    /// its tag; `key_count` is the size of the chunk's access-key dictionary.
+    /// its tag; `key_count` is the size of the chunk's access-key dictionary; `layout` is the
+    /// encoding's.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode(
         &mut self,
         out: &mut Vec<u8>,
@@ -341,7 +427,9 @@ impl TimeEncoder {
         deltas: &[u64],
         event_keys: &[u32],
         key_count: usize,
+        layout: TimeLayout,
     ) {
+        let buckets = layout.buckets;
         let n = deltas.len();
         put_varint(out, quantum);
 
@@ -372,9 +460,12 @@ impl TimeEncoder {
         out.extend_from_slice(&class_map);
 
         // Count symbols per context. The context map is reset through the previous chunk's used
-        // contexts, not wholesale: small chunks would otherwise pay for all 32 Ki contexts.
-        if self.ctx_slot.len() != CONTEXTS {
-            self.ctx_slot = vec![u32::MAX; CONTEXTS];
+        // contexts, not wholesale: small chunks would otherwise pay for all 32 or 64 Ki contexts.
+        // It has the encoding's contexts only: its size is most of a new encoder's cost.
+        let contexts = CLASS_COUNT * CLASS_COUNT * buckets;
+        if self.ctx_slot.len() != contexts {
+            self.ctx_slot = vec![u32::MAX; contexts];
+            self.used.clear();
         }
         for &ctx in &self.used {
             self.ctx_slot[ctx as usize] = u32::MAX;
@@ -400,7 +491,12 @@ impl TimeEncoder {
                     .copied()
                     .unwrap_or(CLASS_OTHER_KEY)
             };
-            let ctx = context(prev_class, class, bucket(prev_delta));
+            let ctx = context(
+                prev_class,
+                class,
+                layout.bucket(prev_delta),
+                buckets,
+            );
             let mut slot = self.ctx_slot[ctx];
             if slot == u32::MAX {
                 slot = self.used.len() as u32;
@@ -426,7 +522,7 @@ impl TimeEncoder {
         // Rows of the classes this chunk uses, zeroed before use (the others are never read).
         let mut classes_seen = 0u64;
         for &ctx in &self.used {
-            classes_seen |= 1 << ((ctx as usize / BUCKETS) % CLASS_COUNT);
+            classes_seen |= 1 << class_of_context(ctx, buckets);
         }
         let seen: Vec<usize> = (0..CLASS_COUNT)
             .filter(|c| classes_seen >> c & 1 == 1)
@@ -451,7 +547,7 @@ impl TimeEncoder {
         }
         let mut class_total = [0u64; CLASS_COUNT];
         for &(slot, sym) in &self.nonzero {
-            let class = (self.used[slot as usize] as usize / BUCKETS) % CLASS_COUNT;
+            let class = class_of_context(self.used[slot as usize], buckets);
             let v = self.counts[slot as usize * SYMBOLS + sym as usize];
             self.class_counts[class * SYMBOLS + sym as usize] += v;
             self.global[sym as usize] += v;
@@ -468,7 +564,7 @@ impl TimeEncoder {
             .collect();
         order.sort_unstable();
         for &(ctx, slot) in &order {
-            let class = (ctx as usize / BUCKETS) % CLASS_COUNT;
+            let class = class_of_context(ctx, buckets);
             let c = &self.counts[slot as usize * SYMBOLS..(slot as usize + 1) * SYMBOLS];
             let parent = &self.class_counts[class * SYMBOLS..(class + 1) * SYMBOLS];
             let syms = &self.nonzero[nonzero_of_slot[slot as usize] as usize
@@ -524,32 +620,19 @@ impl TimeEncoder {
             .zip(&own_table)
             .map(|(&ctx, own)| match own {
                 Some(t) => context_base + t,
-                None => class_table[(ctx as usize / BUCKETS) % CLASS_COUNT]
-                    .map_or(0, |t| class_base + t),
+                None => class_table[class_of_context(ctx, buckets)].map_or(0, |t| class_base + t),
             })
             .collect();
 
         // Write the tables and build the encoder's (frequency, cumulative) per table and symbol.
-        put_varint(out, tables.len() as u64);
+        write_tables(out, &tables, layout.columnar);
         self.enc.clear();
         self.enc.resize(tables.len() * SYMBOLS, 0);
         self.reciprocal.clear();
         self.reciprocal.resize(tables.len() * SYMBOLS, 0);
         for (t, def) in tables.iter().enumerate() {
-            out.push(def.kind);
-            match def.kind {
-                KIND_GLOBAL => {}
-                KIND_CLASS => out.push(def.coord as u8),
-                _ => put_varint(out, def.coord as u64),
-            }
-            out.push(def.precision as u8);
-            put_varint(out, def.symbols.len() as u64);
-            let mut next_sym = 0u16;
             let mut cum = 0u32;
-            for ((&s, &f), &code) in def.symbols.iter().zip(&def.freqs).zip(&def.codes) {
-                put_varint(out, (s - next_sym) as u64);
-                out.push(code);
-                next_sym = s + 1;
+            for (&s, &f) in def.symbols.iter().zip(&def.freqs) {
                 self.enc[t * SYMBOLS + s as usize] = f << 16 | cum;
                 if f > 1 {
                     self.reciprocal[t * SYMBOLS + s as usize] = u64::MAX / f as u64 + 1;
@@ -633,6 +716,69 @@ impl TimeEncoder {
     }
 }
 
+/// Writes a table's header: kind, coordinate, precision and symbol count.
+fn write_table_header(out: &mut Vec<u8>, def: &TableDef) {
+    out.push(def.kind);
+    match def.kind {
+        KIND_GLOBAL => {}
+        KIND_CLASS => out.push(def.coord as u8),
+        _ => put_varint(out, def.coord as u64),
+    }
+    out.push(def.precision as u8);
+    put_varint(out, def.symbols.len() as u64);
+}
+
+/// Writes the table count and the tables. Encoding 2 writes each table whole, its symbols' gaps
+/// and weight codes interleaved; encoding 3 (`columnar`) writes every header, then every gap, then
+/// every code as the zigzag-coded difference from the table's previous code: a distribution over
+/// neighbouring delta symbols is smooth, and like values side by side compress better.
+fn write_tables(out: &mut Vec<u8>, tables: &[TableDef], columnar: bool) {
+    put_varint(out, tables.len() as u64);
+    if !columnar {
+        for def in tables {
+            write_table_header(out, def);
+            let mut next_sym = 0u16;
+            for (&s, &code) in def.symbols.iter().zip(&def.codes) {
+                put_varint(out, (s - next_sym) as u64);
+                out.push(code);
+                next_sym = s + 1;
+            }
+        }
+        return;
+    }
+    for def in tables {
+        write_table_header(out, def);
+    }
+    for def in tables {
+        let mut next_sym = 0u16;
+        for &s in &def.symbols {
+            put_varint(out, (s - next_sym) as u64);
+            next_sym = s + 1;
+        }
+    }
+    for def in tables {
+        let mut previous = 0u8;
+        for &code in &def.codes {
+            put_varint(out, zigzag_code(code, previous));
+            previous = code;
+        }
+    }
+}
+
+/// A weight code as the zigzag-coded difference from the previous code (0..=510).
+fn zigzag_code(code: u8, previous: u8) -> u64 {
+    let d = code as i64 - previous as i64;
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+/// The inverse of [`zigzag_code`]; `None` when the result is not a code.
+fn unzigzag_code(z: u64, previous: u8) -> Option<u8> {
+    let d = (z >> 1) as i64 ^ -((z & 1) as i64);
+    (previous as i64)
+        .checked_add(d)
+        .and_then(|c| u8::try_from(c).ok())
+}
+
 /// Writes the extra bits of the large deltas among `deltas`, in order, least significant bit
 /// first, preceded by their byte length.
 fn write_extra_bits(out: &mut Vec<u8>, deltas: &[u64]) {
@@ -671,13 +817,15 @@ struct LaneInput<'a> {
 }
 
 /// The context rows of a chunk, for computing each event's context base as its events are
-/// decoded. The default (all zero) is what a chunk without a v2 time stream computes, unused.
+/// decoded. The default (all zero) is what a chunk without a rANS time stream computes, unused.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ContextRows {
     /// Row of the (absent) event before the chunk's first.
     pub(crate) start: u8,
     /// Rows × buckets: the distance between two previous-event rows in the lookup table.
     stride: usize,
+    /// Buckets of the previous delta: the distance between two rows.
+    buckets: usize,
     /// Row of each non-access kind tag (6..=13; rows of tags `parse` was not told of are
     /// meaningless but in range).
     other: [u8; 16],
@@ -694,9 +842,19 @@ impl ContextRows {
     /// to which the decoder adds the previous delta's bucket.
     #[inline(always)]
     pub(crate) fn base(&self, prev: u8, row: u8) -> u16 {
-        // At most (63 × 64 + 63) × 8 = 32,760.
-        (prev as usize * self.stride + row as usize * BUCKETS) as u16
+        // At most (63 × 64 + 63) × 16 = 65,520, and the bucket adds at most 15.
+        (prev as usize * self.stride + row as usize * self.buckets) as u16
     }
+}
+
+/// A table's header in the time model stream.
+struct TableHeader {
+    kind: u8,
+    /// Class or context (0 for the global table).
+    coord: u32,
+    precision: u32,
+    /// Number of symbols.
+    symbols: usize,
 }
 
 /// A parsed time stream with its context lookup table, ready to decode once the events' context
@@ -717,16 +875,20 @@ pub(crate) struct TimeDecoder<'a> {
     missing: u32,
     /// Dense row of each access-key symbol the class map names.
     sym_rows: Vec<u8>,
+    /// The encoding's buckets and table layout.
+    layout: TimeLayout,
 }
 
 impl<'a> TimeDecoder<'a> {
     /// Parses the stream's tables. `count` is the chunk's event count (it bounds the tables);
-    /// `kind_counts` are the chunk's events per kind tag (which non-access classes occur).
+    /// `kind_counts` are the chunk's events per kind tag (which non-access classes occur);
+    /// `layout` is the encoding's.
     pub(crate) fn parse(
         stream: &'a [u8],
         code: &'a [u8],
         count: usize,
         kind_counts: &[u32],
+        layout: TimeLayout,
     ) -> Result<Self, String> {
         let mut rd = Rd::new(stream, "time");
         let quantum = rd.varint()?;
@@ -750,7 +912,8 @@ impl<'a> TimeDecoder<'a> {
         let mut slots: Vec<u32> = Vec::new();
         let mut entries = Vec::with_capacity(table_count as usize);
         let mut last_order: Option<u64> = None;
-        for _ in 0..table_count {
+        let mut slot_total = 0u64;
+        let mut header = |rd: &mut Rd<'_>| -> Result<TableHeader, String> {
             let kind = rd.u8()?;
             let coord = match kind {
                 KIND_GLOBAL => 0u64,
@@ -763,7 +926,7 @@ impl<'a> TimeDecoder<'a> {
                 }
                 KIND_CONTEXT => {
                     let c = rd.varint()?;
-                    if c >= CONTEXTS as u64 {
+                    if c >= (CLASS_COUNT * CLASS_COUNT * layout.buckets) as u64 {
                         return Err(format!("time table for context {c}"));
                     }
                     c
@@ -780,34 +943,75 @@ impl<'a> TimeDecoder<'a> {
                 return Err(format!("time table precision {precision}"));
             }
             let size = 1u64 << precision;
-            if slots.len() as u64 + size > slot_limit {
+            if slot_total + size > slot_limit {
                 return Err("time tables are larger than the chunk allows".into());
             }
+            slot_total += size;
             let nnz = rd.varint()?;
             if nnz == 0 || nnz > SYMBOLS as u64 || nnz > size {
                 return Err(format!("time table with {nnz} symbols"));
             }
-            let offset = slots.len() as u64;
-            let mut symbols = Vec::with_capacity(nnz as usize);
-            let mut weights = Vec::with_capacity(nnz as usize);
-            let mut sym = 0u64;
-            for i in 0..nnz {
-                sym = sym
-                    .checked_add(rd.varint()?)
-                    .and_then(|s| s.checked_add((i > 0) as u64))
-                    .filter(|s| *s < SYMBOLS as u64)
-                    .ok_or("time table symbol out of range")?;
-                symbols.push(sym);
-                weights.push(code_weight(rd.u8()?));
+            Ok(TableHeader {
+                kind,
+                coord: coord as u32,
+                precision,
+                symbols: nnz as usize,
+            })
+        };
+        let symbol = |rd: &mut Rd<'_>, previous: Option<u64>| -> Result<u64, String> {
+            let gap = rd.varint()?;
+            previous
+                .map_or(Some(0), |p| p.checked_add(1))
+                .and_then(|s| s.checked_add(gap))
+                .filter(|s| *s < SYMBOLS as u64)
+                .ok_or_else(|| "time table symbol out of range".to_string())
+        };
+        // Each table's header and its symbols with their weights.
+        let mut parsed: Vec<(TableHeader, Vec<u64>, Vec<u64>)> = Vec::new();
+        if layout.columnar {
+            // Headers are at least 3 bytes each: the stream bounds the count.
+            for _ in 0..table_count {
+                let h = header(&mut rd)?;
+                parsed.push((h, Vec::new(), Vec::new()));
             }
-            for (sym, freq) in symbols.iter().zip(frequencies(&weights, precision)) {
+            for (h, symbols, _) in &mut parsed {
+                symbols.reserve_exact(h.symbols);
+                for _ in 0..h.symbols {
+                    let s = symbol(&mut rd, symbols.last().copied())?;
+                    symbols.push(s);
+                }
+            }
+            for (h, _, weights) in &mut parsed {
+                weights.reserve_exact(h.symbols);
+                let mut previous = 0u8;
+                for _ in 0..h.symbols {
+                    previous = unzigzag_code(rd.varint()?, previous)
+                        .ok_or("time table weight code out of range")?;
+                    weights.push(code_weight(previous));
+                }
+            }
+        } else {
+            for _ in 0..table_count {
+                let h = header(&mut rd)?;
+                let mut symbols = Vec::with_capacity(h.symbols);
+                let mut weights = Vec::with_capacity(h.symbols);
+                for _ in 0..h.symbols {
+                    symbols.push(symbol(&mut rd, symbols.last().copied())?);
+                    weights.push(code_weight(rd.u8()?));
+                }
+                parsed.push((h, symbols, weights));
+            }
+        }
+        for (h, symbols, weights) in &parsed {
+            let offset = slots.len() as u64;
+            for (sym, freq) in symbols.iter().zip(frequencies(weights, h.precision)) {
                 let freq = freq as u64;
                 for bias in 0..freq {
                     slots.push((sym | freq << 9 | bias << 21) as u32);
                 }
             }
             // Fits: at most 32,833 tables of at most 2^11 slots each, under 2^27 in all.
-            entries.push((kind, coord as u32, (offset as u32) << 4 | precision));
+            entries.push((h.kind, h.coord, (offset as u32) << 4 | h.precision));
         }
         rd.expect_end()?;
         let mut rd = Rd::new(code, "time code");
@@ -843,7 +1047,7 @@ impl<'a> TimeDecoder<'a> {
             }
         }
         let mut dense = [u8::MAX; CLASS_COUNT];
-        let (lut, used) = dense_lut(present, &entries, missing, &mut dense);
+        let (lut, used) = dense_lut(present, &entries, missing, layout.buckets, &mut dense);
         let sym_rows = class_map.iter().map(|&c| dense[c as usize]).collect();
         Ok(TimeDecoder {
             quantum,
@@ -854,6 +1058,7 @@ impl<'a> TimeDecoder<'a> {
             used,
             missing,
             sym_rows,
+            layout,
         })
     }
 
@@ -874,7 +1079,8 @@ impl<'a> TimeDecoder<'a> {
         }
         ContextRows {
             start: self.dense[CLASS_START as usize],
-            stride: self.used * BUCKETS,
+            stride: self.used * self.layout.buckets,
+            buckets: self.layout.buckets,
             other,
         }
     }
@@ -910,6 +1116,7 @@ impl<'a> TimeDecoder<'a> {
         }
         let lut = &self.lut[..];
         let slots = &self.slots[..];
+        let bucket_of_symbol = self.layout.bucket_of_symbol;
         let mut large_sum = 0u128;
         // One event of lane `k` at event index `i`.
         macro_rules! step {
@@ -943,7 +1150,7 @@ impl<'a> TimeDecoder<'a> {
                     large_sum += d as u128;
                     d
                 };
-                prev_bucket[$k] = BUCKET_OF_SYMBOL[sym as usize] as usize;
+                prev_bucket[$k] = bucket_of_symbol[sym as usize] as usize;
                 deltas[i] = d;
             }};
         }
@@ -1136,7 +1343,11 @@ mod tests {
         }
     }
 
-    fn encode_sample(rng: &mut Rng, n: usize) -> (Vec<u8>, Vec<u8>, Vec<u64>, Vec<u32>) {
+    fn encode_sample(
+        rng: &mut Rng,
+        n: usize,
+        layout: TimeLayout,
+    ) -> (Vec<u8>, Vec<u8>, Vec<u64>, Vec<u32>) {
         // Symbols are numbered by first use, so a chunk never has more keys than events.
         let keys = 1 + (rng.next() % 80).min(n.saturating_sub(1) as u64) as usize;
         let mut deltas = Vec::new();
@@ -1159,7 +1370,7 @@ mod tests {
         }
         let (mut model, mut code) = (Vec::new(), Vec::new());
         let mut enc = TimeEncoder::default();
-        enc.encode(&mut model, &mut code, 1, &deltas, &event_keys, keys);
+        enc.encode(&mut model, &mut code, 1, &deltas, &event_keys, keys, layout);
         (model, code, deltas, event_keys)
     }
 
@@ -1170,6 +1381,7 @@ mod tests {
         code: &[u8],
         event_keys: &[u32],
         out: &mut Vec<u64>,
+        layout: TimeLayout,
     ) -> Result<u64, String> {
         let mut kind_counts = [0u32; 14];
         for &k in event_keys {
@@ -1179,7 +1391,7 @@ mod tests {
                 kind_counts[0] += 1;
             }
         }
-        let decoder = TimeDecoder::parse(model, code, event_keys.len(), &kind_counts)?;
+        let decoder = TimeDecoder::parse(model, code, event_keys.len(), &kind_counts, layout)?;
         let rows = decoder.context_rows();
         let mut prev = rows.start;
         let bases: Vec<u16> = event_keys
@@ -1201,8 +1413,11 @@ mod tests {
     #[test]
     fn random_deltas_round_trip() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for n in [0usize, 1, 2, 3, 4, 5, 7, 100, 1000, 20_000] {
-            let (model, code, deltas, event_keys) = encode_sample(&mut rng, n);
+        for (n, layout) in [0usize, 1, 2, 3, 4, 5, 7, 100, 1000, 20_000]
+            .into_iter()
+            .flat_map(|n| [(n, TIME_V2), (n, TIME_V3)])
+        {
+            let (model, code, deltas, event_keys) = encode_sample(&mut rng, n, layout);
             let mut out = Vec::new();
             // Quantum 1 from time 0: timestamps are the running sums, unless they overflow.
             let mut want = Vec::new();
@@ -1211,7 +1426,7 @@ mod tests {
                 t = t.and_then(|t| t.checked_add(*d));
                 want.push(t);
             }
-            match decode_sample(&model, &code, &event_keys, &mut out) {
+            match decode_sample(&model, &code, &event_keys, &mut out, layout) {
                 Ok(last) => {
                     assert!(want.iter().all(|t| t.is_some()));
                     let want: Vec<u64> = want.into_iter().flatten().collect();
@@ -1226,10 +1441,58 @@ mod tests {
         }
     }
 
+    /// The encoder buckets a delta by its value, the decoder by its symbol: they must agree.
+    #[test]
+    fn a_deltas_symbol_gives_its_bucket() {
+        let mut deltas: Vec<u64> = (0..5000).collect();
+        for e in 12..64 {
+            deltas.extend([1 << e, (1 << e) + 1, (3 << (e - 1)) - 1, 3 << (e - 1)]);
+        }
+        deltas.push(u64::MAX);
+        for layout in [TIME_V2, TIME_V3] {
+            for &d in &deltas {
+                let bucket = layout.bucket(d);
+                assert!(bucket < layout.buckets);
+                assert_eq!(
+                    layout.bucket_of_symbol[symbolize(d).0 as usize] as usize,
+                    bucket,
+                    "delta {d}, {layout:?}"
+                );
+            }
+        }
+        assert_eq!(TIME_V3.bucket(5), 4);
+        assert_eq!(TIME_V3.bucket(6), 5);
+        assert_eq!(TIME_V3.bucket(191), 14);
+        assert_eq!(TIME_V3.bucket(192), 15);
+        assert_eq!(TIME_V2.bucket(63), 6);
+        assert_eq!(TIME_V2.bucket(64), 7);
+    }
+
+    #[test]
+    fn weight_code_differences_invert() {
+        for previous in 0..=255u8 {
+            for code in 0..=255u8 {
+                let z = zigzag_code(code, previous);
+                assert!(z <= 510);
+                assert_eq!(unzigzag_code(z, previous), Some(code));
+            }
+        }
+        assert_eq!(unzigzag_code(2, 255), None);
+        assert_eq!(unzigzag_code(1, 0), None);
+        assert_eq!(unzigzag_code(u64::MAX, 0), None);
+        assert_eq!(unzigzag_code(u64::MAX - 1, 255), None);
+    }
+
     #[test]
     fn damaged_streams_are_errors_not_panics() {
+        for layout in [TIME_V2, TIME_V3] {
+            damaged_streams_are_errors(layout);
+        }
+    }
+
+    fn damaged_streams_are_errors(layout: TimeLayout) {
         let mut rng = Rng(12345);
-        let (model, code, _, event_keys) = encode_sample(&mut rng, 3000);
+        let (model, code, _, event_keys) = encode_sample(&mut rng, 3000, layout);
         let mut rejected = 0;
         for round in 0..3000 {
             let (mut m, mut c) = (model.clone(), code.clone());
@@ -1249,13 +1512,13 @@ mod tests {
                 }
             }
             let mut out = Vec::new();
-            let result = decode_sample(&m, &c, &event_keys, &mut out);
+            let result = decode_sample(&m, &c, &event_keys, &mut out, layout);
             rejected += result.is_err() as u32;
         }
         // Most damage is caught (a flipped extra bit or a changed weight code can still decode).
         assert!(
             rejected > 2000,
-            "only {rejected} of 3000 damaged streams rejected"
+            "only {rejected} of 3000 damaged streams rejected ({layout:?})"
         );
     }
 }

@@ -28,14 +28,15 @@ pub struct WriterOptions {
     pub zstd_level: i32,
     /// Pending blob bytes that force a blob chunk out before the event chunk is full.
     pub blob_chunk_bytes: usize,
-    /// Event chunk encoding, which also sets the file's version: [`EventEncoding::V2`] (the
-    /// default) writes version 2 files, [`EventEncoding::V1`] version 1 files that older readers
-    /// read.
+    /// Event chunk encoding, which also sets the file's version: [`EventEncoding::V3`] (the
+    /// default) writes version 3 files, [`EventEncoding::V2`] and [`EventEncoding::V1`] version 2
+    /// and 1 files that older readers read.
     pub event_encoding: EventEncoding,
-    /// With [`EventEncoding::V2`], event chunks of fewer events than this are written in encoding
-    /// 1 (a version 2 file may mix both): below about a thousand events, encoding 2's per-chunk
-    /// frequency tables cost more bytes and time than they save (measured on the corpus:
-    /// 512-event chunks are 5–8 % larger in encoding 2). 0 writes every chunk in encoding 2.
+    /// With [`EventEncoding::V3`] or [`EventEncoding::V2`], event chunks of fewer events than this
+    /// are written in encoding 1 (a version 2 or 3 file may mix both): below about a thousand
+    /// events, the rANS encodings' per-chunk frequency tables cost more bytes and time than they
+    /// save (measured on the corpus: 512-event chunks are 5–8 % larger in encoding 2). 0 writes
+    /// every chunk in the file's own encoding.
     pub v2_min_chunk_events: usize,
 }
 
@@ -45,8 +46,11 @@ pub enum EventEncoding {
     /// Encoding 1 (format version 1): time deltas as varints, compressed by zstd with the rest.
     V1,
     /// Encoding 2 (format version 2): time deltas rANS-coded under access-key contexts.
-    #[default]
     V2,
+    /// Encoding 3 (format version 3): encoding 2 with access-key offsets coded as differences and
+    /// the time tables stored as columns, which zstd compresses better.
+    #[default]
+    V3,
 }
 
 impl EventEncoding {
@@ -55,6 +59,7 @@ impl EventEncoding {
         match self {
             EventEncoding::V1 => ENCODING_V1,
             EventEncoding::V2 => ENCODING_V2,
+            EventEncoding::V3 => ENCODING_V3,
         }
     }
 
@@ -62,7 +67,8 @@ impl EventEncoding {
     pub fn file_version(self) -> u16 {
         match self {
             EventEncoding::V1 => FORMAT_VERSION_1,
-            EventEncoding::V2 => FORMAT_VERSION,
+            EventEncoding::V2 => FORMAT_VERSION_2,
+            EventEncoding::V3 => FORMAT_VERSION,
         }
     }
 }
@@ -264,7 +270,7 @@ impl<W: Write> TraceWriter<W> {
         if !self.encoder.is_empty() {
             let chunk = self.encoder.finish();
             let framed = chunk.payload.len() - chunk.raw_suffix;
-            let z = if chunk.encoding == ENCODING_V2 {
+            let z = if has_raw_suffix(chunk.encoding) {
                 // The entropy-coded suffix gains nothing from zstd and would slow both ways.
                 let frame = self.compressor.compress(&chunk.payload[..framed])?;
                 let mut z = Vec::with_capacity(4 + frame.len() + chunk.raw_suffix);

@@ -87,7 +87,7 @@ fn exercise(bytes: &[u8]) {
 
 #[test]
 fn truncation_at_every_chunk_boundary() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         truncation_at_every_chunk_boundary_in(&fixture(encoding));
     }
 }
@@ -113,7 +113,7 @@ fn truncation_at_every_chunk_boundary_in(f: &Fixture) {
 
 #[test]
 fn truncation_at_pseudo_random_offsets() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         truncation_at_pseudo_random_offsets_in(&fixture(encoding));
     }
 }
@@ -133,7 +133,7 @@ fn truncation_at_pseudo_random_offsets_in(f: &Fixture) {
 
 #[test]
 fn bit_flips_in_every_chunk_recover_the_prefix_before_it() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         bit_flips_in_every_chunk_recover_the_prefix_before_it_in(&fixture(encoding));
     }
 }
@@ -180,7 +180,7 @@ fn bit_flips_in_every_chunk_recover_the_prefix_before_it_in(f: &Fixture) {
 
 #[test]
 fn zeroed_chunk() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         zeroed_chunk_in(&fixture(encoding));
     }
 }
@@ -205,7 +205,7 @@ fn zeroed_chunk_in(f: &Fixture) {
 
 #[test]
 fn bit_flips_in_header_and_footer() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         bit_flips_in_header_and_footer_in(&fixture(encoding));
     }
 }
@@ -261,7 +261,7 @@ fn lying_footer(f: &Fixture, edit: impl Fn(&mut [u8])) -> Vec<u8> {
 
 #[test]
 fn footers_that_lie() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         footers_that_lie_in(&fixture(encoding));
     }
 }
@@ -342,7 +342,7 @@ fn footers_that_lie_in(f: &Fixture) {
 /// must not survive into a recovered trace.
 #[test]
 fn rom_length_that_lies_is_dropped_by_recovery() {
-    for encoding in [EventEncoding::V1, EventEncoding::V2] {
+    for encoding in [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3] {
         rom_length_that_lies_is_dropped_by_recovery_in(&fixture(encoding));
     }
 }

@@ -1,8 +1,8 @@
-//! Golden traces: files written by format v1 (`tests/golden/*.hwrr`) and v2 (`tests/golden/v2/`)
-//! and committed, so every later version proves it still reads them exactly, and the writers prove
-//! they still produce them byte for byte. Regenerate one version's files (only when deliberately
-//! changing that version's writer output, which must stay readable anyway) with
-//! `HWRR_REGENERATE_GOLDEN=v1` (or `=1`) or `HWRR_REGENERATE_GOLDEN=v2`
+//! Golden traces: files written by format v1 (`tests/golden/*.hwrr`), v2 (`tests/golden/v2/`) and
+//! v3 (`tests/golden/v3/`) and committed, so every later version proves it still reads them
+//! exactly, and the writers prove they still produce them byte for byte. Regenerate one version's
+//! files (only when deliberately changing that version's writer output, which must stay readable
+//! anyway) with `HWRR_REGENERATE_GOLDEN=v1` (or `=1`), `=v2` or `=v3`
 //! `cargo test -p hwrr-formats --test golden`.
 
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ fn golden_dir(encoding: EventEncoding) -> PathBuf {
     match encoding {
         EventEncoding::V1 => dir,
         EventEncoding::V2 => dir.join("v2"),
+        EventEncoding::V3 => dir.join("v3"),
     }
 }
 
@@ -23,11 +24,12 @@ fn regenerate(encoding: EventEncoding) -> bool {
     match std::env::var("HWRR_REGENERATE_GOLDEN").as_deref() {
         Ok("1") | Ok("v1") => encoding == EventEncoding::V1,
         Ok("v2") => encoding == EventEncoding::V2,
+        Ok("v3") => encoding == EventEncoding::V3,
         _ => false,
     }
 }
 
-const ENCODINGS: [EventEncoding; 2] = [EventEncoding::V1, EventEncoding::V2];
+const ENCODINGS: [EventEncoding; 3] = [EventEncoding::V1, EventEncoding::V2, EventEncoding::V3];
 
 fn golden_header(start_state: Option<StartState>) -> TraceHeader {
     let mut config = vec![0u8; 256];

@@ -126,7 +126,11 @@ fn events(max: usize) -> impl Strategy<Value = (u64, Vec<Event>)> {
 }
 
 fn encoding() -> impl Strategy<Value = EventEncoding> {
-    prop_oneof![Just(EventEncoding::V1), Just(EventEncoding::V2)]
+    prop_oneof![
+        Just(EventEncoding::V1),
+        Just(EventEncoding::V2),
+        Just(EventEncoding::V3)
+    ]
 }
 
 proptest! {

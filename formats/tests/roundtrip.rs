@@ -204,23 +204,30 @@ fn tick_flushes_an_old_chunk_and_flush_writes_through() {
     assert_eq!(report.events, 2);
 }
 
-/// Version 2 files may mix chunk encodings: by default, chunks under `v2_min_chunk_events` events
-/// are written in encoding 1, larger ones in encoding 2, and both read back exactly.
+/// Version 2 and 3 files may mix chunk encodings: by default, chunks under `v2_min_chunk_events`
+/// events are written in encoding 1, larger ones in the file's own, and both read back exactly.
 #[test]
-fn small_chunks_of_a_v2_file_use_encoding_1() {
+fn small_chunks_of_a_v2_or_v3_file_use_encoding_1() {
+    for (encoding, version) in [(EventEncoding::V2, 2u8), (EventEncoding::V3, 3)] {
+        small_chunks_use_encoding_1(encoding, version);
+    }
+}
+
+fn small_chunks_use_encoding_1(event_encoding: EventEncoding, version: u8) {
     let h = header(None, 0);
     let events = mixed_events(0, 5000);
     let opts = WriterOptions {
         chunk_events: 2000,
         flush_interval: None,
+        event_encoding,
         ..WriterOptions::default()
     };
     assert_eq!(opts.v2_min_chunk_events, 1024);
     let bytes = write_trace(&h, &events, opts);
     assert_eq!(
         u16::from_le_bytes([bytes[8], bytes[9]]),
-        2,
-        "a version 2 file"
+        version as u16,
+        "a version {version} file"
     );
     let r = TraceReader::from_bytes(bytes.clone()).unwrap();
     let encodings: Vec<u8> = r
@@ -228,7 +235,11 @@ fn small_chunks_of_a_v2_file_use_encoding_1() {
         .iter()
         .map(|c| bytes[c.offset as usize + 5])
         .collect();
-    assert_eq!(encodings, [2, 2, 1], "2000, 2000 and 1000 events");
+    assert_eq!(
+        encodings,
+        [version, version, 1],
+        "2000, 2000 and 1000 events"
+    );
     assert_eq!(read_all(&r), events);
     r.verify().unwrap();
     let (report, out) = recover_bytes(&bytes[..bytes.len() - 40]).unwrap();
