@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""An independent reader of event timestamps, written from docs/FORMAT.md alone (sections 1, 3.1,
-3.2 and 3.3), not from hwrr's code: it proves the spec of the v1 and v2 time streams is complete.
+"""An independent reader of event timestamps and access keys, written from docs/FORMAT.md alone
+(sections 1, 3.1 to 3.4 and 4.2), not from hwrr's code: it proves the spec of the v1, v2 and v3
+time streams and key dictionaries is complete.
 
-Usage: spec_time_reader.py TRACE  -> prints every event's t_ns, one per line, in file order.
+Usage: spec_time_reader.py TRACE  -> prints every event's t_ns, one per line, in file order, then
+`keys` and every chunk's key definitions as `chunk tag region offset width`, one per line.
 Needs the `zstd` command (for the zstd frames); nothing else beyond the standard library.
 """
 
@@ -77,24 +79,59 @@ def bucket(d):
     return min(d.bit_length(), 7)
 
 
-def v2_times(streams, count, first_t):
+def bucket_v3(d):
+    if d < 4:
+        return d
+    e = d.bit_length() - 1
+    return min(2 * e + ((d >> (e - 1)) & 1), 15)
+
+
+def unzigzag(z):
+    return (z >> 1) ^ -(z & 1)
+
+
+def header_of(rd):
+    kind = rd.u8()
+    coord = 0 if kind == 0 else rd.u8() if kind == 1 else rd.varint()
+    p = rd.u8()
+    return kind, coord, p, rd.varint()
+
+
+def v2_times(streams, count, first_t, encoding):
     tags, symbols, model, code = streams[0], streams[2], streams[8], streams[9]
     rd = Reader(model)
     q = rd.varint()
     m = rd.varint()
     class_map = list(rd.take(m))
     tables = {}  # (kind, coordinate) -> (precision, symbols, freqs)
-    for _ in range(rd.varint()):
-        kind = rd.u8()
-        coord = 0 if kind == 0 else rd.u8() if kind == 1 else rd.varint()
-        p = rd.u8()
-        syms, weights, sym = [], [], -1
+    if encoding == 2:
         for _ in range(rd.varint()):
-            sym += 1 + rd.varint()
-            syms.append(sym)
-            weights.append(weight(rd.u8()))
-        tables[(kind, coord)] = (p, syms, frequencies(weights, p))
+            kind, coord, p, k = header_of(rd)
+            syms, weights, sym = [], [], -1
+            for _ in range(k):
+                sym += 1 + rd.varint()
+                syms.append(sym)
+                weights.append(weight(rd.u8()))
+            tables[(kind, coord)] = (p, syms, frequencies(weights, p))
+    else:
+        headers = [header_of(rd) for _ in range(rd.varint())]
+        all_syms = []
+        for _kind, _coord, _p, k in headers:
+            syms, sym = [], -1
+            for _ in range(k):
+                sym += 1 + rd.varint()
+                assert sym < 356
+                syms.append(sym)
+            all_syms.append(syms)
+        for (kind, coord, p, k), syms in zip(headers, all_syms):
+            weights, weight_code = [], 0
+            for _ in range(k):
+                weight_code += unzigzag(rd.varint())
+                assert 0 <= weight_code <= 255
+                weights.append(weight(weight_code))
+            tables[(kind, coord)] = (p, syms, frequencies(weights, p))
     assert rd.at_end()
+    buckets, bucket_of = (8, bucket) if encoding == 2 else (16, bucket_v3)
 
     sr = Reader(symbols)
     classes = []
@@ -127,8 +164,8 @@ def v2_times(streams, count, first_t):
         for i in range(start, end):
             c = classes[i]
             prev = classes[i - 1] if i > 0 else 55
-            b = bucket(deltas[i - 1]) if i > start else 0
-            ctx = (prev * 64 + c) * 8 + b
+            b = bucket_of(deltas[i - 1]) if i > start else 0
+            ctx = (prev * 64 + c) * buckets + b
             table = tables.get((2, ctx)) or tables.get((1, c)) or tables[(0, 0)]
             p, syms, freqs = table
             slot, cum = x % (1 << p), 0
@@ -161,11 +198,31 @@ def v1_times(streams, count, first_t):
     return out
 
 
+def key_definitions(streams, encoding):
+    """Section 4.2: one definition per access event whose symbol is the dictionary's size."""
+    tags, keys, symbols = streams[0], streams[2 if encoding == 1 else 1], streams[3 if encoding == 1 else 2]
+    kr, sr, size, previous, out = Reader(keys), Reader(symbols), 0, 0, []
+    for t in tags:
+        if t >= 6:
+            continue
+        if sr.varint() == size:
+            region, offset, width = kr.varint(), kr.varint(), kr.u8()
+            if encoding == 3:
+                offset = (previous + unzigzag(offset)) % (1 << 64)
+                previous = offset
+            assert width in (0, 1, 2, 4, 8)
+            out.append((t, region, offset, width))
+            size += 1
+    assert kr.at_end() and sr.at_end(), "keys or symbols left over"
+    return out
+
+
 def main(path):
     data = open(path, "rb").read()
     assert data[:8] == b"HWRRTRCE"
     version, = struct.unpack_from("<H", data, 8)
-    assert version in (1, 2)
+    assert version in (1, 2, 3)
+    keys = []
     json_zlen, = struct.unpack_from("<I", data, 12)
     pos = 64 + json_zlen
     while pos + 112 <= len(data) and data[pos : pos + 4] == b"HWCK":
@@ -177,16 +234,23 @@ def main(path):
         if ctype != 1:
             continue
         if encoding == 1:
-            times = v1_times(split(unzstd(stored, plen), 9), count, first_t)
+            streams = split(unzstd(stored, plen), 9)
+            times = v1_times(streams, count, first_t)
         else:
-            assert encoding == 2 and version == 2
+            assert encoding == version, "encoding 2 in version 2 files, 3 in version 3 files"
             frame_len, = struct.unpack_from("<I", stored, 0)
             suffix = stored[4 + frame_len :]
             payload = unzstd(stored[4 : 4 + frame_len], plen - len(suffix)) + suffix
-            times = v2_times(split(payload, 10), count, first_t)
+            streams = split(payload, 10)
+            times = v2_times(streams, count, first_t, encoding)
         assert times[-1] == last_t, "last time differs from the chunk header"
         for t in times:
             print(t)
+        keys.append(key_definitions(streams, encoding))
+    print("keys")
+    for chunk, definitions in enumerate(keys):
+        for tag, region, offset, width in definitions:
+            print(chunk, tag, region, offset, width)
 
 
 if __name__ == "__main__":
