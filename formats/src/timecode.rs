@@ -208,14 +208,16 @@ fn non_access_class(tag: u8) -> u8 {
 pub(crate) struct TimeEncoder {
     ctx_slot: Vec<u32>,
     used: Vec<u32>,
-    counts: Vec<u32>,
+    /// Per used context and symbol: how many events it codes, saturating. Counts only weigh the
+    /// tables (any symbol counted gets a frequency); 16 bits halve what the counting loop's
+    /// scattered increments touch, the hottest part of encoding.
+    counts: Vec<u16>,
     class_counts: Vec<u32>,
     residual: Vec<u32>,
     global: Vec<u32>,
-    /// Per table and symbol: frequency << 16 | cumulative frequency.
-    enc: Vec<u32>,
-    /// Per table and symbol: ceil(2^64 / frequency), to divide by a multiplication (0 for 1).
-    reciprocal: Vec<u64>,
+    /// Per table and symbol: what the rANS step needs (entries of symbols a table does not code
+    /// are stale, never read).
+    enc: Vec<SymbolCoding>,
     /// Per event: its context's index in `used`.
     slot_of_event: Vec<u32>,
     /// Per used context: its table's `index << 4 | precision`.
@@ -226,6 +228,17 @@ pub(crate) struct TimeEncoder {
     nonzero: Vec<(u32, u16)>,
     /// Each lane's emitted rANS words.
     words: [Vec<u16>; LANES],
+}
+
+/// How the encoder codes one symbol of one table: one 16-byte entry, so a step touches one cache
+/// line for it, not two.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct SymbolCoding {
+    /// ceil(2^64 / frequency), to divide by a multiplication (0 for frequency 1).
+    reciprocal: u64,
+    /// frequency << 16 | cumulative frequency.
+    freq_cum: u32,
 }
 
 /// One frequency table chosen by the encoder.
@@ -459,17 +472,23 @@ impl TimeEncoder {
         put_varint(out, map_len as u64);
         out.extend_from_slice(&class_map);
 
-        // Count symbols per context. The context map is reset through the previous chunk's used
-        // contexts, not wholesale: small chunks would otherwise pay for all 32 or 64 Ki contexts.
-        // It has the encoding's contexts only: its size is most of a new encoder's cost.
-        let contexts = CLASS_COUNT * CLASS_COUNT * buckets;
-        if self.ctx_slot.len() != contexts {
-            self.ctx_slot = vec![u32::MAX; contexts];
-            self.used.clear();
+        // Count symbols per context. The context map covers only the classes this chunk's events
+        // can have (the class map's, the other keys', the start and the non-access kinds), in
+        // dense rows: a few thousand entries that stay in cache, where all 32 or 64 Ki contexts
+        // would cost a new encoder more than a small chunk's whole encoding.
+        let mut row_of_class = [u8::MAX; CLASS_COUNT];
+        let mut rows = 0usize;
+        let own_classes = 0..ranked.len() as u8;
+        let non_access = FIRST_NON_ACCESS_TAG..CLASS_COUNT as u8 - NON_ACCESS_CLASS_OFFSET;
+        for class in own_classes
+            .chain([CLASS_OTHER_KEY, CLASS_START])
+            .chain(non_access.map(non_access_class))
+        {
+            row_of_class[class as usize] = rows as u8;
+            rows += 1;
         }
-        for &ctx in &self.used {
-            self.ctx_slot[ctx as usize] = u32::MAX;
-        }
+        self.ctx_slot.clear();
+        self.ctx_slot.resize(rows * rows * buckets, u32::MAX);
         self.used.clear();
         self.counts.clear();
         self.nonzero.clear();
@@ -477,6 +496,7 @@ impl TimeEncoder {
         self.sym_of_event.clear();
         let bounds = lane_bounds(n);
         let mut prev_class = CLASS_START;
+        let mut prev_row = row_of_class[CLASS_START as usize] as usize;
         let mut prev_delta = 0u64;
         for (i, (&d, &k)) in deltas.iter().zip(event_keys).enumerate() {
             if bounds[1..LANES].contains(&i) {
@@ -491,17 +511,15 @@ impl TimeEncoder {
                     .copied()
                     .unwrap_or(CLASS_OTHER_KEY)
             };
-            let ctx = context(
-                prev_class,
-                class,
-                layout.bucket(prev_delta),
-                buckets,
-            );
-            let mut slot = self.ctx_slot[ctx];
+            let row = row_of_class[class as usize] as usize;
+            let bucket = layout.bucket(prev_delta);
+            let at = (prev_row * rows + row) * buckets + bucket;
+            let mut slot = self.ctx_slot[at];
             if slot == u32::MAX {
                 slot = self.used.len() as u32;
-                self.ctx_slot[ctx] = slot;
-                self.used.push(ctx as u32);
+                self.ctx_slot[at] = slot;
+                self.used
+                    .push(context(prev_class, class, bucket, buckets) as u32);
                 self.counts.resize(self.counts.len() + SYMBOLS, 0);
             }
             let (sym, _, _) = symbolize(d);
@@ -509,10 +527,11 @@ impl TimeEncoder {
             if *cell == 0 {
                 self.nonzero.push((slot, sym));
             }
-            *cell += 1;
+            *cell = cell.saturating_add(1);
             self.slot_of_event.push(slot);
             self.sym_of_event.push(sym);
             prev_class = class;
+            prev_row = row;
             prev_delta = d;
         }
 
@@ -548,7 +567,7 @@ impl TimeEncoder {
         let mut class_total = [0u64; CLASS_COUNT];
         for &(slot, sym) in &self.nonzero {
             let class = class_of_context(self.used[slot as usize], buckets);
-            let v = self.counts[slot as usize * SYMBOLS + sym as usize];
+            let v = self.counts[slot as usize * SYMBOLS + sym as usize] as u32;
             self.class_counts[class * SYMBOLS + sym as usize] += v;
             self.global[sym as usize] += v;
             class_total[class] += v as u64;
@@ -571,14 +590,15 @@ impl TimeEncoder {
                 ..nonzero_of_slot[slot as usize + 1] as usize];
             let sparse = syms
                 .iter()
-                .map(|&(_, sym)| (c[sym as usize], parent[sym as usize]));
+                .map(|&(_, sym)| (c[sym as usize] as u32, parent[sym as usize]));
             if pays_for_itself(sparse, class_total[class]) {
                 own_table[slot as usize] = Some(context_tables.len());
-                context_tables.push(quantize(KIND_CONTEXT, ctx, c));
+                let wide: Vec<u32> = c.iter().map(|&v| v as u32).collect();
+                context_tables.push(quantize(KIND_CONTEXT, ctx, &wide));
             } else {
                 let residual = &mut self.residual[class * SYMBOLS..(class + 1) * SYMBOLS];
                 for &(_, sym) in syms {
-                    residual[sym as usize] += c[sym as usize];
+                    residual[sym as usize] += c[sym as usize] as u32;
                 }
             }
         }
@@ -626,17 +646,18 @@ impl TimeEncoder {
 
         // Write the tables and build the encoder's (frequency, cumulative) per table and symbol.
         write_tables(out, &tables, layout.columnar);
-        self.enc.clear();
-        self.enc.resize(tables.len() * SYMBOLS, 0);
-        self.reciprocal.clear();
-        self.reciprocal.resize(tables.len() * SYMBOLS, 0);
+        // Only the coded symbols' entries are written and read: grown, never cleared.
+        if self.enc.len() < tables.len() * SYMBOLS {
+            self.enc
+                .resize(tables.len() * SYMBOLS, SymbolCoding::default());
+        }
         for (t, def) in tables.iter().enumerate() {
             let mut cum = 0u32;
             for (&s, &f) in def.symbols.iter().zip(&def.freqs) {
-                self.enc[t * SYMBOLS + s as usize] = f << 16 | cum;
-                if f > 1 {
-                    self.reciprocal[t * SYMBOLS + s as usize] = u64::MAX / f as u64 + 1;
-                }
+                self.enc[t * SYMBOLS + s as usize] = SymbolCoding {
+                    reciprocal: if f > 1 { u64::MAX / f as u64 + 1 } else { 0 },
+                    freq_cum: f << 16 | cum,
+                };
                 cum += f;
             }
         }
@@ -659,7 +680,7 @@ impl TimeEncoder {
             words.clear();
             words.resize(bounds[lane + 1] - bounds[lane] + 1, 0);
         }
-        let (enc, reciprocal) = (&self.enc[..], &self.reciprocal[..]);
+        let enc = &self.enc[..];
         let (table_of_slot, slot_of_event, sym_of_event) = (
             &self.table_of_slot[..],
             &self.slot_of_event[..],
@@ -672,15 +693,15 @@ impl TimeEncoder {
                 let entry = table_of_slot[slot_of_event[i] as usize];
                 let (t, precision) = ((entry >> 4) as usize, entry & 15);
                 let at = t * SYMBOLS + sym_of_event[i] as usize;
-                let fc = enc[at];
-                let (freq, cum) = (fc >> 16, fc & 0xffff);
+                let coding = enc[at];
+                let (freq, cum) = (coding.freq_cum >> 16, coding.freq_cum & 0xffff);
                 let x_max = (1u64 << (32 - precision)) * freq as u64;
                 let emit = x[k] as u64 >= x_max;
                 words[k][emitted[k]] = x[k] as u16;
                 emitted[k] += emit as usize;
                 let xk = if emit { x[k] >> 16 } else { x[k] };
                 // x / freq by multiplication: exact for 32-bit x with ceil(2^64 / freq).
-                let q = match reciprocal[at] {
+                let q = match coding.reciprocal {
                     0 => xk,
                     m => ((m as u128 * xk as u128) >> 64) as u32,
                 };
