@@ -1,9 +1,10 @@
 //! Trace format benchmarks.
 //!
 //! * `encode/*`, `decode/*` on the corpus logs (`../shared/corpus`, or `$HWRR_CORPUS`; skipped with a
-//!   message when absent), imported by `hwrr-import` with its default options: hwrr's default `WriterOptions` (format v2) against a row-wise fixed-width + zstd-1
-//!   baseline implemented here, and against hwrr's own v1 encoding (`EventEncoding::V1`, benchmarks
-//!   named `hwrr_v1*`). "Encode" = events in memory -> complete trace bytes (header, chunks,
+//!   message when absent), imported by `hwrr-import` with its default options: hwrr's default
+//!   `WriterOptions` (format v3) against a row-wise fixed-width + zstd-1 baseline implemented here,
+//!   and against hwrr's own earlier encodings (`EventEncoding::V2` and `V1`, benchmarks named
+//!   `hwrr_v2*` and `hwrr_v1*`). "Encode" = events in memory -> complete trace bytes (header, chunks,
 //!   footer). "Decode events" = trace bytes -> every event materialized as an
 //!   `hwrr_formats::Event` (hwrr: `TraceReader::read_chunk_into` on every chunk, reusing one vector;
 //!   baseline: zstd + row parsing into `Event`s). "Decode columns" = hwrr's fast path,
@@ -248,11 +249,13 @@ fn corpus(c: &mut Criterion) {
         events.iter().for_each(|e| counts.add(e.tag()));
         let accesses = counts.accesses() as f64;
 
-        let trace = hwrr_encode(&header, &events, EventEncoding::V2);
+        let trace = hwrr_encode(&header, &events, EventEncoding::V3);
         let reader = TraceReader::from_bytes(trace.clone()).unwrap();
+        let trace_v2 = hwrr_encode(&header, &events, EventEncoding::V2);
+        let reader_v2 = TraceReader::from_bytes(trace_v2.clone()).unwrap();
         let trace_v1 = hwrr_encode(&header, &events, EventEncoding::V1);
         let reader_v1 = TraceReader::from_bytes(trace_v1.clone()).unwrap();
-        for r in [&reader, &reader_v1] {
+        for r in [&reader, &reader_v2, &reader_v1] {
             assert_eq!(
                 r.iter().map(|e| e.unwrap()).collect::<Vec<_>>(),
                 events,
@@ -266,6 +269,9 @@ fn corpus(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("encode/{name}"));
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function("hwrr", |b| {
+            b.iter(|| black_box(hwrr_encode(&header, &events, EventEncoding::V3)))
+        });
+        g.bench_function("hwrr_v2", |b| {
             b.iter(|| black_box(hwrr_encode(&header, &events, EventEncoding::V2)))
         });
         g.bench_function("hwrr_v1", |b| {
@@ -285,6 +291,9 @@ fn corpus(c: &mut Criterion) {
         g.bench_function("hwrr_columns", |b| {
             b.iter(|| black_box(hwrr_decode_columns(&reader, &mut cols)))
         });
+        g.bench_function("hwrr_v2_columns", |b| {
+            b.iter(|| black_box(hwrr_decode_columns(&reader_v2, &mut cols)))
+        });
         g.bench_function("hwrr_v1_columns", |b| {
             b.iter(|| black_box(hwrr_decode_columns(&reader_v1, &mut cols)))
         });
@@ -298,6 +307,9 @@ fn corpus(c: &mut Criterion) {
         g.finish();
 
         let enc = rate(n, 7, || {
+            drop(black_box(hwrr_encode(&header, &events, EventEncoding::V3)))
+        });
+        let enc_v2 = rate(n, 7, || {
             drop(black_box(hwrr_encode(&header, &events, EventEncoding::V2)))
         });
         let enc_v1 = rate(n, 7, || {
@@ -309,6 +321,9 @@ fn corpus(c: &mut Criterion) {
         });
         let dec_cols = rate(n, 7, || {
             black_box(hwrr_decode_columns(&reader, &mut cols));
+        });
+        let dec_cols_v2 = rate(n, 7, || {
+            black_box(hwrr_decode_columns(&reader_v2, &mut cols));
         });
         let dec_cols_v1 = rate(n, 7, || {
             black_box(hwrr_decode_columns(&reader_v1, &mut cols));
@@ -327,8 +342,10 @@ fn corpus(c: &mut Criterion) {
              size    hwrr {:.3} bytes/access ({} bytes) | baseline {:.3} ({} bytes) | ratio {:.2}x smaller\n\
              encode  hwrr {:.1} M events/s | baseline {:.1} M/s | ratio {:.2}\n\
              decode  hwrr events {:.1} M events/s, columns {:.1} M/s | baseline events {:.1} M/s, columns {:.1} M/s | ratios {:.2}, {:.2}\n\
-             v1      size {:.3} bytes/access ({} bytes, v2/v1 {:.3}) | encode {:.1} M/s (v2/v1 {:.2}) | \
-             decode events {:.1} M/s, columns {:.1} M/s (v2/v1 {:.2}, {:.2})\n",
+             v2      size {:.3} bytes/access ({} bytes, v3/v2 {:.3}) | encode {:.1} M/s (v3/v2 {:.2}) | \
+             decode columns {:.1} M/s (v3/v2 {:.2})\n\
+             v1      size {:.3} bytes/access ({} bytes, v3/v1 {:.3}) | encode {:.1} M/s (v3/v1 {:.2}) | \
+             decode events {:.1} M/s, columns {:.1} M/s (v3/v1 {:.2}, {:.2})\n",
             trace.len() as f64 / accesses,
             trace.len(),
             baseline_bytes as f64 / accesses,
@@ -343,6 +360,13 @@ fn corpus(c: &mut Criterion) {
             dec_base_cols / 1e6,
             dec / dec_base,
             dec_cols / dec_base_cols,
+            trace_v2.len() as f64 / accesses,
+            trace_v2.len(),
+            trace.len() as f64 / trace_v2.len() as f64,
+            enc_v2 / 1e6,
+            enc / enc_v2,
+            dec_cols_v2 / 1e6,
+            dec_cols / dec_cols_v2,
             trace_v1.len() as f64 / accesses,
             trace_v1.len(),
             trace.len() as f64 / trace_v1.len() as f64,

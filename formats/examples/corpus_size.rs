@@ -1,6 +1,6 @@
 //! Prints bytes per access and single-run encode/decode speed of the imported corpus logs at given
 //! writer settings, for exploring settings quickly (the benchmark is the reference):
-//! `cargo run --release -p hwrr-formats --example corpus_size [chunk_events] [zstd_level] [v1|v2]`.
+//! `cargo run --release -p hwrr-formats --example corpus_size [chunk_events] [zstd_level] [v1|v2|v3]`.
 //! It also checks that every event reads back as written.
 
 #[path = "../benches/support/corpus.rs"]
@@ -19,8 +19,10 @@ fn main() -> Result<(), FormatError> {
     if let Some(l) = args.get(2).and_then(|a| a.parse().ok()) {
         opts.zstd_level = l;
     }
-    if args.get(3).is_some_and(|a| a == "v1") {
-        opts.event_encoding = EventEncoding::V1;
+    match args.get(3).map(String::as_str) {
+        Some("v1") => opts.event_encoding = EventEncoding::V1,
+        Some("v2") => opts.event_encoding = EventEncoding::V2,
+        _ => {}
     }
     for name in ["rtl8139-linux-8139cp", "nvme-linux-nvme"] {
         let Some((header, events)) = corpus::import(name) else {
