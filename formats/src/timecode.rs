@@ -492,47 +492,59 @@ impl TimeEncoder {
         self.used.clear();
         self.counts.clear();
         self.nonzero.clear();
+        // Written by index, and the encoder's vectors borrowed apart: the loop then keeps no
+        // vector's length or pointer in memory but the ones that grow.
         self.slot_of_event.clear();
+        self.slot_of_event.resize(n, 0);
         self.sym_of_event.clear();
+        self.sym_of_event.resize(n, 0);
+        let TimeEncoder {
+            ctx_slot,
+            used,
+            counts,
+            nonzero,
+            slot_of_event,
+            sym_of_event,
+            ..
+        } = self;
         let bounds = lane_bounds(n);
         let mut prev_class = CLASS_START;
         let mut prev_row = row_of_class[CLASS_START as usize] as usize;
-        let mut prev_delta = 0u64;
-        for (i, (&d, &k)) in deltas.iter().zip(event_keys).enumerate() {
-            if bounds[1..LANES].contains(&i) {
-                // A lane does not see the previous lane's deltas.
-                prev_delta = 0;
+        for lane in 0..LANES {
+            // A lane does not see the previous lane's deltas.
+            let mut prev_delta = 0u64;
+            for i in bounds[lane]..bounds[lane + 1] {
+                let (d, k) = (deltas[i], event_keys[i]);
+                let class = if k & NON_ACCESS != 0 {
+                    non_access_class((k & !NON_ACCESS) as u8)
+                } else {
+                    class_map
+                        .get(k as usize)
+                        .copied()
+                        .unwrap_or(CLASS_OTHER_KEY)
+                };
+                let row = row_of_class[class as usize] as usize;
+                let bucket = layout.bucket(prev_delta);
+                let at = (prev_row * rows + row) * buckets + bucket;
+                let mut slot = ctx_slot[at];
+                if slot == u32::MAX {
+                    slot = used.len() as u32;
+                    ctx_slot[at] = slot;
+                    used.push(context(prev_class, class, bucket, buckets) as u32);
+                    counts.resize(counts.len() + SYMBOLS, 0);
+                }
+                let (sym, _, _) = symbolize(d);
+                let cell = &mut counts[slot as usize * SYMBOLS + sym as usize];
+                if *cell == 0 {
+                    nonzero.push((slot, sym));
+                }
+                *cell = cell.saturating_add(1);
+                slot_of_event[i] = slot;
+                sym_of_event[i] = sym;
+                prev_class = class;
+                prev_row = row;
+                prev_delta = d;
             }
-            let class = if k & NON_ACCESS != 0 {
-                non_access_class((k & !NON_ACCESS) as u8)
-            } else {
-                class_map
-                    .get(k as usize)
-                    .copied()
-                    .unwrap_or(CLASS_OTHER_KEY)
-            };
-            let row = row_of_class[class as usize] as usize;
-            let bucket = layout.bucket(prev_delta);
-            let at = (prev_row * rows + row) * buckets + bucket;
-            let mut slot = self.ctx_slot[at];
-            if slot == u32::MAX {
-                slot = self.used.len() as u32;
-                self.ctx_slot[at] = slot;
-                self.used
-                    .push(context(prev_class, class, bucket, buckets) as u32);
-                self.counts.resize(self.counts.len() + SYMBOLS, 0);
-            }
-            let (sym, _, _) = symbolize(d);
-            let cell = &mut self.counts[slot as usize * SYMBOLS + sym as usize];
-            if *cell == 0 {
-                self.nonzero.push((slot, sym));
-            }
-            *cell = cell.saturating_add(1);
-            self.slot_of_event.push(slot);
-            self.sym_of_event.push(sym);
-            prev_class = class;
-            prev_row = row;
-            prev_delta = d;
         }
 
         // Choose tables: a context of its own when it beats its class's distribution, a class
