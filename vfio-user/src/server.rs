@@ -278,7 +278,39 @@ impl Drop for Server {
     }
 }
 
+/// Binds a listening socket at `path` with mode 0600. The socket is bound, restricted and put to
+/// listen under a temporary name in the same directory, then renamed into place: a client that
+/// waits for the path to appear (QEMU, a script, a test) would otherwise find it between bind()
+/// and listen() and be refused. A path too long for a temporary name beside it is bound directly.
 fn bind_0600(path: &Path) -> Result<UnixListener, ServerError> {
+    let Some(staging) = staging_path(path) else {
+        return bind_listening_0600(path);
+    };
+    let listener = bind_listening_0600(&staging)?;
+    if let Err(e) = std::fs::rename(&staging, path) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(io_err(format!("moving the socket to {}", path.display()))(
+            e,
+        ));
+    }
+    Ok(listener)
+}
+
+/// A temporary socket name beside `path`, if it fits in a socket address.
+fn staging_path(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!(".hwrr-bind-{}-{n}", std::process::id());
+    let staging = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => PathBuf::from(name),
+    };
+    // sun_path holds 108 bytes with the terminating NUL.
+    (staging.as_os_str().as_bytes().len() < 108).then_some(staging)
+}
+
+fn bind_listening_0600(path: &Path) -> Result<UnixListener, ServerError> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: sockaddr_un is a plain C struct; zero is a valid value.

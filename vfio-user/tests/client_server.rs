@@ -60,6 +60,74 @@ fn socket_is_0600_and_infos_describe_the_device() {
     assert_eq!(s.connections, 1);
 }
 
+/// A client that connects as soon as the socket's path appears (as QEMU, scripts and tests do) is
+/// never refused: the path appears only once the socket listens. The race itself is too short to
+/// lose reliably in a test, so the directory's inotify events show how the path appeared: moved
+/// into place (after listen), never created in place (at bind, before listen).
+#[test]
+fn the_socket_appears_only_when_it_listens() {
+    use hwrr_vfio_user::server::Server;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.sock");
+    // SAFETY: plain inotify_init1(2); the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is ours from here on.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let dir_c = std::ffi::CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            dir_c.as_ptr(),
+            libc::IN_CREATE | libc::IN_MOVED_TO,
+        )
+    };
+    assert!(wd >= 0);
+    let server = Server::bind(&path, ServerOptions::default()).unwrap();
+    std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let mut buf = [0u8; 4096];
+    // SAFETY: reads into a buffer of the given length.
+    let n = unsafe {
+        libc::read(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(n > 0, "no inotify events");
+    // struct inotify_event: wd i32, mask u32, cookie u32, len u32, then `len` bytes of name.
+    let mut events = Vec::new();
+    let mut at = 0;
+    while at + 16 <= n as usize {
+        let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+        let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+        let name = &buf[at + 16..at + 16 + len];
+        let name = String::from_utf8_lossy(name)
+            .trim_end_matches('\0')
+            .to_string();
+        events.push((name, mask));
+        at += 16 + len;
+    }
+    let ours: Vec<u32> = events
+        .iter()
+        .filter(|(name, _)| name == "race.sock")
+        .map(|(_, mask)| *mask)
+        .collect();
+    assert!(
+        ours.iter().any(|m| m & libc::IN_MOVED_TO != 0),
+        "{events:?}"
+    );
+    assert!(
+        ours.iter().all(|m| m & libc::IN_CREATE == 0),
+        "the socket was created at its path before it listened: {events:?}"
+    );
+    drop(server);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "temporary sockets left behind: {left:?}");
+}
+
 #[test]
 fn region_config_rom_access_and_errors_keep_the_connection() {
     let h = Harness::start(ServerOptions::default());
