@@ -62,19 +62,30 @@ fn stream_order(encoding: u8) -> &'static [usize] {
 /// Width byte of a key whose accesses carry raw bytes.
 const WIDTH_BYTES: u8 = 0;
 
+/// Zigzag coding of a signed difference as an unsigned varint value: 0, −1, 1, −2, 2, … become
+/// 0, 1, 2, 3, 4, … (encoding 3's key offsets and time-table weight codes).
+#[inline]
+pub(crate) fn zigzag(d: i64) -> u64 {
+    ((d << 1) ^ (d >> 63)) as u64
+}
+
+/// The inverse of [`zigzag`].
+#[inline]
+pub(crate) fn unzigzag(z: u64) -> i64 {
+    (z >> 1) as i64 ^ -((z & 1) as i64)
+}
+
 /// Encoding 3 stores a key's offset as the zigzag-coded difference from the previous key's offset
 /// (wrapping, as a two's-complement i64): a device's registers are defined near each other.
 #[inline]
 fn zigzag_offset(offset: u64, previous: u64) -> u64 {
-    let d = offset.wrapping_sub(previous) as i64;
-    ((d << 1) ^ (d >> 63)) as u64
+    zigzag(offset.wrapping_sub(previous) as i64)
 }
 
 /// The inverse of [`zigzag_offset`].
 #[inline]
 fn unzigzag_offset(z: u64, previous: u64) -> u64 {
-    let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
-    previous.wrapping_add(d as u64)
+    previous.wrapping_add(unzigzag(z) as u64)
 }
 
 #[inline]

@@ -12,7 +12,7 @@
 //! `docs/FORMAT.md` §3.3 is the specification; §3.4 says what encoding 3 changes (finer buckets of
 //! the previous delta, tables stored as columns), which [`TimeLayout`] carries.
 
-use crate::codec::{put_varint, Rd};
+use crate::codec::{put_varint, unzigzag, zigzag, Rd};
 
 /// Context classes: 0..=53 for the most used access keys, 54 for every other access key, 55 for
 /// "before the first event", 56..=63 for the non-access kinds (tags 6..=13).
@@ -800,15 +800,13 @@ fn write_tables(out: &mut Vec<u8>, tables: &[TableDef], columnar: bool) {
 
 /// A weight code as the zigzag-coded difference from the previous code (0..=510).
 fn zigzag_code(code: u8, previous: u8) -> u64 {
-    let d = code as i64 - previous as i64;
-    ((d << 1) ^ (d >> 63)) as u64
+    zigzag(code as i64 - previous as i64)
 }
 
 /// The inverse of [`zigzag_code`]; `None` when the result is not a code.
 fn unzigzag_code(z: u64, previous: u8) -> Option<u8> {
-    let d = (z >> 1) as i64 ^ -((z & 1) as i64);
     (previous as i64)
-        .checked_add(d)
+        .checked_add(unzigzag(z))
         .and_then(|c| u8::try_from(c).ok())
 }
 
